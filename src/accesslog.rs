@@ -1,0 +1,132 @@
+//! JSON access log, one line per request. Lines are handed to a writer thread through a
+//! bounded channel, so a slow disk never blocks a request: when the channel is full the
+//! line is dropped and counted (`gatehouse_access_log_dropped_total`).
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+enum Msg {
+    Line(String),
+    Flush(SyncSender<()>),
+}
+
+pub struct AccessLog {
+    tx: Option<SyncSender<Msg>>,
+    dropped: prometheus::IntCounter,
+}
+
+static LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// Opens the destination once per process: `stdout`, `stderr`, `off` or a file path.
+pub fn init(path: &str) -> Result<(), String> {
+    let out: Option<Box<dyn Write + Send>> = match path {
+        "off" | "" => None,
+        "stdout" => Some(Box::new(std::io::stdout())),
+        "stderr" => Some(Box::new(std::io::stderr())),
+        file => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .map_err(|e| format!("cannot open access log {file:?}: {e}"))?,
+        )),
+    };
+    let dropped = prometheus::register_int_counter!(
+        "gatehouse_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind"
+    )
+    .map_err(|e| e.to_string())?;
+    let tx = out.map(|w| {
+        let (tx, rx) = sync_channel(65_536);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(w, rx))
+            .ok();
+        tx
+    });
+    let _ = LOG.set(AccessLog { tx, dropped });
+    Ok(())
+}
+
+fn writer(w: Box<dyn Write + Send>, rx: Receiver<Msg>) {
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, w);
+    while let Ok(msg) = rx.recv() {
+        let handle = |m: Msg, w: &mut std::io::BufWriter<Box<dyn Write + Send>>| match m {
+            Msg::Line(l) => {
+                let _ = w.write_all(l.as_bytes());
+            }
+            Msg::Flush(ack) => {
+                let _ = w.flush();
+                let _ = ack.send(());
+            }
+        };
+        handle(msg, &mut w);
+        // Drain what is queued, then flush once: one syscall per burst, not per line.
+        while let Ok(m) = rx.try_recv() {
+            handle(m, &mut w);
+        }
+        let _ = w.flush();
+    }
+}
+
+pub fn enabled() -> bool {
+    LOG.get().is_some_and(|l| l.tx.is_some())
+}
+
+pub fn write(line: String) {
+    if let Some(l) = LOG.get() {
+        if let Some(tx) = &l.tx {
+            if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
+                l.dropped.inc();
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until every queued line is written; called before the process exits.
+pub fn flush() {
+    if let Some(tx) = LOG.get().and_then(|l| l.tx.as_ref()) {
+        let (ack_tx, ack_rx) = sync_channel(1);
+        if tx.send(Msg::Flush(ack_tx)).is_ok() {
+            let _ = ack_rx.recv_timeout(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)), "2026-11-18T09:46:40.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+    }
+}

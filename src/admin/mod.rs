@@ -1,0 +1,183 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and the bearer-protected
+//! `/admin/*` API. It is our own small hyper server rather than a Pingora service so that
+//! it keeps answering (`/readyz` = 503) while the proxy listeners drain. It is bound with
+//! SO_REUSEPORT so an upgraded process can listen beside the old one. It only exists when
+//! `admin:` is configured (closed by default).
+
+use crate::runtime::Shared;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Binds the admin address now, so a failure is reported before serving starts.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(128)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("admin listener: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &shared).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(body.into()))
+        .unwrap_or_default()
+}
+
+fn problem(status: StatusCode, detail: &str) -> Resp {
+    let body = serde_json::json!({
+        "type": "https://gatehouse.dev/problems/admin",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut r = text(status, body.to_string(), "application/problem+json");
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""));
+    }
+    r
+}
+
+fn json(v: serde_json::Value) -> Resp {
+    text(StatusCode::OK, v.to_string(), "application/json")
+}
+
+/// Compares in time that depends only on the lengths, never on where bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
+    let snap = shared.snapshot.load();
+    let token = snap
+        .loaded
+        .config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_deref())
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(problem(StatusCode::FORBIDDEN, "the admin API is disabled: set admin.token"));
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Hash both so the comparison length never depends on the secret.
+    use sha2::Digest;
+    let a = sha2::Sha256::digest(presented.as_bytes());
+    let b = sha2::Sha256::digest(token.as_bytes());
+    if presented.is_empty() || !constant_time_eq(&a, &b) {
+        return Err(problem(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required"));
+    }
+    Ok(())
+}
+
+async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n", "text/plain"),
+        (&Method::GET, "/readyz") => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "ready\n", "text/plain")
+            } else if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n", "text/plain")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n", "text/plain")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            for up in shared.snapshot.load().upstreams.values() {
+                up.refresh_gauges();
+            }
+            text(StatusCode::OK, crate::metrics::render(), "text/plain; version=0.0.4")
+        }
+        (_, p) if p.starts_with("/admin/") => {
+            if let Err(r) = authorized(&req, shared) {
+                return r;
+            }
+            admin(req, shared).await
+        }
+        _ => problem(StatusCode::NOT_FOUND, "unknown admin path"),
+    }
+}
+
+async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/upstreams") => {
+            let snap = shared.snapshot.load();
+            json(serde_json::json!({
+                "upstreams": snap.upstreams.values().map(|u| u.status_json()).collect::<Vec<_>>(),
+            }))
+        }
+        (Method::GET, "/admin/config") => {
+            let snap = shared.snapshot.load();
+            json(serde_json::json!({
+                "version_hash": snap.loaded.version_hash,
+                "loaded_at": crate::accesslog::rfc3339(snap.loaded_at),
+                "path": snap.loaded.path,
+                "config": crate::config::redacted_json(&snap.loaded.config),
+            }))
+        }
+        (Method::POST, "/admin/reload") => match shared.reload().await {
+            Ok(hash) => json(serde_json::json!({ "result": "ok", "version_hash": hash })),
+            Err(errs) => {
+                let body = serde_json::json!({
+                    "type": "https://gatehouse.dev/problems/invalid-config",
+                    "title": "Invalid config",
+                    "status": 422,
+                    "detail": "the new config was refused; the running config is unchanged",
+                    "errors": errs.iter().map(|e| serde_json::json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+                });
+                text(StatusCode::UNPROCESSABLE_ENTITY, body.to_string(), "application/problem+json")
+            }
+        },
+        (Method::POST, "/admin/cache/purge") => {
+            // Drain the body so keep-alive stays usable, then say why nothing happened.
+            let _ = req.into_body().collect().await;
+            problem(StatusCode::NOT_IMPLEMENTED, "response caching is not supported yet by this gatehouse version")
+        }
+        _ => problem(StatusCode::NOT_FOUND, "unknown admin path"),
+    }
+}

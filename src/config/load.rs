@@ -1,0 +1,287 @@
+//! Reading a config file: YAML → `${VAR}` interpolation → typed sections.
+//! Each section (and each list item) is deserialized on its own, so one typo does not
+//! hide the errors in the rest of the file: every error comes back with its YAML path.
+
+use super::model::*;
+use super::ConfigError;
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+
+/// Replaces `${VAR}` and `${VAR:-default}` in one string. `$${` is a literal `${`.
+pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(stripped) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = stripped;
+            continue;
+        }
+        if let Some(body) = after.strip_prefix("${") {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{...}} in {s:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(format!("invalid variable name {name:?}"));
+            }
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to allow that)"
+                    ))
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn interpolate_value(
+    v: &mut Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<ConfigError>,
+) {
+    match v {
+        Value::String(s) => match interpolate(s, lookup) {
+            Ok(n) => *s = n,
+            Err(e) => errs.push(ConfigError::new(path, e)),
+        },
+        Value::Sequence(seq) => {
+            for (i, item) in seq.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), lookup, errs);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, item) in m.iter_mut() {
+                let key = key_name(k);
+                let p = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                interpolate_value(item, &p, lookup, errs);
+            }
+        }
+        Value::Tagged(t) => interpolate_value(&mut t.value, path, lookup, errs),
+        _ => {}
+    }
+}
+
+fn key_name(k: &Value) -> String {
+    match k {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// Deserializes `v` as `T`, reporting a failure under `path` plus the path inside `v`.
+fn section<T: DeserializeOwned>(path: &str, v: Value, errs: &mut Vec<ConfigError>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = match (path.is_empty(), inner.as_str()) {
+                (_, ".") => path.to_string(),
+                (true, _) => inner,
+                (false, i) if i.starts_with('[') => format!("{path}{i}"),
+                (false, i) => format!("{path}.{i}"),
+            };
+            errs.push(ConfigError::new(full, clean_serde_message(&e.into_inner().to_string())));
+            None
+        }
+    }
+}
+
+/// serde_yaml appends " at line N column M" relative to a detached value, which is
+/// misleading here: the YAML path already says where.
+fn clean_serde_message(m: &str) -> String {
+    match m.find(" at line ") {
+        Some(i) => m[..i].to_string(),
+        None => m.to_string(),
+    }
+}
+
+fn list<T: DeserializeOwned>(path: &str, v: Value, errs: &mut Vec<ConfigError>) -> Vec<T> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| section(&format!("{path}[{i}]"), item, errs))
+            .collect(),
+        _ => {
+            errs.push(ConfigError::new(path, "expected a list"));
+            Vec::new()
+        }
+    }
+}
+
+fn map<T: DeserializeOwned>(
+    path: &str,
+    v: Value,
+    errs: &mut Vec<ConfigError>,
+) -> BTreeMap<String, T> {
+    match v {
+        Value::Null => BTreeMap::new(),
+        Value::Mapping(m) => m
+            .into_iter()
+            .filter_map(|(k, item)| {
+                let name = key_name(&k);
+                section(&format!("{path}.{name}"), item, errs).map(|t| (name, t))
+            })
+            .collect(),
+        _ => {
+            errs.push(ConfigError::new(path, "expected a mapping"));
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Parses the text of a config file. The environment is read through `lookup`.
+pub fn parse(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Vec::new();
+    let mut root: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(vec![ConfigError::new("(file)", format!("invalid YAML: {e}"))]),
+    };
+    interpolate_value(&mut root, "", lookup, &mut errs);
+    let Value::Mapping(top) = root else {
+        return Err(vec![ConfigError::new(
+            "(file)",
+            "the top level must be a mapping with `version`, `listeners`, `upstreams`, `routes`, ...",
+        )]);
+    };
+    let mut cfg = Config {
+        version: 1,
+        ..Config::default()
+    };
+    let mut seen_listeners = false;
+    for (k, v) in top {
+        let key = key_name(&k);
+        match key.as_str() {
+            "version" => {
+                if let Some(n) = section::<u32>("version", v, &mut errs) {
+                    if n != 1 {
+                        errs.push(ConfigError::new("version", format!("unsupported version {n}; this gatehouse reads version 1")));
+                    }
+                    cfg.version = n;
+                }
+            }
+            "server" => {
+                if let Some(s) = section("server", v, &mut errs) {
+                    cfg.server = s;
+                }
+            }
+            "listeners" => {
+                seen_listeners = true;
+                cfg.listeners = list("listeners", v, &mut errs);
+            }
+            "admin" => cfg.admin = section("admin", v, &mut errs),
+            "store" => cfg.store = section("store", v, &mut errs),
+            "cache" => cfg.cache = section("cache", v, &mut errs),
+            "upstreams" => cfg.upstreams = map("upstreams", v, &mut errs),
+            "auth" => cfg.auth = section("auth", v, &mut errs),
+            "tiers" => cfg.tiers = map("tiers", v, &mut errs),
+            "consumers" => cfg.consumers = list("consumers", v, &mut errs),
+            "routes" => cfg.routes = list("routes", v, &mut errs),
+            "access_log" => {
+                if let Some(a) = section("access_log", v, &mut errs) {
+                    cfg.access_log = a;
+                }
+            }
+            other => errs.push(ConfigError::new(
+                other,
+                "unknown field (expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
+            )),
+        }
+    }
+    if !seen_listeners {
+        errs.push(ConfigError::new("listeners", "missing: at least one listener is required"));
+    }
+    if errs.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "HOST" => Some("example.com".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation() {
+        assert_eq!(interpolate("a ${HOST} b", &env).unwrap(), "a example.com b");
+        assert_eq!(interpolate("${NOPE:-x}", &env).unwrap(), "x");
+        assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
+        assert_eq!(interpolate("$${HOST}", &env).unwrap(), "${HOST}");
+        assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
+        assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
+        assert!(interpolate("${HOST", &env).is_err());
+    }
+
+    #[test]
+    fn every_error_has_its_path() {
+        let text = r#"
+listeners: [ { name: a, address: "127.0.0.1:1" } ]
+upstreams:
+  u: { targets: [ { address: "127.0.0.1:2", wieght: 3 } ] }
+routes:
+  - { name: r0, upstream: u }
+  - { name: r1, upstrem: u }
+  - { name: r2, upstream: u, rate_limt: {} }
+bogus: 1
+"#;
+        let errs = parse(text, &env).unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let all = msgs.join("\n");
+        assert!(all.contains("upstreams.u.targets[0].wieght"), "{all}");
+        assert!(all.contains("routes[1].upstrem"), "{all}");
+        assert!(all.contains("routes[2].rate_limt"), "{all}");
+        assert!(all.contains("bogus: unknown field"), "{all}");
+        assert_eq!(errs.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn unset_env_is_an_error_with_path() {
+        let text = "listeners: [ { name: a, address: \"${ADDR}\" } ]\n";
+        let errs = parse(text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "listeners[0].address");
+    }
+}

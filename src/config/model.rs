@@ -1,0 +1,454 @@
+//! The file format, exactly as operators write it (contract: shared/CONFIG.md).
+//! Every struct denies unknown keys. These types are parsed and validated, then compiled
+//! into runtime types (`runtime::Snapshot`); nothing reads them on the request path.
+
+use super::units::{Dur, Rate, Size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    pub version: u32,
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub store: Option<Store>,
+    pub cache: Option<Cache>,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub auth: Option<Auth>,
+    pub tiers: BTreeMap<String, Tier>,
+    pub consumers: Vec<Consumer>,
+    pub routes: Vec<Route>,
+    pub access_log: AccessLog,
+}
+
+fn default_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_shutdown_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_data_dir() -> String {
+    "./data".into()
+}
+fn default_pid_file() -> String {
+    "/tmp/gatehouse.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/gatehouse-upgrade.sock".into()
+}
+fn default_max_header_size() -> Size {
+    Size(32 * 1024)
+}
+fn default_threads() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    #[serde(default = "default_grace")]
+    pub grace_period: Dur,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    /// Extension: total size of request headers above which the answer is 431.
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: Size,
+    /// Extension: CIDRs whose `X-Forwarded-For` is believed (used by limits by IP).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            threads: default_threads(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+            grace_period: default_grace(),
+            shutdown_timeout: default_shutdown_timeout(),
+            data_dir: default_data_dir(),
+            max_header_size: default_max_header_size(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Extension: add `Server-Timing` to every response of this listener.
+    #[serde(default)]
+    pub server_timing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificatePair>,
+    #[serde(default)]
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: String,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    #[serde(default)]
+    pub backend: StoreBackend,
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default)]
+    pub sync_interval: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub memory: Size,
+    #[serde(default)]
+    pub max_object_size: Option<Size>,
+    #[serde(default)]
+    pub lock_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastRequests,
+    ConsistentHash,
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default)]
+    pub connect: Option<Dur>,
+    #[serde(default)]
+    pub read: Option<Dur>,
+    #[serde(default)]
+    pub write: Option<Dur>,
+    #[serde(default)]
+    pub idle: Option<Dur>,
+}
+
+fn default_retries() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Extension: verify the targets' certificates (on by default; turn off only in tests).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    #[serde(default)]
+    pub max_inflight: usize,
+    #[serde(default)]
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub active: Option<ActiveHealth>,
+    #[serde(default)]
+    pub passive: Option<PassiveHealth>,
+}
+
+fn default_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+fn default_check_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_five() -> u32 {
+    5
+}
+fn default_cooldown() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    #[serde(default)]
+    pub http_path: Option<String>,
+    #[serde(default)]
+    pub tcp: bool,
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_two")]
+    pub healthy_after: u32,
+    #[serde(default = "default_two")]
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    #[serde(default = "default_five")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub api_key: Option<ApiKeyAuth>,
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuer>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyAuth {
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+fn default_api_key_header() -> String {
+    "X-API-Key".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    #[serde(default)]
+    pub leeway: Option<Dur>,
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub quota: Option<Rate>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub id: String,
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub jwt_subjects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    pub limit: Rate,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub sync_interval: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteQuota {
+    pub limit: Rate,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+    #[serde(default)]
+    pub vary: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    #[serde(default)]
+    pub auth: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimit>,
+    #[serde(default)]
+    pub quota: Option<RouteQuota>,
+    #[serde(default)]
+    pub cache: Option<RouteCache>,
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
+    /// Extension: add `Server-Timing` to this route's responses.
+    #[serde(default)]
+    pub server_timing: bool,
+}
+
+/// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    #[serde(default = "default_log_path")]
+    pub path: String,
+}
+
+fn default_log_path() -> String {
+    "stdout".into()
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            path: default_log_path(),
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Semantic checks on a parsed config: references resolve, regexes compile, TLS pairs
+//! load and match, names are unique, values are in range. Every problem is collected
+//! with its YAML path; nothing stops at the first one.
+
+use super::model::*;
+use super::ConfigError;
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+const KNOWN_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+struct V {
+    errs: Vec<ConfigError>,
+}
+
+impl V {
+    fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.errs.push(ConfigError::new(path, msg));
+    }
+}
+
+pub fn validate(cfg: &Config) -> Vec<ConfigError> {
+    let mut v = V { errs: Vec::new() };
+    server(&mut v, cfg);
+    listeners(&mut v, cfg);
+    if let Some(a) = &cfg.admin {
+        if a.address.parse::<SocketAddr>().is_err() {
+            v.err("admin.address", format!("{:?} is not an IP:port address", a.address));
+        }
+    }
+    for (name, u) in &cfg.upstreams {
+        upstream(&mut v, name, u);
+    }
+    auth(&mut v, cfg);
+    routes(&mut v, cfg);
+    not_supported_yet(&mut v, cfg);
+    v.errs
+}
+
+fn server(v: &mut V, cfg: &Config) {
+    let s = &cfg.server;
+    if s.threads == 0 || s.threads > 1024 {
+        v.err("server.threads", "must be between 1 and 1024");
+    }
+    if s.max_header_size.0 < 1024 || s.max_header_size.0 > 1_048_000 {
+        v.err("server.max_header_size", "must be between 1KiB and 1000KiB");
+    }
+    for (i, c) in s.trusted_proxies.iter().enumerate() {
+        if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+            v.err(format!("server.trusted_proxies[{i}]"), format!("{c:?} is not a CIDR"));
+        }
+    }
+}
+
+fn listeners(v: &mut V, cfg: &Config) {
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    if cfg.listeners.is_empty() {
+        v.err("listeners", "at least one listener is required");
+    }
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            v.err(format!("{p}.name"), format!("duplicate listener name {:?}", l.name));
+        }
+        match l.address.parse::<SocketAddr>() {
+            Ok(a) => {
+                if !addrs.insert(a) {
+                    v.err(format!("{p}.address"), format!("address {a} is used twice"));
+                }
+                if cfg.admin.as_ref().and_then(|ad| ad.address.parse::<SocketAddr>().ok()) == Some(a) {
+                    v.err(format!("{p}.address"), format!("address {a} is also the admin address"));
+                }
+            }
+            Err(_) => v.err(format!("{p}.address"), format!("{:?} is not an IP:port address", l.address)),
+        }
+        if let Some(tls) = &l.tls {
+            if tls.certificates.is_empty() {
+                v.err(format!("{p}.tls.certificates"), "at least one certificate is required");
+            }
+            for (j, c) in tls.certificates.iter().enumerate() {
+                if let Err(e) = crate::tls::load_pair(&c.cert, &c.key) {
+                    v.err(format!("{p}.tls.certificates[{j}]"), e);
+                }
+            }
+        }
+    }
+}
+
+fn upstream(v: &mut V, name: &str, u: &Upstream) {
+    let p = format!("upstreams.{name}");
+    if u.targets.is_empty() {
+        v.err(format!("{p}.targets"), "at least one target is required");
+    }
+    let mut seen = HashSet::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let tp = format!("{p}.targets[{i}]");
+        if !seen.insert(t.address.as_str()) {
+            v.err(format!("{tp}.address"), format!("target {:?} is listed twice", t.address));
+        }
+        if t.weight == 0 || t.weight > 1000 {
+            v.err(format!("{tp}.weight"), "must be between 1 and 1000");
+        }
+        if let Err(e) = resolve(&t.address) {
+            v.err(format!("{tp}.address"), e);
+        }
+    }
+    match (&u.hash_on, u.balance) {
+        (Some(h), _) => {
+            if let Err(e) = crate::upstream::HashOn::parse(h) {
+                v.err(format!("{p}.hash_on"), e);
+            }
+        }
+        (None, Balance::ConsistentHash) => {
+            v.err(format!("{p}.hash_on"), "required with balance: consistent_hash (consumer | ip | path | header:NAME)")
+        }
+        _ => {}
+    }
+    if u.retries > 10 {
+        v.err(format!("{p}.retries"), "must be at most 10");
+    }
+    if let Some(a) = &u.health.active {
+        let hp = format!("{p}.health.active");
+        match (&a.http_path, a.tcp) {
+            (Some(_), true) => v.err(&hp, "set either http_path or tcp: true, not both"),
+            (None, false) => v.err(&hp, "set http_path (HTTP check) or tcp: true (connect check)"),
+            (Some(path), false) if !path.starts_with('/') => {
+                v.err(format!("{hp}.http_path"), "must start with /")
+            }
+            _ => {}
+        }
+        if a.interval.0.as_millis() < 10 {
+            v.err(format!("{hp}.interval"), "must be at least 10ms");
+        }
+        if a.timeout.0.is_zero() {
+            v.err(format!("{hp}.timeout"), "must be more than 0");
+        }
+        if a.healthy_after == 0 {
+            v.err(format!("{hp}.healthy_after"), "must be at least 1");
+        }
+        if a.unhealthy_after == 0 {
+            v.err(format!("{hp}.unhealthy_after"), "must be at least 1");
+        }
+    }
+    if let Some(ps) = &u.health.passive {
+        if ps.unhealthy_after == 0 {
+            v.err(format!("{p}.health.passive.unhealthy_after"), "must be at least 1");
+        }
+    }
+}
+
+/// Resolves a target address (`IP:port` or `host:port`) once, at load time.
+pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(format!("{addr:?} needs a port (host:port)"));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
+}
+
+fn auth(v: &mut V, cfg: &Config) {
+    let mut tier_refs = Vec::new();
+    if let Some(a) = &cfg.auth {
+        let mut names = HashSet::new();
+        for (i, j) in a.jwt.iter().enumerate() {
+            let p = format!("auth.jwt[{i}]");
+            if !names.insert(j.name.as_str()) {
+                v.err(format!("{p}.name"), format!("duplicate issuer name {:?}", j.name));
+            }
+            if j.algorithms.is_empty() {
+                v.err(format!("{p}.algorithms"), "list at least one algorithm");
+            }
+            for (k, alg) in j.algorithms.iter().enumerate() {
+                if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
+                    v.err(
+                        format!("{p}.algorithms[{k}]"),
+                        format!("unknown algorithm {alg:?} (one of {})", KNOWN_ALGORITHMS.join(", ")),
+                    );
+                }
+            }
+            let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
+            if j.jwks_url.is_none() && j.jwks_file.is_none() && !has_hmac {
+                v.err(&p, "an issuer needs keys: jwks_url, jwks_file or hmac_secret");
+            }
+            if let Some(f) = &j.jwks_file {
+                match std::fs::read(f) {
+                    Err(e) => v.err(format!("{p}.jwks_file"), format!("cannot read {f:?}: {e}")),
+                    Ok(bytes) => {
+                        let ok = serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .ok()
+                            .is_some_and(|j| j.get("keys").is_some_and(|k| k.is_array()));
+                        if !ok {
+                            v.err(format!("{p}.jwks_file"), format!("{f:?} is not a JWKS (a JSON object with a \"keys\" array)"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (name, t) in &cfg.tiers {
+        if t.burst.is_some() && t.rate.is_none() {
+            v.err(format!("tiers.{name}.burst"), "burst needs a rate");
+        }
+    }
+    let mut ids = HashSet::new();
+    for (i, c) in cfg.consumers.iter().enumerate() {
+        let p = format!("consumers[{i}]");
+        if !ids.insert(c.id.as_str()) {
+            v.err(format!("{p}.id"), format!("duplicate consumer id {:?}", c.id));
+        }
+        if let Some(t) = &c.tier {
+            tier_refs.push((format!("{p}.tier"), t.clone()));
+        }
+        for (k, key) in c.api_keys.iter().enumerate() {
+            let ok = key
+                .strip_prefix("sha256:")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !ok {
+                v.err(
+                    format!("{p}.api_keys[{k}]"),
+                    "must be sha256:<64 hex digits> (use `gatehouse hash-key KEY`)",
+                );
+            }
+        }
+    }
+    for (path, t) in tier_refs {
+        if !cfg.tiers.contains_key(&t) {
+            v.err(path, format!("unknown tier {t:?}"));
+        }
+    }
+    if let Some(s) = &cfg.store {
+        if s.backend == StoreBackend::Redis && s.redis_url.as_deref().unwrap_or("").is_empty() {
+            v.err("store.redis_url", "required with backend: redis");
+        }
+    }
+    if let Some(c) = &cfg.cache {
+        if let Some(m) = c.max_object_size {
+            if m.0 > c.memory.0 {
+                v.err("cache.max_object_size", "is larger than cache.memory");
+            }
+        }
+    }
+}
+
+fn routes(v: &mut V, cfg: &Config) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.name.is_empty() || r.name == "unmatched" {
+            v.err(format!("{p}.name"), "a route needs a name (and `unmatched` is reserved)");
+        }
+        if let Some(first) = names.insert(r.name.as_str(), i) {
+            v.err(format!("{p}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
+        }
+        if !cfg.upstreams.contains_key(&r.upstream) {
+            v.err(format!("{p}.upstream"), format!("unknown upstream {:?}", r.upstream));
+        }
+        let m = &r.matches;
+        let kinds = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            v.err(format!("{p}.match"), "use only one of path, path_prefix and path_regex");
+        }
+        for (key, val) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+            if let Some(s) = val {
+                if !s.starts_with('/') {
+                    v.err(format!("{p}.match.{key}"), "must start with /");
+                }
+            }
+        }
+        if let Some(re) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(re) {
+                v.err(format!("{p}.match.path_regex"), format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")));
+            }
+        }
+        for (k, h) in m.hosts.iter().enumerate() {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            let ok = !bare.is_empty()
+                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !bare.contains("..");
+            if !ok {
+                v.err(format!("{p}.match.hosts[{k}]"), format!("{h:?} is not a host name or *.wildcard"));
+            }
+        }
+        for (k, meth) in m.methods.iter().enumerate() {
+            if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
+                v.err(format!("{p}.match.methods[{k}]"), format!("{meth:?} is not a method (GET, POST, ...)"));
+            }
+        }
+        for name in m.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                v.err(format!("{p}.match.headers.{name}"), "invalid header name");
+            }
+        }
+        if let Some(sp) = &r.strip_prefix {
+            if !sp.starts_with('/') {
+                v.err(format!("{p}.strip_prefix"), "must start with /");
+            }
+        }
+        header_ops(v, &format!("{p}.request_headers"), &r.request_headers);
+        header_ops(v, &format!("{p}.response_headers"), &r.response_headers);
+        if let Some(auth) = &r.auth {
+            for (k, method) in auth.iter().enumerate() {
+                let configured = match method.as_str() {
+                    "jwt" => cfg.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()),
+                    "api_key" => cfg.auth.as_ref().is_some_and(|a| a.api_key.is_some()),
+                    _ => {
+                        v.err(format!("{p}.auth[{k}]"), format!("unknown auth method {method:?} (jwt | api_key)"));
+                        continue;
+                    }
+                };
+                if !configured {
+                    v.err(format!("{p}.auth[{k}]"), format!("auth method {method:?} is not configured under auth:"));
+                }
+            }
+        }
+        let key_ok = |k: &Option<String>| match k.as_deref() {
+            None | Some("consumer" | "ip" | "route") => true,
+            Some(h) => h.strip_prefix("header:").is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
+        };
+        if let Some(rl) = &r.rate_limit {
+            if !key_ok(&rl.key) {
+                v.err(format!("{p}.rate_limit.key"), "must be consumer | ip | route | header:NAME");
+            }
+        }
+        if let Some(q) = &r.quota {
+            if !key_ok(&q.key) {
+                v.err(format!("{p}.quota.key"), "must be consumer | ip | route | header:NAME");
+            }
+        }
+        if r.cache.is_some() && cfg.cache.is_none() {
+            v.err(format!("{p}.cache"), "needs the top-level cache: section");
+        }
+    }
+}
+
+fn header_ops(v: &mut V, p: &str, ops: &HeaderOps) {
+    for (name, val) in &ops.set {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            v.err(format!("{p}.set.{name}"), "invalid header name");
+        }
+        if http::HeaderValue::from_str(val).is_err() {
+            v.err(format!("{p}.set.{name}"), "invalid header value");
+        }
+    }
+    for (k, name) in ops.remove.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            v.err(format!("{p}.remove[{k}]"), "invalid header name");
+        }
+    }
+}
+
+/// Sections whose features land in later issues parse and validate now, but a config
+/// that uses them is refused: a route must never run with its auth or limits ignored.
+fn not_supported_yet(v: &mut V, cfg: &Config) {
+    const MSG: &str = "not supported yet by this gatehouse version; remove it to run this config";
+    if cfg.auth.is_some() {
+        v.err("auth", MSG);
+    }
+    if !cfg.tiers.is_empty() {
+        v.err("tiers", MSG);
+    }
+    if !cfg.consumers.is_empty() {
+        v.err("consumers", MSG);
+    }
+    if cfg.store.is_some() {
+        v.err("store", MSG);
+    }
+    if cfg.cache.is_some() {
+        v.err("cache", MSG);
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if r.auth.as_ref().is_some_and(|a| !a.is_empty()) {
+            v.err(format!("{p}.auth"), MSG);
+        }
+        if !r.scopes.is_empty() {
+            v.err(format!("{p}.scopes"), MSG);
+        }
+        if r.rate_limit.is_some() {
+            v.err(format!("{p}.rate_limit"), MSG);
+        }
+        if r.quota.is_some() {
+            v.err(format!("{p}.quota"), MSG);
+        }
+        if r.cache.is_some() {
+            v.err(format!("{p}.cache"), MSG);
+        }
+    }
+}

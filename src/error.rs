@@ -1,0 +1,102 @@
+//! The answers the gateway gives itself: each rejection knows its status, its problem
+//! type and whether it carries `Retry-After`. One place (`proxy::respond`) turns a
+//! `Reject` into an `application/problem+json` response (RFC 9457).
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest(String),
+    NotFound,
+    PayloadTooLarge(u64),
+    HeadersTooLarge,
+    NoHealthyTarget(String),
+    Overloaded(String),
+    BadGateway(String),
+    GatewayTimeout(String),
+    Internal,
+}
+
+impl Reject {
+    pub fn status(&self) -> u16 {
+        match self {
+            Reject::BadRequest(_) => 400,
+            Reject::NotFound => 404,
+            Reject::PayloadTooLarge(_) => 413,
+            Reject::HeadersTooLarge => 431,
+            Reject::NoHealthyTarget(_) | Reject::Overloaded(_) => 503,
+            Reject::BadGateway(_) => 502,
+            Reject::GatewayTimeout(_) => 504,
+            Reject::Internal => 500,
+        }
+    }
+
+    /// Stable slug: the problem `type` suffix and the metric reason.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "bad-request",
+            Reject::NotFound => "no-route",
+            Reject::PayloadTooLarge(_) => "body-too-large",
+            Reject::HeadersTooLarge => "headers-too-large",
+            Reject::NoHealthyTarget(_) => "no-healthy-target",
+            Reject::Overloaded(_) => "upstream-overloaded",
+            Reject::BadGateway(_) => "bad-gateway",
+            Reject::GatewayTimeout(_) => "gateway-timeout",
+            Reject::Internal => "internal-error",
+        }
+    }
+
+    pub fn title(&self) -> &'static str {
+        match self {
+            Reject::BadRequest(_) => "Bad Request",
+            Reject::NotFound => "Not Found",
+            Reject::PayloadTooLarge(_) => "Content Too Large",
+            Reject::HeadersTooLarge => "Request Header Fields Too Large",
+            Reject::NoHealthyTarget(_) => "Service Unavailable",
+            Reject::Overloaded(_) => "Service Unavailable",
+            Reject::BadGateway(_) => "Bad Gateway",
+            Reject::GatewayTimeout(_) => "Gateway Timeout",
+            Reject::Internal => "Internal Server Error",
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            Reject::BadRequest(d) => d.clone(),
+            Reject::NotFound => "no route matches this request".into(),
+            Reject::PayloadTooLarge(max) => format!("the request body exceeds the limit of {max} bytes"),
+            Reject::HeadersTooLarge => "the request headers are too large".into(),
+            Reject::NoHealthyTarget(u) => format!("no healthy target in upstream {u:?}"),
+            Reject::Overloaded(u) => format!("upstream {u:?} is at its in-flight limit; retry later"),
+            Reject::BadGateway(u) => format!("upstream {u:?} failed"),
+            Reject::GatewayTimeout(u) => format!("upstream {u:?} did not answer in time"),
+            Reject::Internal => "internal error".into(),
+        }
+    }
+
+    /// Seconds for `Retry-After`, where the rejection is about load.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Reject::Overloaded(_) => Some(1),
+            Reject::NoHealthyTarget(_) => Some(5),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self, request_id: &str) -> String {
+        serde_json::json!({
+            "type": format!("https://gatehouse.dev/problems/{}", self.slug()),
+            "title": self.title(),
+            "status": self.status(),
+            "detail": self.detail(),
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status(), self.title(), self.detail())
+    }
+}

@@ -1,0 +1,78 @@
+//! The `gatehouse` command line: run, check, hash-key. The only place that prints and exits.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "An edge API gateway built on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config.
+    Run {
+        #[arg(short = 'c', long = "config", default_value = "conf/gatehouse.yaml")]
+        config: String,
+        /// Take the listening sockets over from a running instance (graceful upgrade).
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(short = 'd', long)]
+        daemon: bool,
+    },
+    /// Validate a config file; exit 0 when valid, 1 with every error otherwise.
+    Check {
+        #[arg(short = 'c', long = "config", default_value = "conf/gatehouse.yaml")]
+        config: String,
+    },
+    /// Print the sha256 form of an API key for consumers[].api_keys.
+    HashKey { key: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match gatehouse::check(&config) {
+            Ok(snap) => {
+                println!(
+                    "{config}: ok ({} routes, {} upstreams, version {})",
+                    snap.router.len(),
+                    snap.upstreams.len(),
+                    &snap.loaded.version_hash[..12]
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprint!("{}", gatehouse::StartError::Config(errs));
+                ExitCode::from(1)
+            }
+        },
+        Command::HashKey { key } => {
+            use sha2::Digest;
+            println!("sha256:{}", hex::encode(sha2::Sha256::digest(key.as_bytes())));
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, upgrade, daemon } => {
+            init_tracing();
+            match gatehouse::run(gatehouse::RunOptions { config_path: config, upgrade, daemon }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gatehouse: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,113 @@
+//! Every metric, registered once in the process-wide Prometheus registry (the one that
+//! `pingora-prometheus` also serves). Names and labels are the contract in CONFIG.md.
+//! Hot-path users keep pre-resolved handles (see `runtime::Route` and `upstream`).
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub target_healthy: IntGaugeVec,
+    pub upstream_connections: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub ratelimit_rejections: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub jwks_refreshes: IntCounterVec,
+    /// Requests the gateway refused itself, by reason (bad_path, header_too_large, ...).
+    pub rejected: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    Ok(Metrics {
+        http_requests: register_int_counter_vec!(
+            "gatehouse_http_requests_total",
+            "HTTP requests answered, by route, method and status",
+            &["route", "method", "status"]
+        )?,
+        http_duration: register_histogram_vec!(
+            "gatehouse_http_request_duration_seconds",
+            "Time from request start to response end, by route",
+            &["route"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_requests: register_int_counter_vec!(
+            "gatehouse_upstream_requests_total",
+            "Requests sent to upstream targets, by upstream status (or error)",
+            &["upstream", "target", "status"]
+        )?,
+        upstream_duration: register_histogram_vec!(
+            "gatehouse_upstream_duration_seconds",
+            "Time from sending to an upstream until its response header arrived",
+            &["upstream"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        target_healthy: register_int_gauge_vec!(
+            "gatehouse_upstream_target_healthy",
+            "1 when the target receives traffic, 0 when it is out",
+            &["upstream", "target"]
+        )?,
+        upstream_connections: register_int_counter_vec!(
+            "gatehouse_upstream_connections_total",
+            "Upstream connections used, by whether they were reused from the pool",
+            &["upstream", "reused"]
+        )?,
+        auth_failures: register_int_counter_vec!(
+            "gatehouse_auth_failures_total",
+            "Requests refused by authentication or authorization",
+            &["route", "reason"]
+        )?,
+        ratelimit_rejections: register_int_counter_vec!(
+            "gatehouse_ratelimit_rejections_total",
+            "Requests refused by a rate limit or quota",
+            &["route", "limit"]
+        )?,
+        cache_lookups: register_int_counter_vec!(
+            "gatehouse_cache_lookups_total",
+            "Cache lookups by result",
+            &["route", "result"]
+        )?,
+        config_reloads: register_int_counter_vec!(
+            "gatehouse_config_reloads_total",
+            "Config reloads by result",
+            &["result"]
+        )?,
+        jwks_refreshes: register_int_counter_vec!(
+            "gatehouse_jwks_refreshes_total",
+            "JWKS fetches by issuer and result",
+            &["issuer", "result"]
+        )?,
+        rejected: register_int_counter_vec!(
+            "gatehouse_rejected_requests_total",
+            "Requests the gateway refused before routing or proxying, by reason",
+            &["reason"]
+        )?,
+    })
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process's metrics. Registration cannot fail for these fixed, distinct names; if it
+/// ever did, that is a programming error caught by the first test that runs.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| build().expect("metric registration"))
+}
+
+/// Prometheus text format of everything registered.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let enc = prometheus::TextEncoder::new();
+    let _ = enc.encode(&prometheus::gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}

@@ -1,0 +1,125 @@
+//! Header work on every request: route `set`/`remove` operations, `X-Request-ID`,
+//! `X-Forwarded-For`/`-Proto`, and stripping identity headers a client may try to spoof.
+
+use crate::config::model;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Identity headers that only the gateway may set; client copies are always removed.
+pub const IDENTITY_HEADERS: [&str; 3] = ["x-consumer-id", "x-auth-subject", "x-auth-scopes"];
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+#[derive(Debug, Default, Clone)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Names and values were validated with the config; invalid ones cannot reach here.
+    pub fn compile(ops: &model::HeaderOps) -> Self {
+        HeaderOps {
+            set: ops
+                .set
+                .iter()
+                .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+                .collect(),
+            remove: ops
+                .remove
+                .iter()
+                .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply_request(&self, h: &mut RequestHeader) {
+        for name in &self.remove {
+            h.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            let _ = h.insert_header(name.clone(), value.clone());
+        }
+    }
+
+    pub fn apply_response(&self, h: &mut ResponseHeader) {
+        for name in &self.remove {
+            h.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            let _ = h.insert_header(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A client's request id is kept when it is 1–128 characters of `[A-Za-z0-9._:-]`.
+pub fn well_formed_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// 128 random bits as 32 hex characters.
+pub fn new_request_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+pub fn strip_identity(h: &mut RequestHeader) {
+    for name in IDENTITY_HEADERS {
+        if h.headers.contains_key(name) {
+            h.remove_header(name);
+        }
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto`.
+pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, https: bool) {
+    if let Some(ip) = client_ip {
+        let value = match h.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        let _ = h.insert_header("x-forwarded-for", value);
+    }
+    let _ = h.insert_header("x-forwarded-proto", if https { "https" } else { "http" });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(well_formed_request_id(b"abc-123_x.y:z"));
+        assert!(!well_formed_request_id(b""));
+        assert!(!well_formed_request_id(b"has space"));
+        assert!(!well_formed_request_id(&[b'a'; 129]));
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(well_formed_request_id(id.as_bytes()));
+    }
+
+    #[test]
+    fn forwarded_appends() {
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        h.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
+        set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false);
+        assert_eq!(h.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn identity_is_stripped() {
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        h.insert_header("X-Consumer-ID", "admin").unwrap();
+        h.insert_header("x-auth-scopes", "all").unwrap();
+        strip_identity(&mut h);
+        assert!(h.headers.get("x-consumer-id").is_none());
+        assert!(h.headers.get("x-auth-scopes").is_none());
+    }
+}

@@ -1,0 +1,78 @@
+//! What requests read: an immutable `Snapshot` compiled from a validated config, held
+//! in an `ArcSwap` so a reload swaps it atomically. A request keeps the snapshot it
+//! started with.
+
+pub mod path;
+pub mod router;
+pub mod snapshot;
+
+pub use snapshot::{Route, Snapshot};
+
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Process-wide state shared by the proxy, the admin listener and the signal handler.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Listeners accept connections and the config is compiled.
+    pub ready: AtomicBool,
+    /// SIGTERM or an upgrade started: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Requests between `new_ctx` and the end of `logging`.
+    pub active_requests: AtomicUsize,
+    pub config_path: String,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, config_path: String) -> Arc<Self> {
+        Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            active_requests: AtomicUsize::new(0),
+            config_path,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Reload is all or nothing: parse, validate, compile (reusing unchanged upstreams
+    /// with their health), then swap. Any error leaves the running snapshot in place.
+    /// Listener changes need an upgrade (`gatehouse upgrade`), not a reload.
+    pub async fn reload(&self) -> Result<String, Vec<crate::config::ConfigError>> {
+        let _guard = self.reload_lock.lock().await;
+        let m = crate::metrics::metrics();
+        let result = crate::config::load_file(&self.config_path).and_then(|loaded| {
+            let current = self.snapshot.load_full();
+            Snapshot::compile(loaded, Some(&current))
+        });
+        match result {
+            Ok(next) => {
+                let current = self.snapshot.load_full();
+                for (name, up) in &next.upstreams {
+                    let reused = current.upstreams.get(name).is_some_and(|u| Arc::ptr_eq(u, up));
+                    if !reused {
+                        crate::upstream::health::spawn(up);
+                    }
+                }
+                let hash = next.loaded.version_hash.clone();
+                self.snapshot.store(Arc::new(next));
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(version = %hash, "config reloaded");
+                Ok(hash)
+            }
+            Err(errs) => {
+                m.config_reloads.with_label_values(&["error"]).inc();
+                for e in &errs {
+                    tracing::error!("reload refused: {e}");
+                }
+                Err(errs)
+            }
+        }
+    }
+}

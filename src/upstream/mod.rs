@@ -1,0 +1,266 @@
+//! Upstreams at run time: their targets, how one is chosen, how a peer is built for it,
+//! and (in `health`) the active checks that decide which targets get traffic.
+//!
+//! Selection uses pingora-load-balancing for `round_robin`, `random` and
+//! `consistent_hash` (weighted, Ketama), with our own health and retry exclusions fed
+//! through `select_with`. Pingora has no least-connections balancer, so
+//! `least_requests` is ours: power-of-two-choices over in-flight counts per weight.
+
+pub mod health;
+pub mod target;
+
+use crate::config::model::{self, Balance};
+use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
+use pingora::upstreams::peer::HttpPeer;
+use prometheus::{Histogram, IntCounter};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+pub use target::Target;
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Consumer,
+    Ip,
+    Path,
+    Header(http::HeaderName),
+}
+
+impl HashOn {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "consumer" => Ok(HashOn::Consumer),
+            "ip" => Ok(HashOn::Ip),
+            "path" => Ok(HashOn::Path),
+            _ => match s.strip_prefix("header:") {
+                Some(name) => http::HeaderName::from_bytes(name.as_bytes())
+                    .map(HashOn::Header)
+                    .map_err(|_| format!("invalid header name {name:?}")),
+                None => Err(format!("{s:?} must be consumer | ip | path | header:NAME")),
+            },
+        }
+    }
+}
+
+enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<Consistent>),
+    LeastRequests,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActiveCheck {
+    pub http_path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PassiveCheck {
+    pub unhealthy_after: u32,
+    pub cooldown: Duration,
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub targets: Vec<Arc<Target>>,
+    selector: Selector,
+    pub hash_on: Option<HashOn>,
+    pub retries: usize,
+    pub max_inflight: usize,
+    pub inflight: AtomicUsize,
+    pub active: Option<ActiveCheck>,
+    pub passive: Option<PassiveCheck>,
+    pub tls: bool,
+    pub sni: String,
+    /// One ready-made peer per target, cloned per request.
+    peers: Vec<HttpPeer>,
+    pub duration: Histogram,
+    pub conn_reused: IntCounter,
+    pub conn_new: IntCounter,
+    /// The config this was built from, to reuse the pool (and its health) on reload.
+    pub source: String,
+}
+
+fn lb<S>(targets: &[Arc<Target>]) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    use futures::FutureExt;
+    let set: BTreeSet<Backend> = targets
+        .iter()
+        .map(|t| Backend {
+            addr: pingora::protocols::l4::socket::SocketAddr::Inet(t.addr),
+            weight: t.weight,
+            ext: Default::default(),
+        })
+        .collect();
+    let lb = LoadBalancer::from_backends(Backends::new(discovery::Static::new(set)));
+    // Static discovery never waits: the future is ready at once.
+    if let Some(Err(e)) = lb.update().now_or_never() {
+        tracing::error!("static backend update failed: {e}");
+    }
+    lb
+}
+
+impl Upstream {
+    pub fn build(name: &str, cfg: &model::Upstream) -> Result<Self, String> {
+        let has_active = cfg.health.active.is_some();
+        let mut targets = Vec::with_capacity(cfg.targets.len());
+        for t in &cfg.targets {
+            let addr = crate::config::validate::resolve(&t.address)?;
+            targets.push(Arc::new(Target::new(name, &t.address, addr, t.weight, has_active)));
+        }
+        let selector = match cfg.balance {
+            Balance::RoundRobin => Selector::RoundRobin(lb(&targets)),
+            Balance::Random => Selector::Random(lb(&targets)),
+            Balance::ConsistentHash => Selector::Consistent(lb(&targets)),
+            Balance::LeastRequests => Selector::LeastRequests,
+        };
+        let default_sni = cfg.targets.first().map(|t| {
+            let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&t.address);
+            if host.parse::<std::net::IpAddr>().is_ok() { String::new() } else { host.to_string() }
+        });
+        let sni = cfg.sni.clone().or(default_sni).unwrap_or_default();
+        let to = &cfg.timeouts;
+        let peers = targets
+            .iter()
+            .map(|t| {
+                let mut p = HttpPeer::new(t.addr, cfg.tls, sni.clone());
+                let o = &mut p.options;
+                o.connection_timeout = Some(to.connect.map(|d| d.0).unwrap_or(Duration::from_secs(5)));
+                o.read_timeout = Some(to.read.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
+                o.write_timeout = Some(to.write.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
+                o.idle_timeout = Some(to.idle.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
+                o.verify_cert = cfg.verify;
+                o.verify_hostname = cfg.verify;
+                if cfg.http2 {
+                    if cfg.tls {
+                        o.set_http_version(2, 1);
+                    } else {
+                        o.set_http_version(2, 2);
+                    }
+                    // Pingora's default of 1 stream per h2 connection defeats multiplexing.
+                    o.max_h2_streams = 100;
+                }
+                p
+            })
+            .collect();
+        let m = crate::metrics::metrics();
+        Ok(Upstream {
+            name: name.to_string(),
+            balance: cfg.balance,
+            targets,
+            selector,
+            hash_on: cfg.hash_on.as_deref().map(HashOn::parse).transpose()?,
+            retries: cfg.retries,
+            max_inflight: cfg.max_inflight,
+            inflight: AtomicUsize::new(0),
+            active: cfg.health.active.as_ref().map(|a| ActiveCheck {
+                http_path: if a.tcp { None } else { a.http_path.clone() },
+                interval: a.interval.0,
+                timeout: a.timeout.0,
+                healthy_after: a.healthy_after,
+                unhealthy_after: a.unhealthy_after,
+            }),
+            passive: cfg.health.passive.as_ref().map(|p| PassiveCheck {
+                unhealthy_after: p.unhealthy_after,
+                cooldown: p.cooldown.0,
+            }),
+            tls: cfg.tls,
+            sni,
+            peers,
+            duration: m.upstream_duration.with_label_values(&[name]),
+            conn_reused: m.upstream_connections.with_label_values(&[name, "true"]),
+            conn_new: m.upstream_connections.with_label_values(&[name, "false"]),
+            source: serde_json::to_string(cfg).unwrap_or_default(),
+        })
+    }
+
+    fn index_of(&self, b: &Backend) -> Option<usize> {
+        let a = b.addr.as_inet()?;
+        self.targets.iter().position(|t| t.addr == *a)
+    }
+
+    /// Chooses a target index, skipping `tried` ones and those out of service.
+    /// `key` feeds `consistent_hash`.
+    pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+        let now = target::now_ms();
+        let unknown_ok = self.active.is_none()
+            || self.targets.iter().all(|t| t.active_state() == target::UNKNOWN);
+        let ok = |i: usize| !tried.contains(&i) && self.targets[i].usable(now, unknown_ok);
+        let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
+        let n = self.targets.len();
+        match &self.selector {
+            Selector::RoundRobin(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
+            Selector::Random(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
+            Selector::Consistent(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
+            Selector::LeastRequests => self.least_requests(ok),
+        }
+    }
+
+    /// Power of two choices: two random eligible targets, the one with fewer in-flight
+    /// requests per unit of weight wins. O(1) and without the herd effect of a global minimum.
+    fn least_requests(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        use rand::Rng;
+        let eligible: Vec<usize> = (0..self.targets.len()).filter(|&i| ok(i)).collect();
+        match eligible.len() {
+            0 => None,
+            1 => Some(eligible[0]),
+            n => {
+                let mut rng = rand::thread_rng();
+                let a = eligible[rng.gen_range(0..n)];
+                let mut b = eligible[rng.gen_range(0..n - 1)];
+                if b == a {
+                    b = eligible[n - 1];
+                }
+                let load = |i: usize| {
+                    let t = &self.targets[i];
+                    (t.inflight.load(Relaxed) as u64 * 1000) / t.weight.max(1) as u64
+                };
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    pub fn peer(&self, idx: usize) -> HttpPeer {
+        self.peers[idx].clone()
+    }
+
+    /// Sets `gatehouse_upstream_target_healthy` from the current state (called before
+    /// metrics are rendered, so passive cooldowns that ended show up too).
+    pub fn refresh_gauges(&self) {
+        let now = target::now_ms();
+        let unknown_ok = self.active.is_none()
+            || self.targets.iter().all(|t| t.active_state() == target::UNKNOWN);
+        for t in &self.targets {
+            t.healthy_gauge.set(t.usable(now, unknown_ok) as i64);
+        }
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let now = target::now_ms();
+        serde_json::json!({
+            "name": self.name,
+            "balance": self.balance,
+            "inflight": self.inflight.load(Relaxed),
+            "max_inflight": self.max_inflight,
+            "targets": self.targets.iter().map(|t| serde_json::json!({
+                "address": t.address,
+                "weight": t.weight,
+                "health": t.health_label(now),
+                "inflight": t.inflight.load(Relaxed),
+                "last_check_unix_ms": t.last_check_ms(),
+                "last_check_error": t.last_error(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
