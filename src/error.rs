@@ -64,10 +64,14 @@ impl Reject {
         match self {
             Reject::BadRequest(d) => d.clone(),
             Reject::NotFound => "no route matches this request".into(),
-            Reject::PayloadTooLarge(max) => format!("the request body exceeds the limit of {max} bytes"),
+            Reject::PayloadTooLarge(max) => {
+                format!("the request body exceeds the limit of {max} bytes")
+            }
             Reject::HeadersTooLarge => "the request headers are too large".into(),
             Reject::NoHealthyTarget(u) => format!("no healthy target in upstream {u:?}"),
-            Reject::Overloaded(u) => format!("upstream {u:?} is at its in-flight limit; retry later"),
+            Reject::Overloaded(u) => {
+                format!("upstream {u:?} is at its in-flight limit; retry later")
+            }
             Reject::BadGateway(u) => format!("upstream {u:?} failed"),
             Reject::GatewayTimeout(u) => format!("upstream {u:?} did not answer in time"),
             Reject::Internal => "internal error".into(),

@@ -41,7 +41,12 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Config(errs) => {
-                writeln!(f, "invalid config ({} error{}):", errs.len(), if errs.len() == 1 { "" } else { "s" })?;
+                writeln!(
+                    f,
+                    "invalid config ({} error{}):",
+                    errs.len(),
+                    if errs.len() == 1 { "" } else { "s" }
+                )?;
                 for e in errs {
                     writeln!(f, "  {e}")?;
                 }
@@ -62,9 +67,17 @@ pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
 /// task: upstream issue #667). We try every address first and refuse to start instead.
 fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
     for l in &cfg.listeners {
-        let addr: SocketAddr = l.address.parse().map_err(|_| StartError::Bind(format!("listener {:?}: invalid address {}", l.name, l.address)))?;
+        let addr: SocketAddr = l.address.parse().map_err(|_| {
+            StartError::Bind(format!(
+                "listener {:?}: invalid address {}",
+                l.name, l.address
+            ))
+        })?;
         if let Err(e) = std::net::TcpListener::bind(addr) {
-            return Err(StartError::Bind(format!("cannot bind listener {:?} on {addr}: {e}", l.name)));
+            return Err(StartError::Bind(format!(
+                "cannot bind listener {:?} on {addr}: {e}",
+                l.name
+            )));
         }
     }
     Ok(())
@@ -81,8 +94,13 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     }
     let admin_listener = match &cfg.admin {
         Some(a) => {
-            let addr: SocketAddr = a.address.parse().map_err(|_| StartError::Bind(format!("admin: invalid address {}", a.address)))?;
-            Some(admin::bind(addr).map_err(|e| StartError::Bind(format!("cannot bind admin listener on {addr}: {e}")))?)
+            let addr: SocketAddr = a
+                .address
+                .parse()
+                .map_err(|_| StartError::Bind(format!("admin: invalid address {}", a.address)))?;
+            Some(admin::bind(addr).map_err(|e| {
+                StartError::Bind(format!("cannot bind admin listener on {addr}: {e}"))
+            })?)
         }
         None => None,
     };
@@ -111,7 +129,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server_conf,
-        proxy::Gateway { shared: shared.clone() },
+        proxy::Gateway {
+            shared: shared.clone(),
+        },
         "gatehouse",
     );
     for l in &cfg.listeners {
@@ -122,8 +142,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                 for c in &t.certificates {
                     certs.push(tls::load_pair(&c.cert, &c.key).map_err(StartError::Other)?);
                 }
-                let resolver = tls::SniResolver::new(certs)
-                    .ok_or_else(|| StartError::Other(format!("listener {:?}: no certificate", l.name)))?;
+                let resolver = tls::SniResolver::new(certs).ok_or_else(|| {
+                    StartError::Other(format!("listener {:?}: no certificate", l.name))
+                })?;
                 let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
                     .map_err(|e| StartError::Other(e.to_string()))?;
                 settings.set_cert_resolver(Arc::new(resolver));
@@ -135,7 +156,11 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         }
     }
     server.add_service(proxy);
-    let addrs: Vec<SocketAddr> = cfg.listeners.iter().filter_map(|l| l.address.parse().ok()).collect();
+    let addrs: Vec<SocketAddr> = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| l.address.parse().ok())
+        .collect();
     server.add_service(background_service(
         "gatehouse-control",
         Control {

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "An edge API gateway built on Pingora")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "An edge API gateway built on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,12 +56,23 @@ fn main() -> ExitCode {
         },
         Command::HashKey { key } => {
             use sha2::Digest;
-            println!("sha256:{}", hex::encode(sha2::Sha256::digest(key.as_bytes())));
+            println!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(key.as_bytes()))
+            );
             ExitCode::SUCCESS
         }
-        Command::Run { config, upgrade, daemon } => {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
             init_tracing();
-            match gatehouse::run(gatehouse::RunOptions { config_path: config, upgrade, daemon }) {
+            match gatehouse::run(gatehouse::RunOptions {
+                config_path: config,
+                upgrade,
+                daemon,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gatehouse: {e}");
@@ -74,5 +89,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -16,7 +16,11 @@ type Resp = Response<Full<Bytes>>;
 
 /// Binds the admin address now, so a failure is reported before serving starts.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     sock.bind(&addr.into())?;
@@ -34,7 +38,9 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -68,9 +74,16 @@ fn problem(status: StatusCode, detail: &str) -> Resp {
     });
     let mut r = text(status, body.to_string(), "application/problem+json");
     if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert("www-authenticate", http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""));
+        r.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+        );
     }
     r
+}
+
+fn deny(status: StatusCode, detail: &str) -> Box<Resp> {
+    Box::new(problem(status, detail))
 }
 
 fn json(v: serde_json::Value) -> Resp {
@@ -85,7 +98,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
+fn authorized(req: &Request<Incoming>, shared: &Shared) -> Result<(), Box<Resp>> {
     let snap = shared.snapshot.load();
     let token = snap
         .loaded
@@ -95,7 +108,10 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
         .and_then(|a| a.token.as_deref())
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(problem(StatusCode::FORBIDDEN, "the admin API is disabled: set admin.token"));
+        return Err(deny(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: set admin.token",
+        ));
     };
     let presented = req
         .headers()
@@ -108,7 +124,10 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> Result<(), Resp> {
     let a = sha2::Sha256::digest(presented.as_bytes());
     let b = sha2::Sha256::digest(token.as_bytes());
     if presented.is_empty() || !constant_time_eq(&a, &b) {
-        return Err(problem(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required"));
+        return Err(deny(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin bearer token is required",
+        ));
     }
     Ok(())
 }
@@ -130,11 +149,15 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             for up in shared.snapshot.load().upstreams.values() {
                 up.refresh_gauges();
             }
-            text(StatusCode::OK, crate::metrics::render(), "text/plain; version=0.0.4")
+            text(
+                StatusCode::OK,
+                crate::metrics::render(),
+                "text/plain; version=0.0.4",
+            )
         }
         (_, p) if p.starts_with("/admin/") => {
             if let Err(r) = authorized(&req, shared) {
-                return r;
+                return *r;
             }
             admin(req, shared).await
         }
@@ -170,13 +193,20 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                     "detail": "the new config was refused; the running config is unchanged",
                     "errors": errs.iter().map(|e| serde_json::json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
                 });
-                text(StatusCode::UNPROCESSABLE_ENTITY, body.to_string(), "application/problem+json")
+                text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    body.to_string(),
+                    "application/problem+json",
+                )
             }
         },
         (Method::POST, "/admin/cache/purge") => {
             // Drain the body so keep-alive stays usable, then say why nothing happened.
             let _ = req.into_body().collect().await;
-            problem(StatusCode::NOT_IMPLEMENTED, "response caching is not supported yet by this gatehouse version")
+            problem(
+                StatusCode::NOT_IMPLEMENTED,
+                "response caching is not supported yet by this gatehouse version",
+            )
         }
         _ => problem(StatusCode::NOT_FOUND, "unknown admin path"),
     }

@@ -164,9 +164,10 @@ async fn answer(echo: &Echo, port: u16, req: Request<Incoming>) -> Response<Full
     let (body, ctype) = match (o.size, &echo.fixed_body) {
         (Some(n), _) => (echo.x_body(n), &TEXT_PLAIN),
         (None, Some(b)) => (b.clone(), &TEXT_PLAIN),
-        (None, None) => {
-            (Bytes::from(describe(echo, port, &parts, body_len)), &APPLICATION_JSON)
-        }
+        (None, None) => (
+            Bytes::from(describe(echo, port, &parts, body_len)),
+            &APPLICATION_JSON,
+        ),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = o.status.unwrap_or(StatusCode::OK);
@@ -188,18 +189,25 @@ fn describe(echo: &Echo, port: u16, req: &hyper::http::request::Parts, body_len:
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-async fn serve_conn(echo: Arc<Echo>, builder: Arc<auto::Builder<TokioExecutor>>, stream: TcpStream) {
+async fn serve_conn(
+    echo: Arc<Echo>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+) {
     let _ = stream.set_nodelay(true);
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let port_header = HeaderValue::from(port);
-    let svc = hyper::service::service_fn(move |req| {
-        handle(echo.clone(), port, port_header.clone(), req)
-    });
+    let svc =
+        hyper::service::service_fn(move |req| handle(echo.clone(), port, port_header.clone(), req));
     // Client resets and protocol errors end the connection; nothing to log.
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
-async fn accept_loop(listener: TcpListener, echo: Arc<Echo>, builder: Arc<auto::Builder<TokioExecutor>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    echo: Arc<Echo>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -227,7 +235,10 @@ async fn run(args: Args) -> i32 {
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(1024);
     let builder = Arc::new(builder);
 
     let mut listeners = Vec::new();
@@ -257,7 +268,10 @@ async fn run(args: Args) -> i32 {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the default action (exit) still applies.
         std::future::pending::<()>().await;
         return;
@@ -272,7 +286,9 @@ fn main() {
     let args = Args::parse();
     let threads = args.threads.max(1);
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

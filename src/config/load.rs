@@ -32,11 +32,7 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid variable name {name:?}"));
             }
             match (lookup(name), default) {
@@ -112,7 +108,10 @@ fn section<T: DeserializeOwned>(path: &str, v: Value, errs: &mut Vec<ConfigError
                 (false, i) if i.starts_with('[') => format!("{path}{i}"),
                 (false, i) => format!("{path}.{i}"),
             };
-            errs.push(ConfigError::new(full, clean_serde_message(&e.into_inner().to_string())));
+            errs.push(ConfigError::new(
+                full,
+                clean_serde_message(&e.into_inner().to_string()),
+            ));
             None
         }
     }
@@ -171,7 +170,12 @@ pub fn parse(
     let mut errs = Vec::new();
     let mut root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
-        Err(e) => return Err(vec![ConfigError::new("(file)", format!("invalid YAML: {e}"))]),
+        Err(e) => {
+            return Err(vec![ConfigError::new(
+                "(file)",
+                format!("invalid YAML: {e}"),
+            )])
+        }
     };
     interpolate_value(&mut root, "", lookup, &mut errs);
     let Value::Mapping(top) = root else {
@@ -225,7 +229,10 @@ pub fn parse(
         }
     }
     if !seen_listeners {
-        errs.push(ConfigError::new("listeners", "missing: at least one listener is required"));
+        errs.push(ConfigError::new(
+            "listeners",
+            "missing: at least one listener is required",
+        ));
     }
     if errs.is_empty() {
         Ok(cfg)

@@ -43,8 +43,12 @@ pub struct Loaded {
 
 /// Reads, parses and validates a config file. Every error is returned at once.
 pub fn load_file(path: &str) -> Result<Loaded, Vec<ConfigError>> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| vec![ConfigError::new("(file)", format!("cannot read {path:?}: {e}"))])?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        vec![ConfigError::new(
+            "(file)",
+            format!("cannot read {path:?}: {e}"),
+        )]
+    })?;
     let text = String::from_utf8(bytes.clone())
         .map_err(|_| vec![ConfigError::new("(file)", "the file is not UTF-8")])?;
     let env = |name: &str| std::env::var(name).ok();

@@ -26,9 +26,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60_000.0,
         "h" => n * 3_600_000.0,
         "d" => n * 86_400_000.0,
-        _ => return Err(format!("invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+            ))
+        }
     };
-    if !ms.is_finite() || ms < 0.0 || ms > 1e13 {
+    if !ms.is_finite() || !(0.0..=1e13).contains(&ms) {
         return Err(format!("invalid duration {s:?}: out of range"));
     }
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
@@ -76,7 +80,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => return Err(format!("invalid size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB)")),
+        u => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("invalid size {s:?}: too large"))

@@ -28,7 +28,10 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     listeners(&mut v, cfg);
     if let Some(a) = &cfg.admin {
         if a.address.parse::<SocketAddr>().is_err() {
-            v.err("admin.address", format!("{:?} is not an IP:port address", a.address));
+            v.err(
+                "admin.address",
+                format!("{:?} is not an IP:port address", a.address),
+            );
         }
     }
     for (name, u) in &cfg.upstreams {
@@ -50,7 +53,10 @@ fn server(v: &mut V, cfg: &Config) {
     }
     for (i, c) in s.trusted_proxies.iter().enumerate() {
         if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
-            v.err(format!("server.trusted_proxies[{i}]"), format!("{c:?} is not a CIDR"));
+            v.err(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{c:?} is not a CIDR"),
+            );
         }
     }
 }
@@ -64,22 +70,39 @@ fn listeners(v: &mut V, cfg: &Config) {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
         if !names.insert(l.name.as_str()) {
-            v.err(format!("{p}.name"), format!("duplicate listener name {:?}", l.name));
+            v.err(
+                format!("{p}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         match l.address.parse::<SocketAddr>() {
             Ok(a) => {
                 if !addrs.insert(a) {
                     v.err(format!("{p}.address"), format!("address {a} is used twice"));
                 }
-                if cfg.admin.as_ref().and_then(|ad| ad.address.parse::<SocketAddr>().ok()) == Some(a) {
-                    v.err(format!("{p}.address"), format!("address {a} is also the admin address"));
+                if cfg
+                    .admin
+                    .as_ref()
+                    .and_then(|ad| ad.address.parse::<SocketAddr>().ok())
+                    == Some(a)
+                {
+                    v.err(
+                        format!("{p}.address"),
+                        format!("address {a} is also the admin address"),
+                    );
                 }
             }
-            Err(_) => v.err(format!("{p}.address"), format!("{:?} is not an IP:port address", l.address)),
+            Err(_) => v.err(
+                format!("{p}.address"),
+                format!("{:?} is not an IP:port address", l.address),
+            ),
         }
         if let Some(tls) = &l.tls {
             if tls.certificates.is_empty() {
-                v.err(format!("{p}.tls.certificates"), "at least one certificate is required");
+                v.err(
+                    format!("{p}.tls.certificates"),
+                    "at least one certificate is required",
+                );
             }
             for (j, c) in tls.certificates.iter().enumerate() {
                 if let Err(e) = crate::tls::load_pair(&c.cert, &c.key) {
@@ -99,7 +122,10 @@ fn upstream(v: &mut V, name: &str, u: &Upstream) {
     for (i, t) in u.targets.iter().enumerate() {
         let tp = format!("{p}.targets[{i}]");
         if !seen.insert(t.address.as_str()) {
-            v.err(format!("{tp}.address"), format!("target {:?} is listed twice", t.address));
+            v.err(
+                format!("{tp}.address"),
+                format!("target {:?} is listed twice", t.address),
+            );
         }
         if t.weight == 0 || t.weight > 1000 {
             v.err(format!("{tp}.weight"), "must be between 1 and 1000");
@@ -114,9 +140,10 @@ fn upstream(v: &mut V, name: &str, u: &Upstream) {
                 v.err(format!("{p}.hash_on"), e);
             }
         }
-        (None, Balance::ConsistentHash) => {
-            v.err(format!("{p}.hash_on"), "required with balance: consistent_hash (consumer | ip | path | header:NAME)")
-        }
+        (None, Balance::ConsistentHash) => v.err(
+            format!("{p}.hash_on"),
+            "required with balance: consistent_hash (consumer | ip | path | header:NAME)",
+        ),
         _ => {}
     }
     if u.retries > 10 {
@@ -126,7 +153,10 @@ fn upstream(v: &mut V, name: &str, u: &Upstream) {
         let hp = format!("{p}.health.active");
         match (&a.http_path, a.tcp) {
             (Some(_), true) => v.err(&hp, "set either http_path or tcp: true, not both"),
-            (None, false) => v.err(&hp, "set http_path (HTTP check) or tcp: true (connect check)"),
+            (None, false) => v.err(
+                &hp,
+                "set http_path (HTTP check) or tcp: true (connect check)",
+            ),
             (Some(path), false) if !path.starts_with('/') => {
                 v.err(format!("{hp}.http_path"), "must start with /")
             }
@@ -147,7 +177,10 @@ fn upstream(v: &mut V, name: &str, u: &Upstream) {
     }
     if let Some(ps) = &u.health.passive {
         if ps.unhealthy_after == 0 {
-            v.err(format!("{p}.health.passive.unhealthy_after"), "must be at least 1");
+            v.err(
+                format!("{p}.health.passive.unhealthy_after"),
+                "must be at least 1",
+            );
         }
     }
 }
@@ -173,7 +206,10 @@ fn auth(v: &mut V, cfg: &Config) {
         for (i, j) in a.jwt.iter().enumerate() {
             let p = format!("auth.jwt[{i}]");
             if !names.insert(j.name.as_str()) {
-                v.err(format!("{p}.name"), format!("duplicate issuer name {:?}", j.name));
+                v.err(
+                    format!("{p}.name"),
+                    format!("duplicate issuer name {:?}", j.name),
+                );
             }
             if j.algorithms.is_empty() {
                 v.err(format!("{p}.algorithms"), "list at least one algorithm");
@@ -182,13 +218,19 @@ fn auth(v: &mut V, cfg: &Config) {
                 if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
                     v.err(
                         format!("{p}.algorithms[{k}]"),
-                        format!("unknown algorithm {alg:?} (one of {})", KNOWN_ALGORITHMS.join(", ")),
+                        format!(
+                            "unknown algorithm {alg:?} (one of {})",
+                            KNOWN_ALGORITHMS.join(", ")
+                        ),
                     );
                 }
             }
             let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
             if j.jwks_url.is_none() && j.jwks_file.is_none() && !has_hmac {
-                v.err(&p, "an issuer needs keys: jwks_url, jwks_file or hmac_secret");
+                v.err(
+                    &p,
+                    "an issuer needs keys: jwks_url, jwks_file or hmac_secret",
+                );
             }
             if let Some(f) = &j.jwks_file {
                 match std::fs::read(f) {
@@ -198,7 +240,12 @@ fn auth(v: &mut V, cfg: &Config) {
                             .ok()
                             .is_some_and(|j| j.get("keys").is_some_and(|k| k.is_array()));
                         if !ok {
-                            v.err(format!("{p}.jwks_file"), format!("{f:?} is not a JWKS (a JSON object with a \"keys\" array)"));
+                            v.err(
+                                format!("{p}.jwks_file"),
+                                format!(
+                                    "{f:?} is not a JWKS (a JSON object with a \"keys\" array)"
+                                ),
+                            );
                         }
                     }
                 }
@@ -214,7 +261,10 @@ fn auth(v: &mut V, cfg: &Config) {
     for (i, c) in cfg.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
         if !ids.insert(c.id.as_str()) {
-            v.err(format!("{p}.id"), format!("duplicate consumer id {:?}", c.id));
+            v.err(
+                format!("{p}.id"),
+                format!("duplicate consumer id {:?}", c.id),
+            );
         }
         if let Some(t) = &c.tier {
             tier_refs.push((format!("{p}.tier"), t.clone()));
@@ -255,18 +305,34 @@ fn routes(v: &mut V, cfg: &Config) {
     for (i, r) in cfg.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if r.name.is_empty() || r.name == "unmatched" {
-            v.err(format!("{p}.name"), "a route needs a name (and `unmatched` is reserved)");
+            v.err(
+                format!("{p}.name"),
+                "a route needs a name (and `unmatched` is reserved)",
+            );
         }
         if let Some(first) = names.insert(r.name.as_str(), i) {
-            v.err(format!("{p}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
+            v.err(
+                format!("{p}.name"),
+                format!("duplicate route name {:?} (also routes[{first}])", r.name),
+            );
         }
         if !cfg.upstreams.contains_key(&r.upstream) {
-            v.err(format!("{p}.upstream"), format!("unknown upstream {:?}", r.upstream));
+            v.err(
+                format!("{p}.upstream"),
+                format!("unknown upstream {:?}", r.upstream),
+            );
         }
         let m = &r.matches;
-        let kinds = [m.path.is_some(), m.path_prefix.is_some(), m.path_regex.is_some()];
+        let kinds = [
+            m.path.is_some(),
+            m.path_prefix.is_some(),
+            m.path_regex.is_some(),
+        ];
         if kinds.iter().filter(|k| **k).count() > 1 {
-            v.err(format!("{p}.match"), "use only one of path, path_prefix and path_regex");
+            v.err(
+                format!("{p}.match"),
+                "use only one of path, path_prefix and path_regex",
+            );
         }
         for (key, val) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
             if let Some(s) = val {
@@ -277,21 +343,35 @@ fn routes(v: &mut V, cfg: &Config) {
         }
         if let Some(re) = &m.path_regex {
             if let Err(e) = regex::Regex::new(re) {
-                v.err(format!("{p}.match.path_regex"), format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("")));
+                v.err(
+                    format!("{p}.match.path_regex"),
+                    format!(
+                        "invalid regex: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                );
             }
         }
         for (k, h) in m.hosts.iter().enumerate() {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             let ok = !bare.is_empty()
-                && bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
                 && !bare.contains("..");
             if !ok {
-                v.err(format!("{p}.match.hosts[{k}]"), format!("{h:?} is not a host name or *.wildcard"));
+                v.err(
+                    format!("{p}.match.hosts[{k}]"),
+                    format!("{h:?} is not a host name or *.wildcard"),
+                );
             }
         }
         for (k, meth) in m.methods.iter().enumerate() {
             if meth.is_empty() || !meth.bytes().all(|b| b.is_ascii_uppercase()) {
-                v.err(format!("{p}.match.methods[{k}]"), format!("{meth:?} is not a method (GET, POST, ...)"));
+                v.err(
+                    format!("{p}.match.methods[{k}]"),
+                    format!("{meth:?} is not a method (GET, POST, ...)"),
+                );
             }
         }
         for name in m.headers.keys() {
@@ -312,27 +392,41 @@ fn routes(v: &mut V, cfg: &Config) {
                     "jwt" => cfg.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()),
                     "api_key" => cfg.auth.as_ref().is_some_and(|a| a.api_key.is_some()),
                     _ => {
-                        v.err(format!("{p}.auth[{k}]"), format!("unknown auth method {method:?} (jwt | api_key)"));
+                        v.err(
+                            format!("{p}.auth[{k}]"),
+                            format!("unknown auth method {method:?} (jwt | api_key)"),
+                        );
                         continue;
                     }
                 };
                 if !configured {
-                    v.err(format!("{p}.auth[{k}]"), format!("auth method {method:?} is not configured under auth:"));
+                    v.err(
+                        format!("{p}.auth[{k}]"),
+                        format!("auth method {method:?} is not configured under auth:"),
+                    );
                 }
             }
         }
         let key_ok = |k: &Option<String>| match k.as_deref() {
             None | Some("consumer" | "ip" | "route") => true,
-            Some(h) => h.strip_prefix("header:").is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
+            Some(h) => h
+                .strip_prefix("header:")
+                .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
         };
         if let Some(rl) = &r.rate_limit {
             if !key_ok(&rl.key) {
-                v.err(format!("{p}.rate_limit.key"), "must be consumer | ip | route | header:NAME");
+                v.err(
+                    format!("{p}.rate_limit.key"),
+                    "must be consumer | ip | route | header:NAME",
+                );
             }
         }
         if let Some(q) = &r.quota {
             if !key_ok(&q.key) {
-                v.err(format!("{p}.quota.key"), "must be consumer | ip | route | header:NAME");
+                v.err(
+                    format!("{p}.quota.key"),
+                    "must be consumer | ip | route | header:NAME",
+                );
             }
         }
         if r.cache.is_some() && cfg.cache.is_none() {

@@ -23,7 +23,12 @@ impl HeaderOps {
             set: ops
                 .set
                 .iter()
-                .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(v).ok()?)))
+                .filter_map(|(k, v)| {
+                    Some((
+                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
                 .collect(),
             remove: ops
                 .remove
@@ -60,7 +65,8 @@ impl HeaderOps {
 pub fn well_formed_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// 128 random bits as 32 hex characters.
@@ -80,7 +86,11 @@ pub fn strip_identity(h: &mut RequestHeader) {
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto`.
 pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, https: bool) {
     if let Some(ip) = client_ip {
-        let value = match h.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let value = match h
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };

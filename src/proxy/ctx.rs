@@ -82,6 +82,9 @@ impl Ctx {
     }
 
     pub fn route_name(&self) -> &str {
-        self.route.as_ref().map(|r| r.name.as_str()).unwrap_or("unmatched")
+        self.route
+            .as_ref()
+            .map(|r| r.name.as_str())
+            .unwrap_or("unmatched")
     }
 }

@@ -46,7 +46,9 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
     let req = session.req_header();
     let method = req.method.as_str();
     let mut status_buf = itoa_buf(status);
-    m.http_requests.with_label_values(&[&route, method, status_str(&mut status_buf)]).inc();
+    m.http_requests
+        .with_label_values(&[&route, method, status_str(&mut status_buf)])
+        .inc();
     match &ctx.route {
         Some(r) => r.duration.observe(elapsed.as_secs_f64()),
         None => {
@@ -60,9 +62,12 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
             (Some(r), Some(i)) => Some(r.upstream.targets[i].address.as_str()),
             _ => None,
         };
-        let upstream_ms = ctx
-            .upstream_start
-            .map(|s| ms(ctx.upstream_header_at.unwrap_or_else(Instant::now).duration_since(s)));
+        let upstream_ms = ctx.upstream_start.map(|s| {
+            ms(ctx
+                .upstream_header_at
+                .unwrap_or_else(Instant::now)
+                .duration_since(s))
+        });
         let line = serde_json::json!({
             "timestamp": crate::accesslog::rfc3339(std::time::SystemTime::now()),
             "request_id": ctx.request_id,
@@ -94,7 +99,11 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
 
 fn itoa_buf(n: u16) -> [u8; 3] {
     let n = n.min(999);
-    [b'0' + (n / 100) as u8, b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]
+    [
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
 }
 
 fn status_str(b: &mut [u8; 3]) -> &str {

@@ -8,9 +8,9 @@ mod log;
 use crate::error::Reject;
 use crate::policy::headers;
 use crate::runtime::{path, router::host_of, Shared};
-pub use ctx::Ctx;
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use ctx::Ctx;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -37,24 +37,45 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     if let Some(secs) = reject.retry_after() {
         resp.insert_header("retry-after", secs.to_string())?;
     }
-    if matches!(reject, Reject::BadRequest(_) | Reject::HeadersTooLarge | Reject::PayloadTooLarge(_)) {
+    if matches!(
+        reject,
+        Reject::BadRequest(_) | Reject::HeadersTooLarge | Reject::PayloadTooLarge(_)
+    ) {
         // The rest of this connection's bytes cannot be trusted (or are a body we refuse).
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
     }
-    crate::metrics::metrics().rejected.with_label_values(&[reject.slug()]).inc();
+    crate::metrics::metrics()
+        .rejected
+        .with_label_values(&[reject.slug()])
+        .inc();
     ctx.reject = Some(reject);
     let head_only = session.req_header().method == http::Method::HEAD;
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }
 
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
 fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
-    req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
-        + req.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0)
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().len())
+            .unwrap_or(0)
 }
 
 impl Gateway {
@@ -63,7 +84,9 @@ impl Gateway {
         let snap = self.shared.snapshot.load_full();
         let req = session.req_header();
         ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
-            Some(v) if headers::well_formed_request_id(v.as_bytes()) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            Some(v) if headers::well_formed_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
             _ => headers::new_request_id(),
         };
         if header_bytes(req) > snap.max_header_size {
@@ -71,9 +94,15 @@ impl Gateway {
             return Some(Reject::HeadersTooLarge);
         }
         // RFC 9112 §6.3: both framings at once is a smuggling vector; refuse, don't guess.
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING) && req.headers.contains_key(http::header::CONTENT_LENGTH) {
+        // Pingora drops Content-Length when Transfer-Encoding is present, so look at the
+        // raw header block (only when Transfer-Encoding is there at all: rare).
+        if req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && raw_has_content_length(&session.as_downstream().to_h1_raw())
+        {
             ctx.snapshot = Some(snap);
-            return Some(Reject::BadRequest("both Content-Length and Transfer-Encoding are present".into()));
+            return Some(Reject::BadRequest(
+                "both Content-Length and Transfer-Encoding are present".into(),
+            ));
         }
         let raw_path = req.uri.path();
         let normalized = match path::normalize(raw_path) {
@@ -87,10 +116,18 @@ impl Gateway {
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         let host = host_of(host_raw);
-        let Some(route) = snap.router.find(&host, &normalized, &req.method, &req.headers).cloned() else {
+        let Some(route) = snap
+            .router
+            .find(&host, &normalized, &req.method, &req.headers)
+            .cloned()
+        else {
             ctx.snapshot = Some(snap);
             return Some(Reject::NotFound);
         };
@@ -99,7 +136,11 @@ impl Gateway {
         if let Some(sp) = &route.strip_prefix {
             if let Some(rest) = up_path.strip_prefix(sp.as_str()) {
                 if rest.is_empty() || rest.starts_with('/') {
-                    up_path = if rest.is_empty() { "/".to_string().into() } else { rest.to_string().into() };
+                    up_path = if rest.is_empty() {
+                        "/".to_string().into()
+                    } else {
+                        rest.to_string().into()
+                    };
                 }
             }
         }
@@ -146,7 +187,9 @@ impl Gateway {
 
     fn hash_key(&self, session: &Session, ctx: &Ctx) -> Vec<u8> {
         use crate::upstream::HashOn;
-        let Some(route) = &ctx.route else { return Vec::new() };
+        let Some(route) = &ctx.route else {
+            return Vec::new();
+        };
         match &route.upstream.hash_on {
             Some(HashOn::Header(name)) => session
                 .req_header()
@@ -170,9 +213,15 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
     if let Some(r) = &ctx.reject {
         return r.clone();
     }
-    let upstream = ctx.route.as_ref().map(|r| r.upstream.name.clone()).unwrap_or_default();
+    let upstream = ctx
+        .route
+        .as_ref()
+        .map(|r| r.upstream.name.clone())
+        .unwrap_or_default();
     match e.etype() {
-        ErrorType::HTTPStatus(413) => Reject::PayloadTooLarge(ctx.route.as_ref().and_then(|r| r.max_body).unwrap_or(0)),
+        ErrorType::HTTPStatus(413) => {
+            Reject::PayloadTooLarge(ctx.route.as_ref().and_then(|r| r.max_body).unwrap_or(0))
+        }
         ErrorType::HTTPStatus(503) => Reject::NoHealthyTarget(upstream),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             if e.esource() == &ErrorSource::Downstream {
@@ -218,7 +267,10 @@ impl ProxyHttp for Gateway {
             if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_body) {
                 if ctx.body_bytes > max {
                     ctx.reject = Some(Reject::PayloadTooLarge(max));
-                    return Error::e_explain(ErrorType::HTTPStatus(413), "request body over max_body");
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(413),
+                        "request body over max_body",
+                    );
                 }
             }
         }
@@ -230,7 +282,11 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
         let up = &route.upstream;
-        let key = if up.hash_on.is_some() { self.hash_key(session, ctx) } else { Vec::new() };
+        let key = if up.hash_on.is_some() {
+            self.hash_key(session, ctx)
+        } else {
+            Vec::new()
+        };
         let Some(idx) = up.select(&key, &ctx.tried) else {
             ctx.reject = Some(if ctx.tried.is_empty() {
                 Reject::NoHealthyTarget(up.name.clone())
@@ -252,7 +308,13 @@ impl ProxyHttp for Gateway {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let (Some(route), Some(idx)) = (&ctx.route, ctx.target) {
             let up = &route.upstream;
             let t = &up.targets[idx];
@@ -340,7 +402,10 @@ impl ProxyHttp for Gateway {
             }
         }
         req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         headers::set_forwarded(req, client_ip, ctx.https);
         if let Some(route) = &ctx.route {
             route.request_headers.apply_request(req);
@@ -373,7 +438,10 @@ impl ProxyHttp for Gateway {
                     400..=499 => "4xx",
                     _ => "5xx",
                 };
-                crate::metrics::metrics().upstream_requests.with_label_values(&[&up.name, &t.address, class]).inc();
+                crate::metrics::metrics()
+                    .upstream_requests
+                    .with_label_values(&[&up.name, &t.address, class])
+                    .inc();
             }
             match (status >= 500, up.passive) {
                 (true, Some(p)) => t.record_failure(p.unhealthy_after, p.cooldown),
@@ -384,7 +452,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if let Some(route) = &ctx.route {
             route.response_headers.apply_response(resp);
         }

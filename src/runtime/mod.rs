@@ -55,7 +55,10 @@ impl Shared {
             Ok(next) => {
                 let current = self.snapshot.load_full();
                 for (name, up) in &next.upstreams {
-                    let reused = current.upstreams.get(name).is_some_and(|u| Arc::ptr_eq(u, up));
+                    let reused = current
+                        .upstreams
+                        .get(name)
+                        .is_some_and(|u| Arc::ptr_eq(u, up));
                     if !reused {
                         crate::upstream::health::spawn(up);
                     }

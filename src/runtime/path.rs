@@ -62,7 +62,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (h, l) = match (bytes.get(i + 1).and_then(|&c| hex(c)), bytes.get(i + 2).and_then(|&c| hex(c))) {
+            let (h, l) = match (
+                bytes.get(i + 1).and_then(|&c| hex(c)),
+                bytes.get(i + 2).and_then(|&c| hex(c)),
+            ) {
                 (Some(h), Some(l)) => (h, l),
                 _ => return Err(PathError::BadEscape),
             };
@@ -105,7 +108,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         s.push(b'/');
     }
     // Only ASCII escapes were decoded into unreserved ASCII, so this stays valid UTF-8.
-    Ok(Cow::Owned(String::from_utf8(s).map_err(|_| PathError::BadEscape)?))
+    Ok(Cow::Owned(
+        String::from_utf8(s).map_err(|_| PathError::BadEscape)?,
+    ))
 }
 
 #[cfg(test)]
@@ -118,8 +123,14 @@ mod tests {
 
     #[test]
     fn untouched_paths_are_borrowed() {
-        assert!(matches!(normalize("/api/v1/orders").unwrap(), Cow::Borrowed(_)));
-        assert!(matches!(normalize("/a/.well-known/x").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("/api/v1/orders").unwrap(),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            normalize("/a/.well-known/x").unwrap(),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(normalize("/").unwrap(), Cow::Borrowed(_)));
     }
 

@@ -127,14 +127,20 @@ impl<T> Router<T> {
             for h in &e.hosts {
                 let h = h.to_ascii_lowercase();
                 match h.strip_prefix('*') {
-                    Some(suffix) => wildcard.entry(suffix.to_string()).or_default().insert(&e.path, idx, &compiled),
-                    None => exact_hosts.entry(h).or_default().insert(&e.path, idx, &compiled),
+                    Some(suffix) => wildcard
+                        .entry(suffix.to_string())
+                        .or_default()
+                        .insert(&e.path, idx, &compiled),
+                    None => exact_hosts
+                        .entry(h)
+                        .or_default()
+                        .insert(&e.path, idx, &compiled),
                 }
             }
             out.push((e.conditions, e.value));
         }
         let mut wildcard_hosts: Vec<_> = wildcard.into_iter().collect();
-        wildcard_hosts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        wildcard_hosts.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         Ok(Router {
             entries: out,
             exact_hosts,
@@ -153,7 +159,9 @@ impl<T> Router<T> {
             .or_else(|| {
                 self.wildcard_hosts
                     .iter()
-                    .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                    .filter(|(suffix, _)| {
+                        host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                    })
                     .find_map(|(_, t)| t.find(path, &ok))
             })
             .or_else(|| self.any_host.find(path, &ok))?;
@@ -172,7 +180,9 @@ impl<T> Router<T> {
 /// Lower-cases a Host header value and drops the port and a trailing dot.
 pub fn host_of(raw: &str) -> std::borrow::Cow<'_, str> {
     let h = if raw.starts_with('[') {
-        raw.split_once(']').map(|(a, _)| &raw[..a.len() + 1]).unwrap_or(raw)
+        raw.split_once(']')
+            .map(|(a, _)| &raw[..a.len() + 1])
+            .unwrap_or(raw)
     } else {
         raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
     };
@@ -191,7 +201,12 @@ pub type SharedRouter<R> = Arc<Router<Arc<R>>>;
 mod tests {
     use super::*;
 
-    fn e(hosts: &[&str], path: PathMatch, methods: Option<&[&str]>, v: &'static str) -> Entry<&'static str> {
+    fn e(
+        hosts: &[&str],
+        path: PathMatch,
+        methods: Option<&[&str]>,
+        v: &'static str,
+    ) -> Entry<&'static str> {
         Entry {
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             path,
@@ -204,7 +219,8 @@ mod tests {
     }
 
     fn find<'a>(r: &'a Router<&'static str>, host: &str, path: &str, m: &str) -> Option<&'a str> {
-        r.find(host, path, &m.parse().unwrap(), &HeaderMap::new()).copied()
+        r.find(host, path, &m.parse().unwrap(), &HeaderMap::new())
+            .copied()
     }
 
     #[test]
@@ -226,8 +242,18 @@ mod tests {
     #[test]
     fn hosts_and_methods() {
         let r = Router::new(vec![
-            e(&["api.example.com"], PathMatch::Prefix("/".into()), Some(&["GET"]), "exact-host"),
-            e(&["*.example.com"], PathMatch::Prefix("/".into()), None, "wild"),
+            e(
+                &["api.example.com"],
+                PathMatch::Prefix("/".into()),
+                Some(&["GET"]),
+                "exact-host",
+            ),
+            e(
+                &["*.example.com"],
+                PathMatch::Prefix("/".into()),
+                None,
+                "wild",
+            ),
             e(&[], PathMatch::Exact("/only".into()), None, "any"),
         ])
         .unwrap();

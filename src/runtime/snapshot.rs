@@ -60,7 +60,10 @@ impl Snapshot {
         let mut entries = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
             let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
-                errs.push(ConfigError::new(format!("routes[{i}].upstream"), format!("unknown upstream {:?}", r.upstream)));
+                errs.push(ConfigError::new(
+                    format!("routes[{i}].upstream"),
+                    format!("unknown upstream {:?}", r.upstream),
+                ));
                 continue;
             };
             let mt = &r.matches;
@@ -73,12 +76,19 @@ impl Snapshot {
             let methods = if mt.methods.is_empty() {
                 None
             } else {
-                Some(mt.methods.iter().filter_map(|m| m.parse::<http::Method>().ok()).collect())
+                Some(
+                    mt.methods
+                        .iter()
+                        .filter_map(|m| m.parse::<http::Method>().ok())
+                        .collect(),
+                )
             };
             let headers = mt
                 .headers
                 .iter()
-                .filter_map(|(k, v)| Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone())))
+                .filter_map(|(k, v)| {
+                    Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
+                })
                 .collect();
             let route = Route {
                 name: r.name.clone(),

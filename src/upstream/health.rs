@@ -59,7 +59,9 @@ async fn probe(
     tls: bool,
     sni: &str,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let Some(path) = http_path else {
         return Ok(());
     };
@@ -69,9 +71,16 @@ async fn probe(
     );
     if tls {
         let connector = tls_connector();
-        let name = rustls::pki_types::ServerName::try_from(if sni.is_empty() { addr.ip().to_string() } else { sni.to_string() })
-            .map_err(|e| format!("bad SNI: {e}"))?;
-        let mut s = connector.connect(name, stream).await.map_err(|e| format!("tls: {e}"))?;
+        let name = rustls::pki_types::ServerName::try_from(if sni.is_empty() {
+            addr.ip().to_string()
+        } else {
+            sni.to_string()
+        })
+        .map_err(|e| format!("bad SNI: {e}"))?;
+        let mut s = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
         exchange(&mut s, req.as_bytes()).await
     } else {
         let mut s = stream;
@@ -79,12 +88,18 @@ async fn probe(
     }
 }
 
-async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, req: &[u8]) -> Result<(), String> {
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    req: &[u8],
+) -> Result<(), String> {
     s.write_all(req).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = [0u8; 64];
     let mut n = 0;
     while n < 12 {
-        let r = s.read(&mut buf[n..]).await.map_err(|e| format!("read: {e}"))?;
+        let r = s
+            .read(&mut buf[n..])
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         if r == 0 {
             break;
         }

@@ -117,7 +117,9 @@ impl Upstream {
         let mut targets = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let addr = crate::config::validate::resolve(&t.address)?;
-            targets.push(Arc::new(Target::new(name, &t.address, addr, t.weight, has_active)));
+            targets.push(Arc::new(Target::new(
+                name, &t.address, addr, t.weight, has_active,
+            )));
         }
         let selector = match cfg.balance {
             Balance::RoundRobin => Selector::RoundRobin(lb(&targets)),
@@ -126,8 +128,16 @@ impl Upstream {
             Balance::LeastRequests => Selector::LeastRequests,
         };
         let default_sni = cfg.targets.first().map(|t| {
-            let host = t.address.rsplit_once(':').map(|(h, _)| h).unwrap_or(&t.address);
-            if host.parse::<std::net::IpAddr>().is_ok() { String::new() } else { host.to_string() }
+            let host = t
+                .address
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&t.address);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                String::new()
+            } else {
+                host.to_string()
+            }
         });
         let sni = cfg.sni.clone().or(default_sni).unwrap_or_default();
         let to = &cfg.timeouts;
@@ -136,7 +146,8 @@ impl Upstream {
             .map(|t| {
                 let mut p = HttpPeer::new(t.addr, cfg.tls, sni.clone());
                 let o = &mut p.options;
-                o.connection_timeout = Some(to.connect.map(|d| d.0).unwrap_or(Duration::from_secs(5)));
+                o.connection_timeout =
+                    Some(to.connect.map(|d| d.0).unwrap_or(Duration::from_secs(5)));
                 o.read_timeout = Some(to.read.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
                 o.write_timeout = Some(to.write.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
                 o.idle_timeout = Some(to.idle.map(|d| d.0).unwrap_or(Duration::from_secs(60)));
@@ -195,14 +206,23 @@ impl Upstream {
     pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
         let now = target::now_ms();
         let unknown_ok = self.active.is_none()
-            || self.targets.iter().all(|t| t.active_state() == target::UNKNOWN);
+            || self
+                .targets
+                .iter()
+                .all(|t| t.active_state() == target::UNKNOWN);
         let ok = |i: usize| !tried.contains(&i) && self.targets[i].usable(now, unknown_ok);
         let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         let n = self.targets.len();
         match &self.selector {
-            Selector::RoundRobin(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
-            Selector::Random(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
-            Selector::Consistent(lb) => lb.select_with(key, n * 4, accept).and_then(|b| self.index_of(&b)),
+            Selector::RoundRobin(lb) => lb
+                .select_with(key, n * 4, accept)
+                .and_then(|b| self.index_of(&b)),
+            Selector::Random(lb) => lb
+                .select_with(key, n * 4, accept)
+                .and_then(|b| self.index_of(&b)),
+            Selector::Consistent(lb) => lb
+                .select_with(key, n * 4, accept)
+                .and_then(|b| self.index_of(&b)),
             Selector::LeastRequests => self.least_requests(ok),
         }
     }
@@ -240,7 +260,10 @@ impl Upstream {
     pub fn refresh_gauges(&self) {
         let now = target::now_ms();
         let unknown_ok = self.active.is_none()
-            || self.targets.iter().all(|t| t.active_state() == target::UNKNOWN);
+            || self
+                .targets
+                .iter()
+                .all(|t| t.active_state() == target::UNKNOWN);
         for t in &self.targets {
             t.healthy_gauge.set(t.usable(now, unknown_ok) as i64);
         }

@@ -37,7 +37,13 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(upstream: &str, address: &str, addr: SocketAddr, weight: usize, has_active: bool) -> Self {
+    pub fn new(
+        upstream: &str,
+        address: &str,
+        addr: SocketAddr,
+        weight: usize,
+        has_active: bool,
+    ) -> Self {
         let m = crate::metrics::metrics();
         let healthy_gauge = m.target_healthy.with_label_values(&[upstream, address]);
         healthy_gauge.set(if has_active { 0 } else { 1 });
@@ -54,7 +60,9 @@ impl Target {
             last_check_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             healthy_gauge,
-            requests_2xx: m.upstream_requests.with_label_values(&[upstream, address, "2xx"]),
+            requests_2xx: m
+                .upstream_requests
+                .with_label_values(&[upstream, address, "2xx"]),
         }
     }
 
@@ -73,7 +81,13 @@ impl Target {
     }
 
     /// Records an active check; returns true when the state changed.
-    pub fn record_check(&self, ok: bool, error: Option<String>, healthy_after: u32, unhealthy_after: u32) -> bool {
+    pub fn record_check(
+        &self,
+        ok: bool,
+        error: Option<String>,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> bool {
         self.last_check_ms.store(now_ms(), Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = error;
@@ -106,7 +120,8 @@ impl Target {
         let n = self.passive_fails.fetch_add(1, Relaxed) + 1;
         if n >= unhealthy_after {
             self.passive_fails.store(0, Relaxed);
-            self.down_until_ms.store(now_ms() + cooldown.as_millis() as u64, Relaxed);
+            self.down_until_ms
+                .store(now_ms() + cooldown.as_millis() as u64, Relaxed);
             tracing::warn!(target = %self.address, "target taken out for {:?} after {n} consecutive failures", cooldown);
         }
     }
