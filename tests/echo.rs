@@ -139,7 +139,11 @@ async fn echo_body_size_flag_and_query_overrides() {
     let t = Instant::now();
     let r = get(&http, &echo.url("/?delay_ms=300")).await;
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(300), "delay_ms ignored: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "delay_ms ignored: {:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,7 +179,10 @@ async fn echo_bind_failure_names_the_address_and_exits_1() {
         .expect("run echo");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&addr), "stderr does not name {addr}: {stderr}");
+    assert!(
+        stderr.contains(&addr),
+        "stderr does not name {addr}: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,7 +90,13 @@ impl Gateway {
             if let Some(st) = self.try_exit() {
                 return Err(format!("gatehouse exited early with {st}"));
             }
-            if let Ok(r) = self.http.get(&url).timeout(Duration::from_secs(1)).send().await {
+            if let Ok(r) = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+            {
                 if r.status() == 200 {
                     return Ok(());
                 }

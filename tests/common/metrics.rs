@@ -23,7 +23,11 @@ impl Metrics {
         self.samples
             .iter()
             .filter(|s| s.name == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .collect()
     }
 
@@ -31,13 +35,19 @@ impl Metrics {
     /// Panics if several match (the selector is ambiguous).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let found = self.find(name, labels);
-        assert!(found.len() <= 1, "{name}{labels:?} matches {} samples: {found:?}", found.len());
+        assert!(
+            found.len() <= 1,
+            "{name}{labels:?} matches {} samples: {found:?}",
+            found.len()
+        );
         found.first().map(|s| s.value)
     }
 
     /// Sum over all matching samples (0 if none).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.find(name, labels).iter().map(|s| s.value).sum()
+        self.find(name, labels)
+            .iter()
+            .fold(0.0, |acc, s| acc + s.value)
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -142,12 +152,17 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     let mut parts = rest.split_whitespace();
     let value = parse_value(parts.next().ok_or("missing value")?)?;
     if let Some(ts) = parts.next() {
-        ts.parse::<i64>().map_err(|_| format!("bad timestamp {ts:?}"))?;
+        ts.parse::<i64>()
+            .map_err(|_| format!("bad timestamp {ts:?}"))?;
     }
     if parts.next().is_some() {
         return Err("trailing garbage".into());
     }
-    Ok(Sample { name, labels, value })
+    Ok(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 fn parse_value(v: &str) -> Result<f64, String> {

@@ -147,10 +147,19 @@ impl Resp {
         let headers = r
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     /// First value of a header, case-insensitive.
@@ -192,17 +201,30 @@ pub fn assert_problem(resp: &Resp, status: u16) {
     );
     let v = resp.json();
     for field in ["type", "title", "detail", "request_id"] {
-        assert!(v[field].is_string(), "problem field `{field}` missing or not a string: {v}");
+        assert!(
+            v[field].is_string(),
+            "problem field `{field}` missing or not a string: {v}"
+        );
     }
-    assert_eq!(v["status"].as_u64(), Some(u64::from(status)), "problem `status` field: {v}");
+    assert_eq!(
+        v["status"].as_u64(),
+        Some(u64::from(status)),
+        "problem `status` field: {v}"
+    );
     let rid = resp.header("x-request-id");
     assert!(rid.is_some(), "rejection without X-Request-ID header");
-    assert_eq!(v["request_id"].as_str(), rid, "problem request_id vs X-Request-ID header");
+    assert_eq!(
+        v["request_id"].as_str(),
+        rid,
+        "problem request_id vs X-Request-ID header"
+    );
 }
 
 /// The directory with the committed test certificates.
 pub fn certs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("certs")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("certs")
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.

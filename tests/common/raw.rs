@@ -80,7 +80,9 @@ async fn read_response(rd: &mut (impl AsyncReadExt + Unpin)) -> Result<Resp, Str
             headers,
             body: Vec::new(),
         };
-        let cl = resp.header("content-length").and_then(|v| v.parse::<usize>().ok());
+        let cl = resp
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok());
         let chunked = resp
             .header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -157,4 +159,16 @@ async fn fill(rd: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Result
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `GET path` with the given Host and extra headers, `Connection: close`.
+pub async fn get_with(addr: SocketAddr, path: &str, host: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    request(addr, req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("raw GET {path} (Host {host}): {e}"))
 }

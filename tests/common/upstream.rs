@@ -62,6 +62,7 @@ struct State {
     name: String,
     hits: AtomicUsize,
     health_hits: AtomicUsize,
+    connections: AtomicUsize,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
     delay_ms: AtomicU64,
@@ -88,6 +89,7 @@ impl Upstream {
             name: name.to_owned(),
             hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
@@ -147,6 +149,11 @@ impl Upstream {
         self.state.health_hits.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far (health checks included).
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     /// Requests currently being answered.
     pub fn inflight(&self) -> usize {
         self.state.inflight.load(Ordering::SeqCst)
@@ -159,7 +166,9 @@ impl Upstream {
 
     /// Delay before answering every non-health request.
     pub fn set_delay(&self, d: Duration) {
-        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Status of every non-health answer.
@@ -219,6 +228,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             continue;
         };
         let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -235,7 +245,10 @@ impl Drop for InflightGuard {
     }
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
         state.health_hits.fetch_add(1, Ordering::SeqCst);
         let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
@@ -248,7 +261,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let _guard = InflightGuard(state.clone());
 
     let (parts, body) = req.into_parts();
-    let body_len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    let body_len = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
     let rec = Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -272,7 +289,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let headers: serde_json::Map<String, serde_json::Value> = rec
         .headers
         .keys()
-        .map(|k| (k.as_str().to_owned(), rec.header(k.as_str()).unwrap_or_default().into()))
+        .map(|k| {
+            (
+                k.as_str().to_owned(),
+                rec.header(k.as_str()).unwrap_or_default().into(),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "upstream": state.name,
