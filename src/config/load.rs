@@ -96,25 +96,71 @@ fn key_name(k: &Value) -> String {
     }
 }
 
+/// Messages of errors after which parsing can go on (the key is dropped and the rest of
+/// the item still parses), so later checks still run and report their errors too.
+const RECOVERABLE: &str = "unknown field";
+
 /// Deserializes `v` as `T`, reporting a failure under `path` plus the path inside `v`.
-fn section<T: DeserializeOwned>(path: &str, v: Value, errs: &mut Vec<ConfigError>) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = match (path.is_empty(), inner.as_str()) {
-                (_, ".") => path.to_string(),
-                (true, _) => inner,
-                (false, i) if i.starts_with('[') => format!("{path}{i}"),
-                (false, i) => format!("{path}.{i}"),
-            };
-            errs.push(ConfigError::new(
-                full,
-                clean_serde_message(&e.into_inner().to_string()),
-            ));
-            None
+/// An unknown key is reported, removed, and the item parsed again, so one typo neither
+/// hides a second one nor the semantic errors of the same item.
+fn section<T: DeserializeOwned>(
+    path: &str,
+    mut v: Value,
+    errs: &mut Vec<ConfigError>,
+) -> Option<T> {
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = match (path.is_empty(), inner.as_str()) {
+                    (_, ".") => path.to_string(),
+                    (true, _) => inner,
+                    (false, i) if i.starts_with('[') => format!("{path}{i}"),
+                    (false, i) => format!("{path}.{i}"),
+                };
+                let segments: Vec<_> = e.path().iter().cloned().collect();
+                let msg = clean_serde_message(&e.into_inner().to_string());
+                let recoverable = msg.starts_with(RECOVERABLE) && remove_at(&mut v, &segments);
+                errs.push(ConfigError::new(full, msg));
+                if !recoverable {
+                    return None;
+                }
+            }
         }
     }
+    None
+}
+
+/// Removes the key that `segments` points at; false when the path cannot be followed.
+fn remove_at(v: &mut Value, segments: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut cur = v;
+    for seg in parents {
+        cur = match (seg, cur) {
+            (Segment::Seq { index }, Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(x) => x,
+                None => return false,
+            },
+            (Segment::Map { key }, Value::Mapping(m)) => match m.get_mut(key.as_str()) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur) {
+        (Segment::Map { key }, Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+/// True when every error is one after which the whole file was still parsed.
+pub fn all_recoverable(errs: &[ConfigError]) -> bool {
+    errs.iter().all(|e| e.message.starts_with(RECOVERABLE))
 }
 
 /// serde_yaml appends " at line N column M" relative to a detached value, which is
@@ -167,23 +213,36 @@ pub fn parse(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, Vec<ConfigError>> {
+    match parse_partial(text, lookup) {
+        (Some(cfg), errs) if errs.is_empty() => Ok(cfg),
+        (_, errs) => Err(errs),
+    }
+}
+
+/// Like `parse`, but also returns the config when every error was recoverable (unknown
+/// keys), so that validation can report its own errors beside them.
+pub fn parse_partial(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (Option<Config>, Vec<ConfigError>) {
     let mut errs = Vec::new();
     let mut root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            return Err(vec![ConfigError::new(
-                "(file)",
-                format!("invalid YAML: {e}"),
-            )])
+            return (
+                None,
+                vec![ConfigError::new("(file)", format!("invalid YAML: {e}"))],
+            )
         }
     };
     interpolate_value(&mut root, "", lookup, &mut errs);
     let Value::Mapping(top) = root else {
-        return Err(vec![ConfigError::new(
+        return (None, vec![ConfigError::new(
             "(file)",
             "the top level must be a mapping with `version`, `listeners`, `upstreams`, `routes`, ...",
         )]);
     };
+    let interpolation_failed = !errs.is_empty();
     let mut cfg = Config {
         version: 1,
         ..Config::default()
@@ -224,7 +283,7 @@ pub fn parse(
             }
             other => errs.push(ConfigError::new(
                 other,
-                "unknown field (expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
+                "unknown field (top level; expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
             )),
         }
     }
@@ -234,11 +293,8 @@ pub fn parse(
             "missing: at least one listener is required",
         ));
     }
-    if errs.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(errs)
-    }
+    let usable = !interpolation_failed && all_recoverable(&errs);
+    (usable.then_some(cfg), errs)
 }
 
 #[cfg(test)]
@@ -282,7 +338,9 @@ bogus: 1
         assert!(all.contains("routes[1].upstrem"), "{all}");
         assert!(all.contains("routes[2].rate_limt"), "{all}");
         assert!(all.contains("bogus: unknown field"), "{all}");
-        assert_eq!(errs.len(), 4, "{all}");
+        // After dropping the unknown key, the same item's other errors show up too.
+        assert!(all.contains("routes[1]: missing field `upstream`"), "{all}");
+        assert_eq!(errs.len(), 5, "{all}");
     }
 
     #[test]

@@ -52,15 +52,22 @@ pub fn load_file(path: &str) -> Result<Loaded, Vec<ConfigError>> {
     let text = String::from_utf8(bytes.clone())
         .map_err(|_| vec![ConfigError::new("(file)", "the file is not UTF-8")])?;
     let env = |name: &str| std::env::var(name).ok();
-    let config = load::parse(&text, &env)?;
-    let errs = validate::validate(&config);
+    let (config, mut errs) = load::parse_partial(&text, &env);
+    let Some(config) = config else {
+        return Err(errs);
+    };
+    errs.extend(validate::validate(&config));
     if !errs.is_empty() {
         return Err(errs);
     }
+    finish(config, &bytes, path)
+}
+
+fn finish(config: Config, bytes: &[u8], path: &str) -> Result<Loaded, Vec<ConfigError>> {
     use sha2::Digest;
     Ok(Loaded {
         config,
-        version_hash: hex::encode(sha2::Sha256::digest(&bytes)),
+        version_hash: hex::encode(sha2::Sha256::digest(bytes)),
         path: path.to_string(),
     })
 }

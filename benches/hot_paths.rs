@@ -1,0 +1,163 @@
+//! Hot paths of the request: route matching (10, 100, 1,000 routes), the per-request
+//! header work, and upstream selection per algorithm.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use gatehouse::config::model;
+use gatehouse::policy::headers;
+use gatehouse::runtime::path::normalize;
+use gatehouse::runtime::router::{host_of, Conditions, Entry, PathMatch, Router};
+use gatehouse::upstream::Upstream;
+use http::{HeaderMap, Method};
+
+fn router(n: usize) -> Router<usize> {
+    let entries = (0..n)
+        .map(|i| {
+            let path = match i % 4 {
+                0 => PathMatch::Exact(format!("/svc{i}/items")),
+                1 | 2 => PathMatch::Prefix(format!("/svc{i}/api")),
+                _ => PathMatch::Regex(format!("^/re{i}/[0-9]+$")),
+            };
+            Entry {
+                hosts: if i % 3 == 0 {
+                    vec![format!("h{i}.example.com")]
+                } else {
+                    vec![]
+                },
+                path,
+                conditions: Conditions {
+                    methods: Some(vec![Method::GET, Method::POST]),
+                    headers: vec![],
+                },
+                value: i,
+            }
+        })
+        .collect();
+    Router::new(entries).expect("valid routes")
+}
+
+fn bench_routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    let headers = HeaderMap::new();
+    for n in [10usize, 100, 1000] {
+        let r = router(n);
+        // A prefix route near the end of the file, and a miss that falls through to regexes.
+        let hit = format!("/svc{}/api/orders/42", n - 3);
+        g.bench_with_input(BenchmarkId::new("prefix_hit", n), &n, |b, _| {
+            b.iter(|| {
+                r.find(
+                    black_box("api.example.com"),
+                    black_box(&hit),
+                    &Method::GET,
+                    &headers,
+                )
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("miss", n), &n, |b, _| {
+            b.iter(|| {
+                r.find(
+                    black_box("api.example.com"),
+                    black_box("/nothing/here"),
+                    &Method::GET,
+                    &headers,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let ops = headers::HeaderOps::compile(&model::HeaderOps {
+        set: [("X-Gateway".to_string(), "gatehouse".to_string())]
+            .into_iter()
+            .collect(),
+        remove: vec!["X-Debug".into()],
+    });
+    let mut base =
+        pingora::http::RequestHeader::build("GET", b"/api/v1/orders/42?x=1", None).unwrap();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("x-request-id", "abc-123"),
+        ("x-consumer-id", "spoofed"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        base.insert_header(k, v).unwrap();
+    }
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    c.bench_function("request_header_work", |b| {
+        b.iter(|| {
+            let mut h = base.clone();
+            let path = normalize(h.uri.path()).map(|p| p.len()).unwrap_or(0);
+            let host = host_of(
+                h.headers
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            )
+            .len();
+            let id_ok = headers::well_formed_request_id(
+                h.headers
+                    .get("x-request-id")
+                    .map(|v| v.as_bytes())
+                    .unwrap_or(b""),
+            );
+            headers::strip_identity(&mut h);
+            headers::set_forwarded(&mut h, Some(ip), false);
+            ops.apply_request(&mut h);
+            black_box((path, host, id_ok, h))
+        })
+    });
+    c.bench_function("path_normalize_dirty", |b| {
+        b.iter(|| normalize(black_box("/api//v1/./orders/../orders/%34%32")).map(|p| p.len()))
+    });
+    c.bench_function("request_id_generate", |b| b.iter(headers::new_request_id));
+}
+
+fn upstream(balance: model::Balance) -> Upstream {
+    let cfg = model::Upstream {
+        targets: (0..4)
+            .map(|i| model::Target {
+                address: format!("127.0.0.1:{}", 19000 + i),
+                weight: 1 + i % 2,
+            })
+            .collect(),
+        balance,
+        hash_on: (balance == model::Balance::ConsistentHash).then(|| "header:X-User".to_string()),
+        tls: false,
+        sni: None,
+        verify: true,
+        http2: false,
+        timeouts: Default::default(),
+        retries: 1,
+        max_inflight: 0,
+        health: Default::default(),
+    };
+    Upstream::build(&format!("bench-{balance:?}"), &cfg).unwrap()
+}
+
+fn bench_selection(c: &mut Criterion) {
+    let mut g = c.benchmark_group("upstream_select");
+    for balance in [
+        model::Balance::RoundRobin,
+        model::Balance::Random,
+        model::Balance::ConsistentHash,
+        model::Balance::LeastRequests,
+    ] {
+        let up = upstream(balance);
+        g.bench_function(format!("{balance:?}"), |b| {
+            b.iter(|| up.select(black_box(b"user-42"), &[]))
+        });
+        g.bench_function(format!("{balance:?}/retry"), |b| {
+            b.iter(|| up.select(black_box(b"user-42"), &[0, 1]))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_routing, bench_headers, bench_selection);
+criterion_main!(benches);
