@@ -1,6 +1,10 @@
 //! The file format, exactly as operators write it (contract: shared/CONFIG.md).
 //! Every struct denies unknown keys. These types are parsed and validated, then compiled
 //! into runtime types (`runtime::Snapshot`); nothing reads them on the request path.
+//! Required keys of list items (route `name`/`upstream`, listener `name`/`address`,
+//! target `address`) default to empty and are checked by validation, so a misspelt
+//! required key gives "unknown field" plus "missing", and the rest of the file is still
+//! checked.
 
 use super::units::{Dur, Rate, Size};
 use serde::{Deserialize, Serialize};
@@ -86,7 +90,9 @@ impl Default for Server {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub address: String,
     #[serde(default)]
     pub tls: Option<ListenerTls>,
@@ -174,6 +180,7 @@ fn default_weight() -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
+    #[serde(default)]
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: usize,
@@ -202,6 +209,7 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    #[serde(default)]
     pub targets: Vec<Target>,
     #[serde(default)]
     pub balance: Balance,
@@ -404,9 +412,11 @@ pub struct HeaderOps {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    #[serde(default)]
     pub name: String,
     #[serde(default, rename = "match")]
     pub matches: RouteMatch,
+    #[serde(default)]
     pub upstream: String,
     #[serde(default)]
     pub strip_prefix: Option<String>,

@@ -69,7 +69,9 @@ fn listeners(v: &mut V, cfg: &Config) {
     }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
-        if !names.insert(l.name.as_str()) {
+        if l.name.is_empty() {
+            v.err(format!("{p}.name"), "missing: every listener needs a name");
+        } else if !names.insert(l.name.as_str()) {
             v.err(
                 format!("{p}.name"),
                 format!("duplicate listener name {:?}", l.name),
@@ -316,7 +318,12 @@ fn routes(v: &mut V, cfg: &Config) {
                 format!("duplicate route name {:?} (also routes[{first}])", r.name),
             );
         }
-        if !cfg.upstreams.contains_key(&r.upstream) {
+        if r.upstream.is_empty() {
+            v.err(
+                format!("{p}.upstream"),
+                "missing: every route needs an upstream",
+            );
+        } else if !cfg.upstreams.contains_key(&r.upstream) {
             v.err(
                 format!("{p}.upstream"),
                 format!("unknown upstream {:?}", r.upstream),

@@ -429,18 +429,12 @@ impl ProxyHttp for Gateway {
             if let Some(s) = ctx.upstream_start {
                 up.duration.observe(now.duration_since(s).as_secs_f64());
             }
-            if (200..300).contains(&status) {
-                t.requests_2xx.inc();
+            if status == 200 {
+                t.requests_200.inc();
             } else {
-                let class = match status {
-                    100..=199 => "1xx",
-                    300..=399 => "3xx",
-                    400..=499 => "4xx",
-                    _ => "5xx",
-                };
                 crate::metrics::metrics()
                     .upstream_requests
-                    .with_label_values(&[&up.name, &t.address, class])
+                    .with_label_values(&[&up.name, &t.address, resp.status.as_str()])
                     .inc();
             }
             match (status >= 500, up.passive) {

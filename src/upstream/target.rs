@@ -32,8 +32,8 @@ pub struct Target {
     last_check_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     pub healthy_gauge: IntGauge,
-    /// Pre-resolved `gatehouse_upstream_requests_total` handles for common outcomes.
-    pub requests_2xx: IntCounter,
+    /// Pre-resolved `gatehouse_upstream_requests_total{status="200"}`, the common case.
+    pub requests_200: IntCounter,
 }
 
 impl Target {
@@ -60,9 +60,9 @@ impl Target {
             last_check_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             healthy_gauge,
-            requests_2xx: m
+            requests_200: m
                 .upstream_requests
-                .with_label_values(&[upstream, address, "2xx"]),
+                .with_label_values(&[upstream, address, "200"]),
         }
     }
 
