@@ -99,6 +99,13 @@ impl Reject {
     }
 }
 
+impl Reject {
+    /// Headers a rejection carries besides `Retry-After` (e.g. `WWW-Authenticate`).
+    pub fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        Vec::new()
+    }
+}
+
 impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}", self.status(), self.title(), self.detail())

@@ -83,6 +83,17 @@ pub fn strip_identity(h: &mut RequestHeader) {
     }
 }
 
+/// Sets the identity headers the upstream may trust (client copies were removed first).
+pub fn set_identity(h: &mut RequestHeader, id: &super::Identity) {
+    let _ = h.insert_header("x-consumer-id", id.consumer_id.as_str());
+    if let Some(sub) = &id.subject {
+        let _ = h.insert_header("x-auth-subject", sub.as_str());
+    }
+    if id.method == "jwt" {
+        let _ = h.insert_header("x-auth-scopes", id.scopes.join(" "));
+    }
+}
+
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto`.
 pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, https: bool) {
     if let Some(ip) = client_ip {

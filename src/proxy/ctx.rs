@@ -54,6 +54,10 @@ pub struct Ctx {
     pub reject: Option<Reject>,
     pub https: bool,
     pub server_timing: bool,
+    /// Set by an authentication policy.
+    pub identity: Option<Arc<crate::policy::Identity>>,
+    /// Added to the response, whatever it is (see `policy::PolicyCtx::response_headers`).
+    pub extra_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Ctx {
@@ -78,6 +82,8 @@ impl Ctx {
             reject: None,
             https: false,
             server_timing: false,
+            identity: None,
+            extra_response_headers: Vec::new(),
         }
     }
 

@@ -37,6 +37,13 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     if let Some(secs) = reject.retry_after() {
         resp.insert_header("retry-after", secs.to_string())?;
     }
+    for (name, value) in reject
+        .headers()
+        .into_iter()
+        .chain(ctx.extra_response_headers.iter().cloned())
+    {
+        resp.insert_header(name, value)?;
+    }
     if matches!(
         reject,
         Reject::BadRequest(_) | Reject::HeadersTooLarge | Reject::PayloadTooLarge(_)
@@ -185,6 +192,31 @@ impl Gateway {
         None
     }
 
+    /// The route's policies in stage order; the first rejection ends the loop.
+    async fn run_policies(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Reject> {
+        let route = ctx.route.clone()?;
+        if route.policies.is_empty() {
+            return None;
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let mut cx = crate::policy::PolicyCtx {
+            req: session.req_header_mut(),
+            client_ip,
+            route: &route.name,
+            identity: &mut ctx.identity,
+            response_headers: &mut ctx.extra_response_headers,
+        };
+        for p in &route.policies {
+            if let Err(reject) = p.apply(&mut cx).await {
+                return Some(reject);
+            }
+        }
+        None
+    }
+
     fn hash_key(&self, session: &Session, ctx: &Ctx) -> Vec<u8> {
         use crate::upstream::HashOn;
         let Some(route) = &ctx.route else {
@@ -252,6 +284,10 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         headers::strip_identity(session.req_header_mut());
+        if let Some(reject) = self.run_policies(session, ctx).await {
+            respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -407,6 +443,9 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         headers::set_forwarded(req, client_ip, ctx.https);
+        if let Some(id) = &ctx.identity {
+            headers::set_identity(req, id);
+        }
         if let Some(route) = &ctx.route {
             route.request_headers.apply_request(req);
         }
@@ -456,6 +495,9 @@ impl ProxyHttp for Gateway {
             route.response_headers.apply_response(resp);
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        for (name, value) in &ctx.extra_response_headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
         if ctx.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
         }

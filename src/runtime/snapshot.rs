@@ -4,6 +4,7 @@
 use super::router::{Conditions, Entry, PathMatch, Router};
 use crate::config::{ConfigError, Loaded};
 use crate::policy::headers::HeaderOps;
+use crate::policy::{Policy, PolicySet};
 use crate::upstream::Upstream;
 use prometheus::Histogram;
 use std::collections::{BTreeMap, HashSet};
@@ -21,6 +22,8 @@ pub struct Route {
     pub read_timeout: Option<Duration>,
     pub server_timing: bool,
     pub duration: Histogram,
+    /// Authenticate, authorize and limit, in that order.
+    pub policies: Vec<Arc<dyn Policy>>,
 }
 
 pub struct Snapshot {
@@ -32,6 +35,7 @@ pub struct Snapshot {
     /// Listener addresses with `server_timing: true`.
     pub server_timing_listeners: HashSet<SocketAddr>,
     pub unmatched_duration: Histogram,
+    pub policies: Arc<PolicySet>,
 }
 
 impl Snapshot {
@@ -56,6 +60,13 @@ impl Snapshot {
                 Err(e) => errs.push(ConfigError::new(format!("upstreams.{name}"), e)),
             }
         }
+        let policies = match PolicySet::build(cfg) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                errs.extend(e);
+                return Err(errs);
+            }
+        };
         let m = crate::metrics::metrics();
         let mut entries = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
@@ -90,6 +101,13 @@ impl Snapshot {
                     Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
                 })
                 .collect();
+            let route_policies = match policies.for_route(i, r) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(e);
+                    continue;
+                }
+            };
             let route = Route {
                 name: r.name.clone(),
                 upstream,
@@ -100,6 +118,7 @@ impl Snapshot {
                 read_timeout: r.timeouts.as_ref().and_then(|t| t.read).map(|d| d.0),
                 server_timing: r.server_timing,
                 duration: m.http_duration.with_label_values(&[&r.name]),
+                policies: route_policies,
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),
@@ -131,6 +150,7 @@ impl Snapshot {
             server_timing_listeners,
             loaded_at: SystemTime::now(),
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
+            policies,
             loaded,
         })
     }
