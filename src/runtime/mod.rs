@@ -63,6 +63,9 @@ impl Shared {
                         crate::upstream::health::spawn(up);
                     }
                 }
+                if let Some(c) = &next.cache {
+                    crate::cache::configure(c);
+                }
                 let hash = next.loaded.version_hash.clone();
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
