@@ -6,11 +6,13 @@
 //! - `gateway`: the gateway process (start, readiness, admin, signals, logs);
 //! - `upstream`: hyper upstreams that count, record, slow down, stop and restart;
 //! - `raw`: a raw HTTP/1.1 client for requests reqwest would not send;
-//! - `metrics`: a Prometheus text-format parser.
+//! - `metrics`: a Prometheus text-format parser;
+//! - `origin`: a scriptable origin (per-path replies, counts, `Date` clock) for cache tests.
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
 pub mod metrics;
+pub mod origin;
 pub mod raw;
 pub mod upstream;
 
