@@ -108,11 +108,12 @@ pub fn hit_freshness(meta: &CacheMeta, pingora_fresh: bool, ctx: &mut Ctx) -> Op
             Some(ForcedFreshness::ForceExpired)
         }
         Reuse::ServeStale => Some(ForcedFreshness::ForceFresh),
-        // Pingora judged on the wall clock; ours may be ahead (tests advance it). Expire at
-        // the wall-clock instant that keeps the stale windows the same length on both.
-        Reuse::AsStored if pingora_fresh && !fresh => Some(ForcedFreshness::ForceExpiredServeStale {
-            expired_at: meta.fresh_until().checked_sub(clock::offset()),
-        }),
+        // Pingora judged on the wall clock; ours may be ahead (tests advance it). Stale it
+        // is, with the stored deadline kept: Pingora's own stale-window checks (wall clock)
+        // are then never stricter than ours, and `serve_stale` decides on our clock.
+        Reuse::AsStored if pingora_fresh && !fresh => {
+            Some(ForcedFreshness::ForceExpiredServeStale { expired_at: None })
+        }
         Reuse::AsStored => None,
     }
 }
@@ -190,6 +191,9 @@ pub fn serve_stale(session: &Session, ctx: &mut Ctx, error: Option<&Error>) -> b
     match error {
         None => !ctx.cache.forced && within(meta.stale_while_revalidate_sec()),
         Some(e) => {
+            if let ErrorType::HTTPStatus(s) = e.etype() {
+                ctx.cache.fwd_status = Some(*s);
+            }
             let upstream_failed = e.esource() == &ErrorSource::Upstream
                 || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
             let ok = upstream_failed && within(meta.stale_if_error_sec());
@@ -215,7 +219,8 @@ pub fn on_response(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) 
         _ => ctx.cache.stored_ttl,
     };
     let collapsed = ctx.cache.active && session.cache.lock_duration().is_some();
-    let r = report(&ctx.cache, phase, ttl, ctx.upstream_status, collapsed);
+    let fwd_status = ctx.upstream_status.or(ctx.cache.fwd_status);
+    let r = report(&ctx.cache, phase, ttl, fwd_status, collapsed);
     if r.from_cache {
         if let Some(m) = meta {
             let age = now.duration_since(m.epoch()).unwrap_or_default().as_secs();

@@ -39,6 +39,8 @@ pub struct CacheCtx {
     pub not_stored: Option<&'static str>,
     /// The 304 of a revalidation, merged into the stored header by `response_cacheable`.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// The upstream status that made us serve stale (not seen by the upstream filters).
+    pub fwd_status: Option<u16>,
     pub request_time: Option<SystemTime>,
     pub directives: RequestDirectives,
     /// Client's host and normalised path, for keys and invalidation.
