@@ -40,7 +40,10 @@ async fn fifty_concurrent_misses_make_one_origin_request() {
         }
     }
     assert_eq!(o.hits("/slow"), 1, "concurrent misses were not coalesced");
-    assert!(collapsed >= 40, "only {collapsed} responses say they waited for the fill");
+    assert!(
+        collapsed >= 40,
+        "only {collapsed} responses say they waited for the fill"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,9 +87,15 @@ async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_in_the_backgr
     let r = get(&gw, "/swr").await;
     let took = start.elapsed();
     assert_eq!(r.text(), "v1", "the stale response is served");
-    assert!(took < Duration::from_millis(600), "stale was not served at once: {took:?}");
+    assert!(
+        took < Duration::from_millis(600),
+        "stale was not served at once: {took:?}"
+    );
     let cs = cache_status(&r);
-    assert!(cs.contains("; hit") && cs.contains("detail=stale-while-revalidate"), "{cs}");
+    assert!(
+        cs.contains("; hit") && cs.contains("detail=stale-while-revalidate"),
+        "{cs}"
+    );
     let age: u64 = r.header("age").unwrap_or("0").parse().unwrap_or(0);
     assert!(age >= 15, "Age {age}");
     // The background refresh reaches the origin and replaces the entry.
@@ -94,9 +103,17 @@ async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_in_the_backgr
         o.hits("/swr") == 2 && get(&gw, "/swr").await.text() == "v2"
     })
     .await;
-    assert!(refreshed.is_some(), "the entry was not refreshed; origin hits {}", o.hits("/swr"));
+    assert!(
+        refreshed.is_some(),
+        "the entry was not refreshed; origin hits {}",
+        o.hits("/swr")
+    );
     let r = get(&gw, "/swr").await;
-    assert!(cache_status(&r).contains("; hit; ttl="), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("; hit; ttl="),
+        "{}",
+        cache_status(&r)
+    );
     assert_eq!(o.hits("/swr"), 2);
     // Past the window, the stale entry is not served: the client waits for the origin.
     advance(&gw, &o, 100).await;
@@ -124,17 +141,27 @@ async fn stale_if_error_serves_stale_while_the_origin_is_down_within_the_window_
     let r = get(&gw, "/err").await;
     assert_eq!((r.status, r.text().as_str()), (200, "good"));
     let cs = cache_status(&r);
-    assert!(cs.contains("fwd=stale; fwd-status=503") && cs.contains("detail=stale-if-error"), "{cs}");
+    assert!(
+        cs.contains("fwd=stale; fwd-status=503") && cs.contains("detail=stale-if-error"),
+        "{cs}"
+    );
     // The origin is killed: still the stale response.
     o.stop().await;
     let r = get(&gw, "/sie").await;
     assert_eq!((r.status, r.text().as_str()), (200, "v#1"));
-    assert!(cache_status(&r).contains("detail=stale-if-error"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("detail=stale-if-error"),
+        "{}",
+        cache_status(&r)
+    );
     // Past the window (10s fresh + 60s): the error reaches the client.
     advance(&gw, &o, 60).await;
     let r = get(&gw, "/sie").await;
     assert_problem(&r, 502);
     o.restart().await;
     let r = get(&gw, "/err").await;
-    assert_eq!(r.status, 503, "past the window the origin's 5xx is passed on");
+    assert_eq!(
+        r.status, 503,
+        "past the window the origin's 5xx is passed on"
+    );
 }

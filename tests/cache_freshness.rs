@@ -52,7 +52,10 @@ async fn freshness_comes_from_s_maxage_max_age_expires_then_route_ttl_with_age_a
         let first = get(&gw, p).await;
         assert_forwarded(&first, p);
         let cs = cache_status(&first);
-        assert!(cs.starts_with("Gatehouse; fwd=uri-miss; fwd-status=200"), "{p}: {cs}");
+        assert!(
+            cs.starts_with("Gatehouse; fwd=uri-miss; fwd-status=200"),
+            "{p}: {cs}"
+        );
         assert!(cs.contains("; stored"), "{p} was not stored: {cs}");
         let second = get(&gw, p).await;
         assert_hit(&second, p);
@@ -76,7 +79,11 @@ async fn freshness_comes_from_s_maxage_max_age_expires_then_route_ttl_with_age_a
     advance(&gw, &o, 5).await;
     let r = get(&gw, "/age").await;
     assert_forwarded(&r, "/age at 11s");
-    assert!(cache_status(&r).contains("fwd=stale"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd=stale"),
+        "{}",
+        cache_status(&r)
+    );
     assert_eq!(o.hits("/age"), 2);
     // t=21: the route ttl applies to the response that gave no freshness.
     advance(&gw, &o, 10).await;
@@ -110,7 +117,10 @@ async fn no_store_and_private_are_not_stored_and_no_cache_is_always_revalidated(
         "- { name: c, match: { path_prefix: / }, upstream: o, cache: { ttl: 60s } }",
     )
     .await;
-    for (p, body, why) in [("/no-store", "ns", "no-store"), ("/private", "p", "private")] {
+    for (p, body, why) in [
+        ("/no-store", "ns", "no-store"),
+        ("/private", "p", "private"),
+    ] {
         for i in 1..=2 {
             let r = get(&gw, p).await;
             assert_eq!(r.status, 200);
@@ -129,7 +139,11 @@ async fn no_store_and_private_are_not_stored_and_no_cache_is_always_revalidated(
     let second = get(&gw, "/no-cache").await;
     assert_eq!(second.status, 200);
     assert_eq!(second.text(), "body#1", "the stored body after a 304");
-    assert_eq!(o.hits("/no-cache"), 2, "no-cache must be revalidated every time");
+    assert_eq!(
+        o.hits("/no-cache"),
+        2,
+        "no-cache must be revalidated every time"
+    );
     let reval = &o.seen("/no-cache")[1];
     assert_eq!(reval.header("if-none-match").as_deref(), Some("\"v1\""));
     let cs = cache_status(&second);
@@ -151,7 +165,11 @@ async fn set_cookie_responses_are_stored_only_where_the_route_allows() {
     .await;
     for _ in 0..2 {
         let r = get(&gw, "/plain/x").await;
-        assert!(cache_status(&r).contains("detail=set-cookie"), "{}", cache_status(&r));
+        assert!(
+            cache_status(&r).contains("detail=set-cookie"),
+            "{}",
+            cache_status(&r)
+        );
     }
     assert_eq!(o.hits("/plain/x"), 2);
     get(&gw, "/cookies/x").await;
@@ -178,7 +196,10 @@ async fn lookups_are_counted_by_route_and_result() {
     let m = gw.metrics().await;
     assert!(m.get("gatehouse_cache_stored_bytes", &[]).unwrap_or(0.0) > 0.0);
     assert_eq!(m.get("gatehouse_cache_entries", &[]), Some(1.0));
-    assert_eq!(m.get("gatehouse_cache_memory_limit_bytes", &[]), Some(4194304.0));
+    assert_eq!(
+        m.get("gatehouse_cache_memory_limit_bytes", &[]),
+        Some(4194304.0)
+    );
     let r = send(&http, "POST", &gw.url("/a"), &[]).await;
     assert_eq!(cache_status(&r), "Gatehouse; fwd=method");
     let m = gw.metrics().await;

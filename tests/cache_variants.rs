@@ -45,7 +45,11 @@ async fn vary_keeps_one_entry_per_variant_and_vary_star_is_never_served_from_cac
     assert_eq!(get(&gw, "/greet", &[]).await.text(), "#3");
     for _ in 0..3 {
         let r = get(&gw, "/star", &[]).await;
-        assert!(cache_status(&r).contains("detail=vary-star"), "{}", cache_status(&r));
+        assert!(
+            cache_status(&r).contains("detail=vary-star"),
+            "{}",
+            cache_status(&r)
+        );
     }
     assert_eq!(o.hits("/star"), 3);
 }
@@ -54,7 +58,10 @@ async fn vary_keeps_one_entry_per_variant_and_vary_star_is_never_served_from_cac
 async fn route_vary_headers_select_variants_too() {
     let o = Origin::start().await;
     o.script("/t", |seen, n| {
-        Reply::ok("max-age=60", format!("{}#{n}", seen.header("x-tenant").unwrap_or_default()))
+        Reply::ok(
+            "max-age=60",
+            format!("{}#{n}", seen.header("x-tenant").unwrap_or_default()),
+        )
     });
     let gw = cache_gateway(
         &o,
@@ -72,7 +79,9 @@ async fn route_vary_headers_select_variants_too() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_entry_answers_if_none_match_and_if_modified_since_with_304() {
     let o = Origin::start().await;
-    let lm = httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
+    let lm = httpdate::fmt_http_date(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(3600),
+    );
     o.set(
         "/doc",
         Reply::ok("max-age=60", "document")
@@ -91,14 +100,31 @@ async fn a_fresh_entry_answers_if_none_match_and_if_modified_since_with_304() {
     assert_eq!(r.text(), "document#1");
     let r = get(&gw, "/doc", &[("if-modified-since", &lm)]).await;
     assert_eq!(r.status, 304, "If-Modified-Since at Last-Modified");
-    let earlier = httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(7200));
-    assert_eq!(get(&gw, "/doc", &[("if-modified-since", &earlier)]).await.status, 200);
-    assert_eq!(o.hits("/doc"), 1, "conditional requests were answered from cache");
+    let earlier = httpdate::fmt_http_date(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(7200),
+    );
+    assert_eq!(
+        get(&gw, "/doc", &[("if-modified-since", &earlier)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        o.hits("/doc"),
+        1,
+        "conditional requests were answered from cache"
+    );
     // A conditional request on a miss is answered from the full upstream response.
-    o.set("/other", Reply::ok("max-age=60", "o").header("etag", "\"o\""));
+    o.set(
+        "/other",
+        Reply::ok("max-age=60", "o").header("etag", "\"o\""),
+    );
     let r = get(&gw, "/other", &[("if-none-match", "\"o\"")]).await;
     assert_eq!(r.status, 304);
-    assert!(o.seen("/other")[0].header("if-none-match").is_none(), "the origin is asked for the full response");
+    assert!(
+        o.seen("/other")[0].header("if-none-match").is_none(),
+        "the origin is asked for the full response"
+    );
     assert_eq!(get(&gw, "/other", &[]).await.text(), "o#1");
 }
 
@@ -125,10 +151,17 @@ async fn a_stale_entry_is_revalidated_with_its_validators_and_refreshed_by_a_304
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "body#1", "the stored body is served after a 304");
     assert_eq!(o.hits("/r"), 2);
-    assert_eq!(o.seen("/r")[1].header("if-none-match").as_deref(), Some("\"v1\""));
+    assert_eq!(
+        o.seen("/r")[1].header("if-none-match").as_deref(),
+        Some("\"v1\"")
+    );
     let cs = cache_status(&r);
     assert!(cs.contains("fwd=stale; fwd-status=304"), "{cs}");
-    assert_eq!(r.header("x-version"), Some("2"), "the 304's fields update the stored ones");
+    assert_eq!(
+        r.header("x-version"),
+        Some("2"),
+        "the 304's fields update the stored ones"
+    );
     assert_eq!(r.header("x-kept"), Some("yes"));
     // The 304 refreshed the entry: max-age=100 from now on.
     advance(&gw, &o, 50).await;
@@ -174,11 +207,30 @@ async fn request_directives_force_revalidation_or_accept_stale() {
     assert_eq!(get(&gw, "/d", &[]).await.text(), "d#1");
     let r = get(&gw, "/d", &[("cache-control", "no-cache")]).await;
     assert_eq!(r.text(), "d#2", "request no-cache goes to the origin");
-    assert!(cache_status(&r).contains("fwd=request"), "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd=request"),
+        "{}",
+        cache_status(&r)
+    );
     advance(&gw, &o, 10).await;
-    assert_eq!(get(&gw, "/d", &[("cache-control", "max-age=5")]).await.text(), "d#3");
-    assert_eq!(get(&gw, "/d", &[("cache-control", "max-age=5")]).await.text(), "d#3");
-    assert_eq!(get(&gw, "/d", &[("cache-control", "min-fresh=40")]).await.text(), "d#4");
+    assert_eq!(
+        get(&gw, "/d", &[("cache-control", "max-age=5")])
+            .await
+            .text(),
+        "d#3"
+    );
+    assert_eq!(
+        get(&gw, "/d", &[("cache-control", "max-age=5")])
+            .await
+            .text(),
+        "d#3"
+    );
+    assert_eq!(
+        get(&gw, "/d", &[("cache-control", "min-fresh=40")])
+            .await
+            .text(),
+        "d#4"
+    );
     advance(&gw, &o, 40).await;
     let r = get(&gw, "/d", &[("cache-control", "max-stale=60")]).await;
     assert_eq!(r.text(), "d#4", "max-stale accepts the stale entry");

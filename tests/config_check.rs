@@ -213,15 +213,24 @@ fn cache_sections_are_checked() {
         &["routes[0].cache", "needs the top-level cache: section"],
     );
     assert_refused(
-        &cfg("cache: { memory: 1KiB, max_object_size: 2KiB, lock_timeout: 0s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { vary: [\"bad header\"], ttl: soon } }\n"),
+        &cfg("cache: { memory: 1KiB, max_object_size: 2KiB, lock_timeout: 0s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { vary: [\"bad header\"] } }\n"),
         &[],
         &[
             "cache.memory",
             "cache.max_object_size",
             "cache.lock_timeout",
             "routes[0].cache.vary[0]",
-            "routes[0].cache.ttl",
         ],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: soon } }\n"),
+        &[],
+        &["routes[0].cache.ttl"],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { stor_set_cookie: true } }\n"),
+        &[],
+        &["routes[0].cache.stor_set_cookie"],
     );
     let (code, out) = common::gateway::check(
         &cfg("cache: { memory: 1MiB, max_object_size: 64KiB, lock_timeout: 1s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s, vary: [Accept-Language], store_set_cookie: true } }\n"),

@@ -212,7 +212,12 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
 async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Err(problem(StatusCode::BAD_REQUEST, "the body could not be read")),
+        Err(_) => {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read",
+            ))
+        }
     };
     serde_json::from_slice(&body)
         .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
@@ -235,7 +240,10 @@ async fn purge(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
         }
     };
     let Some(storage) = crate::cache::storage() else {
-        return problem(StatusCode::CONFLICT, "no cache is configured (cache: section)");
+        return problem(
+            StatusCode::CONFLICT,
+            "no cache is configured (cache: section)",
+        );
     };
     let (entries, bytes) = selector.run(storage);
     json(serde_json::json!({ "purged": entries, "bytes": bytes }))

@@ -108,8 +108,14 @@ mod tests {
             primary(false, "a", "/b", Some("c")),
             primary(false, "a/", "b", Some("c"))
         );
-        assert_ne!(primary(false, "a", "/b", None), primary(false, "a", "/b", Some("")));
-        assert_ne!(primary(true, "a", "/b", None), primary(false, "a", "/b", None));
+        assert_ne!(
+            primary(false, "a", "/b", None),
+            primary(false, "a", "/b", Some(""))
+        );
+        assert_ne!(
+            primary(true, "a", "/b", None),
+            primary(false, "a", "/b", None)
+        );
     }
 
     #[test]

@@ -37,10 +37,8 @@ pub fn enable(session: &mut Session, ctx: &mut Ctx) {
     if ctx.route.as_ref().and_then(|r| r.cache.as_ref()).is_none() {
         return;
     }
-    let (Some(settings), Some(storage)) = (
-        ctx.snapshot.as_ref().and_then(|s| s.cache),
-        storage(),
-    ) else {
+    let (Some(settings), Some(storage)) = (ctx.snapshot.as_ref().and_then(|s| s.cache), storage())
+    else {
         return;
     };
     let req = session.req_header();
@@ -92,7 +90,11 @@ pub fn on_miss(session: &mut Session, ctx: &mut Ctx) {
 
 /// `cache_hit_filter`: re-decides freshness on our clock and applies the request's
 /// directives (no-cache, max-age, min-fresh, max-stale).
-pub fn hit_freshness(meta: &CacheMeta, pingora_fresh: bool, ctx: &mut Ctx) -> Option<ForcedFreshness> {
+pub fn hit_freshness(
+    meta: &CacheMeta,
+    pingora_fresh: bool,
+    ctx: &mut Ctx,
+) -> Option<ForcedFreshness> {
     let now = clock::now();
     let fresh = meta.is_fresh(now);
     ctx.cache.found = if fresh { Found::Fresh } else { Found::Stale };
@@ -133,12 +135,19 @@ pub fn variance(meta: &CacheMeta, ctx: &Ctx, req: &RequestHeader) -> Option<Hash
 
 /// `response_cache_filter`: RFC 9111 §3 and §4.2 on the response (or, after a 304, on
 /// the stored response updated with the 304's fields).
-pub fn response_cacheable(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
+pub fn response_cacheable(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut Ctx,
+) -> RespCacheable {
     let Some(rc) = ctx.route.as_ref().and_then(|r| r.cache.clone()) else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
     let merged;
-    let header = match (ctx.cache.not_modified.take(), session.cache.maybe_cache_meta()) {
+    let header = match (
+        ctx.cache.not_modified.take(),
+        session.cache.maybe_cache_meta(),
+    ) {
         (Some(nm), Some(stored)) => {
             merged = rules::merge_not_modified(stored.response_header(), &nm);
             &merged
@@ -187,7 +196,8 @@ pub fn serve_stale(session: &Session, ctx: &mut Ctx, error: Option<&Error>) -> b
         return false;
     };
     let now = clock::now();
-    let within = |secs: u32| secs > 0 && meta.fresh_until() + Duration::from_secs(secs.into()) >= now;
+    let within =
+        |secs: u32| secs > 0 && meta.fresh_until() + Duration::from_secs(secs.into()) >= now;
     match error {
         None => !ctx.cache.forced && within(meta.stale_while_revalidate_sec()),
         Some(e) => {

@@ -98,7 +98,10 @@ impl Selector {
         storage.purge_where(|tag| {
             self.route.as_deref().is_none_or(|r| &*tag.route == r)
                 && self.path.as_deref().is_none_or(|p| &*tag.path == p)
-                && self.prefix.as_deref().is_none_or(|p| tag.path.starts_with(p))
+                && self
+                    .prefix
+                    .as_deref()
+                    .is_none_or(|p| tag.path.starts_with(p))
         })
     }
 }
@@ -119,10 +122,21 @@ mod tests {
     fn checks_the_request() {
         let known = |r: &str| r == "items";
         assert_eq!(req(None, None, None).check(known).unwrap_err().0, 400);
-        assert_eq!(req(None, Some("/a"), Some("/b")).check(known).unwrap_err().0, 400);
-        assert_eq!(req(Some("nope"), None, None).check(known).unwrap_err().0, 404);
+        assert_eq!(
+            req(None, Some("/a"), Some("/b"))
+                .check(known)
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            req(Some("nope"), None, None).check(known).unwrap_err().0,
+            404
+        );
         assert_eq!(req(None, Some("a"), None).check(known).unwrap_err().0, 400);
-        let s = req(Some("items"), Some("/a//b/../c"), None).check(known).unwrap();
+        let s = req(Some("items"), Some("/a//b/../c"), None)
+            .check(known)
+            .unwrap();
         assert_eq!(s.path.as_deref(), Some("/a/c"));
     }
 }

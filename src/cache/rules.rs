@@ -75,7 +75,9 @@ impl Directives {
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Some(Seconds::Invalid);
         }
-        Some(Seconds::Valid(v.parse::<u64>().unwrap_or(DELTA_MAX).min(DELTA_MAX)))
+        Some(Seconds::Valid(
+            v.parse::<u64>().unwrap_or(DELTA_MAX).min(DELTA_MAX),
+        ))
     }
 
     /// Field names listed by a qualified `private="a, b"` or `no-cache="a"`.
@@ -206,10 +208,8 @@ pub fn decide(input: &StoreInput) -> StoreDecision {
         .response_time
         .checked_sub(age)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let no_stale = no_cache
-        || cc.has("must-revalidate")
-        || cc.has("proxy-revalidate")
-        || cc.has("s-maxage");
+    let no_stale =
+        no_cache || cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("s-maxage");
     let window = |name| match (no_stale, cc.seconds(name)) {
         (false, Some(Seconds::Valid(s))) => u32::try_from(s).unwrap_or(u32::MAX),
         _ => 0,
@@ -234,7 +234,11 @@ pub fn decide(input: &StoreInput) -> StoreDecision {
 
 /// s-maxage (shared caches), then max-age, then Expires - Date. Invalid values and
 /// duplicate Expires give a zero lifetime (stored as stale).
-fn explicit_lifetime(cc: &Directives, h: &HeaderMap, response_time: SystemTime) -> Option<Duration> {
+fn explicit_lifetime(
+    cc: &Directives,
+    h: &HeaderMap,
+    response_time: SystemTime,
+) -> Option<Duration> {
     for name in ["s-maxage", "max-age"] {
         match cc.seconds(name) {
             Some(Seconds::Valid(s)) => return Some(Duration::from_secs(s)),
@@ -334,8 +338,10 @@ impl RequestDirectives {
         // §5.4: Pragma: no-cache counts only when Cache-Control is absent.
         let pragma_no_cache = !h.contains_key(header::CACHE_CONTROL)
             && h.get_all(header::PRAGMA).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case("no-cache")))
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
+                })
             });
         RequestDirectives {
             no_cache: cc.has("no-cache") || pragma_no_cache,
@@ -379,13 +385,19 @@ pub fn reuse(
         return Reuse::Revalidate;
     }
     let fresh = fresh_until >= now;
-    let remaining = fresh_until.duration_since(now).unwrap_or_default().as_secs();
+    let remaining = fresh_until
+        .duration_since(now)
+        .unwrap_or_default()
+        .as_secs();
     if fresh && req.min_fresh.is_some_and(|m| remaining < m) {
         return Reuse::Revalidate;
     }
     if !fresh {
         let must = cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("s-maxage");
-        let staleness = now.duration_since(fresh_until).unwrap_or_default().as_secs();
+        let staleness = now
+            .duration_since(fresh_until)
+            .unwrap_or_default()
+            .as_secs();
         let accepted = match req.max_stale {
             Some(None) => true,
             Some(Some(n)) => staleness <= n,
@@ -437,7 +449,10 @@ const NOT_UPDATED: &[&str] = &["content-length", "content-encoding", "content-ra
 
 /// The stored header updated with the fields of a 304 (§3.2): each field the 304
 /// carries replaces the stored one, except framing and hop-by-hop fields.
-pub fn merge_not_modified(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+pub fn merge_not_modified(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> ResponseHeader {
     let mut out = stored.clone();
     let fresh = storable_header(not_modified);
     for name in fresh.headers.keys() {

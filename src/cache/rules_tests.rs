@@ -16,7 +16,10 @@ fn date(secs: u64) -> String {
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     h
 }
@@ -48,11 +51,18 @@ fn lifetime(f: &Freshness) -> u64 {
 #[test]
 fn parses_directives_with_quotes_case_and_duplicates() {
     let h = headers(&[
-        ("cache-control", r#"Max-Age=60, private="set-cookie, x-a", no-cache"#),
+        (
+            "cache-control",
+            r#"Max-Age=60, private="set-cookie, x-a", no-cache"#,
+        ),
         ("cache-control", "max-age=5, s-maxage=\"30\", foo=\"a,b\""),
     ]);
     let d = Directives::from_headers(&h);
-    assert_eq!(d.seconds("max-age"), Some(Seconds::Valid(60)), "first occurrence wins");
+    assert_eq!(
+        d.seconds("max-age"),
+        Some(Seconds::Valid(60)),
+        "first occurrence wins"
+    );
     assert_eq!(d.seconds("s-maxage"), Some(Seconds::Valid(30)));
     assert!(d.bare("no-cache"));
     assert!(!d.bare("private"));
@@ -60,7 +70,10 @@ fn parses_directives_with_quotes_case_and_duplicates() {
     let bad = Directives::from_headers(&headers(&[("cache-control", "max-age=1.5, s-maxage=-1")]));
     assert_eq!(bad.seconds("max-age"), Some(Seconds::Invalid));
     assert_eq!(bad.seconds("s-maxage"), Some(Seconds::Invalid));
-    let huge = Directives::from_headers(&headers(&[("cache-control", "max-age=99999999999999999999")]));
+    let huge = Directives::from_headers(&headers(&[(
+        "cache-control",
+        "max-age=99999999999999999999",
+    )]));
     assert_eq!(huge.seconds("max-age"), Some(Seconds::Valid(DELTA_MAX)));
 }
 
@@ -84,7 +97,11 @@ fn freshness_prefers_s_maxage_then_max_age_then_expires() {
     assert_eq!(lifetime(&f), 300);
     assert_eq!(f.fresh_until, at(T0 - 700));
     let h = headers(&[("expires", "0"), ("etag", "\"x\"")]);
-    assert_eq!(lifetime(&stored(decide(&input(&h)))), 0, "invalid Expires is stale");
+    assert_eq!(
+        lifetime(&stored(decide(&input(&h)))),
+        0,
+        "invalid Expires is stale"
+    );
 }
 
 #[test]
@@ -94,7 +111,11 @@ fn age_from_the_origin_and_from_date_is_accounted() {
     assert_eq!(f.epoch, at(T0 - 50));
     assert_eq!(f.fresh_until, at(T0 + 10));
     // apparent age (Date 30s ago) beats a smaller Age
-    let h = headers(&[("cache-control", "max-age=60"), ("age", "5"), ("date", &date(T0 - 30))]);
+    let h = headers(&[
+        ("cache-control", "max-age=60"),
+        ("age", "5"),
+        ("date", &date(T0 - 30)),
+    ]);
     assert_eq!(stored(decide(&input(&h))).fresh_until, at(T0 + 30));
     // the time the request spent upstream counts too
     let h = headers(&[("cache-control", "max-age=60"), ("age", "10")]);
@@ -139,10 +160,22 @@ fn refusals() {
         StoreDecision::Refuse(w) => w,
         StoreDecision::Store(_) => "stored",
     };
-    assert_eq!(refuse(&[("cache-control", "no-store, max-age=60")]), "no-store");
-    assert_eq!(refuse(&[("cache-control", "private, max-age=60")]), "private");
-    assert_eq!(refuse(&[("cache-control", "private=\"x-a\", max-age=60")]), "stored");
-    assert_eq!(refuse(&[("cache-control", "max-age=60"), ("vary", "*")]), "vary-star");
+    assert_eq!(
+        refuse(&[("cache-control", "no-store, max-age=60")]),
+        "no-store"
+    );
+    assert_eq!(
+        refuse(&[("cache-control", "private, max-age=60")]),
+        "private"
+    );
+    assert_eq!(
+        refuse(&[("cache-control", "private=\"x-a\", max-age=60")]),
+        "stored"
+    );
+    assert_eq!(
+        refuse(&[("cache-control", "max-age=60"), ("vary", "*")]),
+        "vary-star"
+    );
     assert_eq!(
         refuse(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")]),
         "set-cookie"
@@ -173,17 +206,27 @@ fn refusals() {
 #[test]
 fn no_cache_is_stored_stale_without_stale_windows() {
     let h = headers(&[
-        ("cache-control", "no-cache, max-age=60, stale-while-revalidate=30"),
+        (
+            "cache-control",
+            "no-cache, max-age=60, stale-while-revalidate=30",
+        ),
         ("etag", "\"v1\""),
     ]);
     let f = stored(decide(&input(&h)));
     assert_eq!(lifetime(&f), 0);
     assert_eq!(f.stale_while_revalidate, 0);
-    let h = headers(&[("cache-control", "max-age=1, stale-while-revalidate=30, stale-if-error=60")]);
+    let h = headers(&[(
+        "cache-control",
+        "max-age=1, stale-while-revalidate=30, stale-if-error=60",
+    )]);
     let f = stored(decide(&input(&h)));
     assert_eq!((f.stale_while_revalidate, f.stale_if_error), (30, 60));
     let h = headers(&[("cache-control", "s-maxage=1, stale-if-error=60")]);
-    assert_eq!(stored(decide(&input(&h))).stale_if_error, 0, "s-maxage implies proxy-revalidate");
+    assert_eq!(
+        stored(decide(&input(&h))).stale_if_error,
+        0,
+        "s-maxage implies proxy-revalidate"
+    );
 }
 
 #[test]
@@ -205,7 +248,10 @@ fn request_directives_decide_reuse() {
     assert_eq!(r("max-stale=10", T0 + 120), Reuse::AsStored);
     let must = headers(&[("cache-control", "max-age=100, must-revalidate")]);
     let req = RequestDirectives::from_headers(&headers(&[("cache-control", "max-stale")]));
-    assert_eq!(reuse(&req, &must, at(T0 + 500), epoch, fresh_until), Reuse::AsStored);
+    assert_eq!(
+        reuse(&req, &must, at(T0 + 500), epoch, fresh_until),
+        Reuse::AsStored
+    );
     let pragma = RequestDirectives::from_headers(&headers(&[("pragma", "no-cache")]));
     assert!(pragma.no_cache);
 }
@@ -234,7 +280,8 @@ fn a_304_updates_the_stored_fields_except_framing() {
 #[test]
 fn stored_header_drops_hop_by_hop_age_and_private_fields() {
     let mut r = ResponseHeader::build(200, None).unwrap();
-    r.insert_header("cache-control", "max-age=60, private=\"x-secret\"").unwrap();
+    r.insert_header("cache-control", "max-age=60, private=\"x-secret\"")
+        .unwrap();
     r.insert_header("connection", "x-hop").unwrap();
     r.insert_header("x-hop", "1").unwrap();
     r.insert_header("x-secret", "1").unwrap();

@@ -2,7 +2,7 @@
 //! (RFC 9211) and the `gatehouse_cache_lookups_total{route,result}` metric.
 
 use super::rules::RequestDirectives;
-use pingora::cache::CachePhase;
+use pingora::cache::{CachePhase, NoCacheReason};
 use pingora::http::ResponseHeader;
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -97,12 +97,20 @@ pub fn report(
                 (Outcome::Stale, true)
             }
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-                v.push_str(if c.forced { "; fwd=request" } else { "; fwd=stale" });
+                v.push_str(if c.forced {
+                    "; fwd=request"
+                } else {
+                    "; fwd=stale"
+                });
                 (Outcome::Stale, true)
             }
             _ => match c.found {
                 Found::Fresh | Found::Stale => {
-                    v.push_str(if c.forced { "; fwd=request" } else { "; fwd=stale" });
+                    v.push_str(if c.forced {
+                        "; fwd=request"
+                    } else {
+                        "; fwd=stale"
+                    });
                     (Outcome::Stale, false)
                 }
                 Found::Nothing if c.vary_miss => {
@@ -126,7 +134,16 @@ pub fn report(
     if collapsed {
         v.push_str("; collapsed");
     }
-    if c.stored_ttl.is_some() && !from_cache || matches!(phase, CachePhase::Revalidated) {
+    let too_large = matches!(
+        phase,
+        CachePhase::Disabled(
+            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge
+        )
+    );
+    let abandoned = matches!(phase, CachePhase::Disabled(_));
+    if (c.stored_ttl.is_some() && !from_cache && !abandoned)
+        || matches!(phase, CachePhase::Revalidated)
+    {
         v.push_str("; stored");
     }
     if let Some(t) = ttl {
@@ -135,6 +152,7 @@ pub fn report(
     match (phase, c.not_stored) {
         (CachePhase::StaleUpdating, _) => v.push_str("; detail=stale-while-revalidate"),
         _ if c.stale_on_error => v.push_str("; detail=stale-if-error"),
+        _ if too_large => v.push_str("; detail=too-large"),
         (_, Some(why)) if !from_cache => {
             let _ = write!(v, "; detail={why}");
         }
@@ -191,7 +209,10 @@ mod tests {
             Some(200),
             false,
         );
-        assert_eq!(r.value, "Gatehouse; fwd=uri-miss; fwd-status=200; detail=private");
+        assert_eq!(
+            r.value,
+            "Gatehouse; fwd=uri-miss; fwd-status=200; detail=private"
+        );
     }
 
     #[test]
@@ -199,16 +220,24 @@ mod tests {
         let mut c = ctx();
         c.found = Found::Stale;
         let r = report(&c, CachePhase::Revalidated, Some(30), Some(304), false);
-        assert_eq!(r.value, "Gatehouse; fwd=stale; fwd-status=304; stored; ttl=30");
+        assert_eq!(
+            r.value,
+            "Gatehouse; fwd=stale; fwd-status=304; stored; ttl=30"
+        );
         assert_eq!(r.outcome, Outcome::Stale);
         let r = report(&c, CachePhase::StaleUpdating, Some(-3), None, false);
-        assert_eq!(r.value, "Gatehouse; hit; ttl=-3; detail=stale-while-revalidate");
+        assert_eq!(
+            r.value,
+            "Gatehouse; hit; ttl=-3; detail=stale-while-revalidate"
+        );
     }
 
     #[test]
     fn bypass() {
-        let mut c = CacheCtx::default();
-        c.bypass = Some("method");
+        let c = CacheCtx {
+            bypass: Some("method"),
+            ..Default::default()
+        };
         let r = report(&c, CachePhase::Uninit, None, Some(200), false);
         assert_eq!(r.value, "Gatehouse; fwd=method");
         assert_eq!(r.outcome, Outcome::Bypass);

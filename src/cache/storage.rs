@@ -51,9 +51,9 @@ use std::sync::Arc;
 pub const SHARDS: usize = 32;
 /// Bytes charged per entry besides its body, meta and tag (map slot, `Arc<Entry>`, LRU
 /// node and list slot, meta and chunk-list allocations).
-pub const ENTRY_OVERHEAD: usize = 384;
+pub const ENTRY_OVERHEAD: usize = 448;
 /// Bytes charged per body chunk (the `Bytes` handle and its allocation header).
-pub const CHUNK_OVERHEAD: usize = 64;
+pub const CHUNK_OVERHEAD: usize = 96;
 
 /// What an entry records about where it came from, for the purge API. Carried from
 /// `cache_key_callback` to the storage in `CacheKey::extensions`.
@@ -107,8 +107,10 @@ pub struct Stats {
     pub filling_bytes: usize,
 }
 
+type Shard = RwLock<HashMap<u64, Arc<Entry>>>;
+
 pub struct MemoryStorage {
-    shards: Box<[RwLock<HashMap<u64, Arc<Entry>>>]>,
+    shards: Box<[Shard]>,
     lru: Lru<(u64, u64), SHARDS>,
     next_id: AtomicU64,
     max_object: AtomicUsize,
@@ -182,7 +184,7 @@ impl MemoryStorage {
     pub fn remove_hash(&self, hash: [u8; 16]) -> Option<usize> {
         let (k, full) = split_key(hash);
         let mut map = self.shards[shard_of(k)].write();
-        if !map.get(&k).is_some_and(|e| e.full == full) {
+        if map.get(&k).is_none_or(|e| e.full != full) {
             return None;
         }
         let e = map.remove(&k)?;

@@ -146,7 +146,13 @@ impl Origin {
 
     /// Requests received for `path`.
     pub fn hits(&self, path: &str) -> usize {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn seen(&self, path: &str) -> Vec<Seen> {
@@ -162,8 +168,7 @@ impl Origin {
     }
 
     pub fn now(&self) -> SystemTime {
-        SystemTime::now()
-            + Duration::from_millis(self.state.date_offset_ms.load(Ordering::SeqCst))
+        SystemTime::now() + Duration::from_millis(self.state.date_offset_ms.load(Ordering::SeqCst))
     }
 
     /// Kills the listener and every connection; the port then refuses connections.
@@ -229,8 +234,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
     let seen = Seen {
-        now: SystemTime::now()
-            + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst)),
+        now: SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst)),
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -265,8 +269,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let mut r = Response::new(body);
     *r.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    let now = SystemTime::now()
-        + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst));
+    let now =
+        SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst));
     let h = r.headers_mut();
     h.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
     for (k, v) in &reply.headers {
