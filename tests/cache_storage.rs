@@ -58,6 +58,9 @@ fn meta() -> CacheMeta {
     h.insert_header("content-type", "application/json").unwrap();
     h.insert_header("cache-control", "max-age=60").unwrap();
     h.insert_header("etag", "\"0123456789\"").unwrap();
+    h.insert_header("x-upstream-server", "orders-7f9c").unwrap();
+    h.insert_header("x-trace-context", "00-4bf92f3577b34da6-00f067aa0ba902b7-01")
+        .unwrap();
     let now = SystemTime::now();
     CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
 }

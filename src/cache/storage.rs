@@ -22,9 +22,10 @@
 //! that keeps an over-size fill a clean pass-through for its client (Pingora aborts a
 //! downstream that is reading a partial entry when the fill is abandoned).
 //!
-//! Accounting: each entry is charged its body, its serialized meta, its purge tag and a
-//! fixed `ENTRY_OVERHEAD` (+ `CHUNK_OVERHEAD` per body chunk) for the map slot, `Arc`, LRU
-//! node and allocations, so many tiny entries cannot exceed the bound either. The figures
+//! Accounting: each entry is charged its body, its header fields (+ `HEADER_FIELD_OVERHEAD`
+//! each), its purge tag and a fixed `ENTRY_OVERHEAD` (+ `CHUNK_OVERHEAD` per body chunk)
+//! for the map slot, `Arc`, LRU node and allocations, so many tiny entries cannot exceed
+//! the bound either. The figures
 //! are checked against a counting allocator in `tests/cache_storage.rs`.
 //!
 //! A disk tier can be added later behind the same trait: a tiered `Storage` would look up
@@ -33,25 +34,30 @@
 use bytes::Bytes;
 use parking_lot::RwLock;
 use pingora::cache::eviction::CacheEntryKey;
-use pingora::cache::key::{CacheHashKey, CacheKey};
+use pingora::cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType, Storage,
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::CacheMeta;
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_lru::Lru;
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Number of shards of the entry maps and of the LRU.
 pub const SHARDS: usize = 32;
 /// Bytes charged per entry besides its body, meta and tag (map slot, `Arc<Entry>`, LRU
 /// node and list slot, meta and chunk-list allocations).
-pub const ENTRY_OVERHEAD: usize = 448;
+pub const ENTRY_OVERHEAD: usize = 512;
+/// Bytes charged per response header field besides its name and value (map slot,
+/// value handle, allocation headers).
+pub const HEADER_FIELD_OVERHEAD: usize = 160;
 /// Bytes charged per body chunk (the `Bytes` handle and its allocation header).
 pub const CHUNK_OVERHEAD: usize = 96;
 
@@ -69,20 +75,90 @@ struct Body {
     len: usize,
 }
 
+/// The parts of a `CacheMeta` that matter, kept decoded: a hit rebuilds the meta from
+/// them (a header clone) instead of decoding the serialized form (a zstd frame and an
+/// HTTP parse, about 4x the cost). Not kept: `updated` (our metas always carry an epoch
+/// override, which is what age and freshness use) and a provenance older than `created`
+/// (rebuilt as `created`: a primary refreshed by a full response then retires its older
+/// variants one lookup early, the conservative direction).
+struct StoredMeta {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    epoch_override: Option<SystemTime>,
+    variance: Option<HashBinary>,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+}
+
+impl StoredMeta {
+    fn from_meta(m: &CacheMeta) -> Self {
+        let h = m.response_header();
+        let mut headers = http::HeaderMap::with_capacity(h.headers.len());
+        for (k, v) in h.headers.iter() {
+            // Copies: a parsed value may be a slice of the whole upstream read buffer, which
+            // must not stay pinned (and uncounted) for the life of the entry.
+            let name = http::HeaderName::from_bytes(k.as_str().as_bytes());
+            let value = http::HeaderValue::from_bytes(v.as_bytes());
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        StoredMeta {
+            fresh_until: m.fresh_until(),
+            created: m.created(),
+            stale_while_revalidate: m.stale_while_revalidate_sec(),
+            stale_if_error: m.stale_if_error_sec(),
+            epoch_override: m.epoch_override(),
+            variance: m.variance(),
+            status: h.status,
+            headers,
+        }
+    }
+
+    fn to_meta(&self) -> CacheMeta {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = self.status;
+        parts.headers = self.headers.clone();
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.created,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            ResponseHeader::from(parts),
+        );
+        if let Some(e) = self.epoch_override {
+            m.set_epoch_override(e);
+        }
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        m
+    }
+
+    /// Bytes the header holds: names, values and a map slot each.
+    fn weight(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + HEADER_FIELD_OVERHEAD)
+            .sum::<usize>()
+    }
+}
+
 struct Entry {
     full: u128,
     id: u64,
-    internal: Box<[u8]>,
-    header: Box<[u8]>,
+    meta: StoredMeta,
     body: Arc<Body>,
     tag: Option<EntryTag>,
     weight: usize,
 }
 
 impl Entry {
-    fn weigh(internal: usize, header: usize, body: &Body, tag: &Option<EntryTag>) -> usize {
+    fn weigh(meta: &StoredMeta, body: &Body, tag: &Option<EntryTag>) -> usize {
         let tag_len = tag.as_ref().map_or(0, |t| t.path.len() + 16);
-        ENTRY_OVERHEAD + internal + header + body.len + body.chunks.len() * CHUNK_OVERHEAD + tag_len
+        ENTRY_OVERHEAD + meta.weight() + body.len + body.chunks.len() * CHUNK_OVERHEAD + tag_len
     }
 }
 
@@ -235,7 +311,7 @@ impl Storage for MemoryStorage {
         let Some(e) = self.get(key) else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&e.internal, &e.header)?;
+        let meta = e.meta.to_meta();
         let end = e.body.len;
         Ok(Some((meta, Box::new(Hit::new(e.body.clone(), 0, end)))))
     }
@@ -246,14 +322,12 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let (internal, header) = meta.serialize()?;
         let (k, full) = split_key(key.combined_bin());
         Ok(Box::new(Fill {
             storage: self,
             k,
             full,
-            internal: internal.into_boxed_slice(),
-            header: header.into_boxed_slice(),
+            meta: Some(StoredMeta::from_meta(meta)),
             tag: key.extensions.get::<EntryTag>().cloned(),
             chunks: Vec::new(),
             len: 0,
@@ -284,7 +358,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let (internal, header) = meta.serialize()?;
+        let stored = StoredMeta::from_meta(meta);
         let (k, full) = split_key(key.combined_bin());
         {
             let mut map = self.shards[shard_of(k)].write();
@@ -292,12 +366,11 @@ impl Storage for MemoryStorage {
                 // Evicted or purged while it was being revalidated: nothing to update.
                 return Ok(false);
             };
-            let weight = Entry::weigh(internal.len(), header.len(), &old.body, &old.tag);
+            let weight = Entry::weigh(&stored, &old.body, &old.tag);
             let e = Arc::new(Entry {
                 full,
                 id: old.id,
-                internal: internal.into_boxed_slice(),
-                header: header.into_boxed_slice(),
+                meta: stored,
                 body: old.body.clone(),
                 tag: old.tag.clone(),
                 weight,
@@ -417,8 +490,7 @@ struct Fill {
     storage: &'static MemoryStorage,
     k: u64,
     full: u128,
-    internal: Box<[u8]>,
-    header: Box<[u8]>,
+    meta: Option<StoredMeta>,
     tag: Option<EntryTag>,
     chunks: Vec<Bytes>,
     len: usize,
@@ -474,13 +546,15 @@ impl HandleMiss for Fill {
             len: self.len,
         };
         self.release();
-        let weight = Entry::weigh(self.internal.len(), self.header.len(), &body, &self.tag);
+        let Some(meta) = self.meta.take() else {
+            return Error::e_explain(ErrorType::InternalError, "fill finished twice");
+        };
+        let weight = Entry::weigh(&meta, &body, &self.tag);
         let id = self.storage.next_id.fetch_add(1, Relaxed);
         let entry = Arc::new(Entry {
             full: self.full,
             id,
-            internal: std::mem::take(&mut self.internal),
-            header: std::mem::take(&mut self.header),
+            meta,
             body: Arc::new(body),
             tag: self.tag.take(),
             weight,
