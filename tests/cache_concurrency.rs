@@ -165,3 +165,36 @@ async fn stale_if_error_serves_stale_while_the_origin_is_down_within_the_window_
         "past the window the origin's 5xx is passed on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_must_revalidate_do_not_queue_behind_each_other() {
+    let o = Origin::start().await;
+    o.script("/nc", |_, n| {
+        let r = Reply::ok("max-age=60", format!("v{n}"));
+        if n > 1 {
+            r.delay(Duration::from_millis(400))
+        } else {
+            r
+        }
+    });
+    let gw = cache_gateway(&o, "{ memory: 4MiB, lock_timeout: 5s }", ROUTE).await;
+    assert_eq!(get(&gw, "/nc").await.text(), "v1");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let url = gw.url("/nc");
+            tokio::spawn(async move {
+                send(&client(), "GET", &url, &[("cache-control", "no-cache")]).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").status, 200);
+    }
+    assert_eq!(o.hits("/nc"), 6, "each no-cache request reaches the origin");
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "no-cache requests were serialised: {:?}",
+        start.elapsed()
+    );
+}

@@ -91,6 +91,7 @@ pub fn on_miss(session: &mut Session, ctx: &mut Ctx) {
 /// `cache_hit_filter`: re-decides freshness on our clock and applies the request's
 /// directives (no-cache, max-age, min-fresh, max-stale).
 pub fn hit_freshness(
+    session: &mut Session,
     meta: &CacheMeta,
     pingora_fresh: bool,
     ctx: &mut Ctx,
@@ -107,6 +108,9 @@ pub fn hit_freshness(
     ) {
         Reuse::Revalidate => {
             ctx.cache.forced = fresh;
+            // Each such request must reach the origin itself: waiting on another one's
+            // revalidation would add latency and save no origin request.
+            session.cache.set_cache_lock(None, None);
             Some(ForcedFreshness::ForceExpired)
         }
         Reuse::ServeStale => Some(ForcedFreshness::ForceFresh),

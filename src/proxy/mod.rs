@@ -336,13 +336,13 @@ impl ProxyHttp for Gateway {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(cache::phases::hit_freshness(meta, is_fresh, ctx))
+        Ok(cache::phases::hit_freshness(session, meta, is_fresh, ctx))
     }
 
     fn cache_vary_filter(
