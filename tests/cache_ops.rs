@@ -300,3 +300,52 @@ async fn objects_over_max_object_size_pass_through_intact_and_are_not_stored() {
     let m = gw.metrics().await;
     assert_eq!(m.get("gatehouse_cache_entries", &[]), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_the_new_bound_at_once_and_removing_the_cache_frees_it() {
+    let o = Origin::start().await;
+    o.set("/obj", Reply::ok("max-age=600", vec![b'x'; 32 * 1024]));
+    let gw = cache_gateway(
+        &o,
+        "{ memory: 4MiB }",
+        "- { name: c, match: { path_prefix: / }, upstream: o, cache: {} }",
+    )
+    .await;
+    for i in 0..20 {
+        get(&gw, &format!("/obj?k={i}"), &[]).await;
+    }
+    let stored = |m: &common::metrics::Metrics| m.get("gatehouse_cache_stored_bytes", &[]);
+    assert!(stored(&gw.metrics().await).unwrap_or(0.0) > 600_000.0);
+    let yaml = std::fs::read_to_string(&gw.config_path).expect("config");
+    let reload = |yaml: String| {
+        let gw = &gw;
+        async move {
+            std::fs::write(&gw.config_path, yaml).expect("write config");
+            let r = gw.admin_post("/admin/reload", &json!({})).await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        }
+    };
+    reload(yaml.replace("memory: 4MiB", "memory: 128KiB")).await;
+    let m = gw.metrics().await;
+    assert!(
+        stored(&m).unwrap_or(f64::MAX) <= 131_072.0,
+        "{:?}",
+        stored(&m)
+    );
+    assert_eq!(
+        m.get("gatehouse_cache_memory_limit_bytes", &[]),
+        Some(131_072.0)
+    );
+    // Without the cache section the route serves uncached and the memory is freed.
+    let no_cache = yaml
+        .lines()
+        .filter(|l| !l.starts_with("cache:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(", cache: {}", "");
+    reload(no_cache).await;
+    assert_eq!(stored(&gw.metrics().await), Some(0.0));
+    let r = get(&gw, "/obj?k=19", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("cache-status").is_none());
+}

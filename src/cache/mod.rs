@@ -87,6 +87,13 @@ pub fn configure(settings: &Settings) -> &'static MemoryStorage {
     s
 }
 
+/// Drops every stored response (the `cache:` section was removed by a reload).
+pub fn clear() {
+    if let Some(s) = storage() {
+        s.clear();
+    }
+}
+
 /// A route's compiled `cache:` section with its metric handles.
 pub struct RouteCache {
     pub ttl: Option<Duration>,

@@ -268,6 +268,17 @@ impl MemoryStorage {
         Some(e.weight)
     }
 
+    /// Removes every entry.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut map = shard.write();
+            for k in map.keys() {
+                self.lru.remove(*k);
+            }
+            map.clear();
+        }
+    }
+
     /// Removes every entry whose tag satisfies `pred` (the admin purge). Returns how many
     /// entries and bytes went. Entries without a tag are never matched.
     pub fn purge_where(&self, pred: impl Fn(&EntryTag) -> bool) -> (usize, usize) {

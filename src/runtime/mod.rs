@@ -63,8 +63,12 @@ impl Shared {
                         crate::upstream::health::spawn(up);
                     }
                 }
-                if let Some(c) = &next.cache {
-                    crate::cache::configure(c);
+                match &next.cache {
+                    Some(c) => {
+                        crate::cache::configure(c);
+                    }
+                    // No cache any more: free what the old config stored.
+                    None => crate::cache::clear(),
                 }
                 let hash = next.loaded.version_hash.clone();
                 self.snapshot.store(Arc::new(next));
