@@ -376,6 +376,11 @@ pub fn reuse(
     epoch: SystemTime,
     fresh_until: SystemTime,
 ) -> Reuse {
+    let fresh = fresh_until >= now;
+    if fresh && *req == RequestDirectives::default() {
+        // The common hit: nothing to decide (a stored no-cache is never fresh).
+        return Reuse::AsStored;
+    }
     let cc = Directives::from_headers(stored);
     if req.no_cache || cc.bare("no-cache") {
         return Reuse::Revalidate;
@@ -384,7 +389,6 @@ pub fn reuse(
     if req.max_age.is_some_and(|m| age > m) {
         return Reuse::Revalidate;
     }
-    let fresh = fresh_until >= now;
     let remaining = fresh_until
         .duration_since(now)
         .unwrap_or_default()
