@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 pub struct Report {
+    pub log: String,
     pub old_pid: i32,
     pub new_pid: u32,
     pub ready_after: Duration,
@@ -53,7 +54,33 @@ fn exited(child: &mut Child) -> Option<String> {
     }
 }
 
-pub fn run(config_path: &str) -> Result<Report, String> {
+/// Where the new process writes its stdout and stderr. It outlives this command, so it
+/// must not inherit a pipe that a caller is reading to EOF: by default it appends to
+/// `<server.data_dir>/gatehouse.log`; `-` keeps this command's stdout and stderr.
+fn log_target(log: Option<&str>, data_dir: &str) -> Result<(Stdio, Stdio, String), String> {
+    match log {
+        Some("-") => Ok((Stdio::inherit(), Stdio::inherit(), "this terminal".into())),
+        other => {
+            let path = match other {
+                Some(p) => p.to_string(),
+                None => {
+                    std::fs::create_dir_all(data_dir)
+                        .map_err(|e| format!("cannot create {data_dir}: {e}"))?;
+                    format!("{}/gatehouse.log", data_dir.trim_end_matches('/'))
+                }
+            };
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open log {path}: {e}"))?;
+            let f2 = f.try_clone().map_err(|e| e.to_string())?;
+            Ok((Stdio::from(f), Stdio::from(f2), path))
+        }
+    }
+}
+
+pub fn run(config_path: &str, log: Option<&str>) -> Result<Report, String> {
     let snap = crate::check(config_path).map_err(|errs| {
         let mut s = String::from("the new config is invalid; nothing was changed:\n");
         for e in errs {
@@ -77,9 +104,12 @@ pub fn run(config_path: &str) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     let started = SystemTime::now();
     let t0 = Instant::now();
+    let (out, err, log_path) = log_target(log, &server.data_dir)?;
     let mut child = Command::new(exe)
         .args(["run", "-c", config_path, "-u"])
         .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
         // Its own process group: stopping this command must not stop the new server.
         .process_group(0)
         .spawn()
@@ -138,6 +168,7 @@ pub fn run(config_path: &str) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Report {
+        log: log_path,
         old_pid,
         new_pid,
         ready_after,
