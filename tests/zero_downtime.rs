@@ -17,7 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const RATE: u32 = 1500;
 
 struct Ports {
-    dir: TestDir,
+    _dir: TestDir,
     pid_file: String,
     sock: String,
 }
