@@ -28,7 +28,7 @@ impl Ports {
         let pid_file = dir.join("gatehouse.pid").display().to_string();
         let sock = dir.join("upgrade.sock").display().to_string();
         Ports {
-            dir,
+            _dir: dir,
             pid_file,
             sock,
         }
