@@ -80,6 +80,53 @@ fn log_target(log: Option<&str>, data_dir: &str) -> Result<(Stdio, Stdio, String
     }
 }
 
+/// This binary, also after it was replaced on disk (then /proc/self/exe reads
+/// "… (deleted)", and the new file at the same path is what an upgrade wants).
+fn this_binary() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => p.into(),
+        None => exe,
+    })
+}
+
+/// Starts `gatehouse run -c CONFIG -u` and returns once it waits for the sockets on
+/// `upgrade_sock`. Nothing has been signalled yet: on error the old process is untouched.
+pub fn spawn_successor(
+    config_path: &str,
+    upgrade_sock: &str,
+    out: Stdio,
+    err: Stdio,
+) -> Result<Child, String> {
+    let exe = this_binary()?;
+    let started = SystemTime::now();
+    let mut child = Command::new(exe)
+        .args(["run", "-c", config_path, "-u"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: stopping the caller must not stop the new server.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the new process: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !modified_after(upgrade_sock, started) {
+        if let Some(e) = exited(&mut child) {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("the new process never opened {upgrade_sock}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(e) = exited(&mut child) {
+        return Err(e);
+    }
+    Ok(child)
+}
+
 pub fn run(config_path: &str, log: Option<&str>) -> Result<Report, String> {
     let snap = crate::check(config_path).map_err(|errs| {
         let mut s = String::from("the new config is invalid; nothing was changed:\n");
@@ -101,39 +148,11 @@ pub fn run(config_path: &str, log: Option<&str>) -> Result<Report, String> {
             server.pid_file
         ));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let started = SystemTime::now();
-    let t0 = Instant::now();
     let (out, err, log_path) = log_target(log, &server.data_dir)?;
-    let mut child = Command::new(exe)
-        .args(["run", "-c", config_path, "-u"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        // Its own process group: stopping this command must not stop the new server.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start the new process: {e}"))?;
+    let t0 = Instant::now();
+    let mut child = spawn_successor(config_path, &server.upgrade_sock, out, err)
+        .map_err(|e| format!("{e}; the old process {old_pid} keeps serving"))?;
     let new_pid = child.id();
-
-    // Wait until the new process listens on the upgrade socket (created after we started).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !modified_after(&server.upgrade_sock, started) {
-        if let Some(e) = exited(&mut child) {
-            return Err(format!("{e}; the old process {old_pid} keeps serving"));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(format!(
-                "the new process never opened {}; the old process {old_pid} keeps serving",
-                server.upgrade_sock
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(e) = exited(&mut child) {
-        return Err(format!("{e}; the old process {old_pid} keeps serving"));
-    }
     if !sys::kill(old_pid, libc::SIGQUIT) {
         let _ = child.kill();
         return Err(format!("cannot signal the old process {old_pid}"));
