@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod load;
 pub mod metrics;
 pub mod origin;
 pub mod raw;
