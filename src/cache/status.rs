@@ -74,7 +74,48 @@ pub fn report(
     collapsed: bool,
 ) -> Report {
     let mut v = String::from(CACHE_NAME);
-    let (outcome, from_cache) = if let Some(reason) = c.bypass {
+    let (outcome, from_cache) = classify(c, phase, &mut v);
+    if let Some(s) = fwd_status.filter(|_| v.contains("fwd=") && c.bypass.is_none()) {
+        let _ = write!(v, "; fwd-status={s}");
+    }
+    if collapsed {
+        v.push_str("; collapsed");
+    }
+    let too_large = matches!(
+        phase,
+        CachePhase::Disabled(
+            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge
+        )
+    );
+    let abandoned = matches!(phase, CachePhase::Disabled(_));
+    if (c.stored_ttl.is_some() && !from_cache && !abandoned)
+        || matches!(phase, CachePhase::Revalidated)
+    {
+        v.push_str("; stored");
+    }
+    if let Some(t) = ttl {
+        let _ = write!(v, "; ttl={t}");
+    }
+    match (phase, c.not_stored) {
+        (CachePhase::StaleUpdating, _) => v.push_str("; detail=stale-while-revalidate"),
+        _ if c.stale_on_error => v.push_str("; detail=stale-if-error"),
+        _ if too_large => v.push_str("; detail=too-large"),
+        (_, Some(why)) if !from_cache => {
+            let _ = write!(v, "; detail={why}");
+        }
+        _ => {}
+    }
+    Report {
+        outcome,
+        from_cache,
+        value: v,
+    }
+}
+
+/// Appends `hit` or `fwd=...` to `v`; returns the metric outcome and whether the
+/// response comes from the cache.
+fn classify(c: &CacheCtx, phase: CachePhase, v: &mut String) -> (Outcome, bool) {
+    if let Some(reason) = c.bypass {
         let _ = write!(v, "; fwd={reason}");
         (Outcome::Bypass, false)
     } else {
@@ -127,41 +168,6 @@ pub fn report(
                 }
             },
         }
-    };
-    if let Some(s) = fwd_status.filter(|_| v.contains("fwd=") && c.bypass.is_none()) {
-        let _ = write!(v, "; fwd-status={s}");
-    }
-    if collapsed {
-        v.push_str("; collapsed");
-    }
-    let too_large = matches!(
-        phase,
-        CachePhase::Disabled(
-            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge
-        )
-    );
-    let abandoned = matches!(phase, CachePhase::Disabled(_));
-    if (c.stored_ttl.is_some() && !from_cache && !abandoned)
-        || matches!(phase, CachePhase::Revalidated)
-    {
-        v.push_str("; stored");
-    }
-    if let Some(t) = ttl {
-        let _ = write!(v, "; ttl={t}");
-    }
-    match (phase, c.not_stored) {
-        (CachePhase::StaleUpdating, _) => v.push_str("; detail=stale-while-revalidate"),
-        _ if c.stale_on_error => v.push_str("; detail=stale-if-error"),
-        _ if too_large => v.push_str("; detail=too-large"),
-        (_, Some(why)) if !from_cache => {
-            let _ = write!(v, "; detail={why}");
-        }
-        _ => {}
-    }
-    Report {
-        outcome,
-        from_cache,
-        value: v,
     }
 }
 
