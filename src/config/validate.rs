@@ -332,9 +332,9 @@ fn jwt_issuer(v: &mut V, p: &str, j: &JwtIssuer) {
             format!("{p}.hmac_secret"),
             "set, but no HS256/HS384/HS512 is listed in algorithms",
         ),
-        Some(s) if s.len() < 32 => v.err(
+        Some(s) if algs.iter().any(|a| a.is_hmac() && s.len() < a.min_secret_len()) => v.err(
             format!("{p}.hmac_secret"),
-            "too short: at least 32 bytes (RFC 7518 §3.2)",
+            "too short: at least as long as the hash (32 bytes for HS256, 48 for HS384, 64 for HS512; RFC 7518 §3.2)",
         ),
         None if wants_hmac && j.jwks_file.is_none() => v.err(
             format!("{p}.hmac_secret"),

@@ -77,6 +77,15 @@ impl Alg {
         matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
     }
 
+    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            Alg::HS384 => 48,
+            Alg::HS512 => 64,
+            _ => 32,
+        }
+    }
+
     fn to_jwt(self) -> Option<jsonwebtoken::Algorithm> {
         use jsonwebtoken::Algorithm as A;
         Some(match self {
@@ -152,16 +161,26 @@ impl VerifyKey {
     /// An HMAC key from a configured secret (`hmac_secret`), for the HS algorithms in `algs`.
     pub fn hmac(secret: &[u8], algs: &[Alg]) -> Option<VerifyKey> {
         let key = DecodingKey::from_secret(secret);
-        let verifiers = build(&key, algs.iter().copied().filter(|a| a.is_hmac()));
+        let verifiers = build(
+            &key,
+            algs.iter()
+                .copied()
+                .filter(|a| a.is_hmac() && secret.len() >= a.min_secret_len()),
+        );
         (!verifiers.is_empty()).then_some(VerifyKey {
             kid: None,
             verifiers,
         })
     }
 
-    /// A key from one JWK, for the algorithms in `algs` that its type, curve and own
-    /// `alg` allow. `Err` says why the key is not usable.
-    pub fn from_jwk(jwk: &Jwk, algs: &[Alg], allow_symmetric: bool) -> Result<VerifyKey, String> {
+    /// A key from one JWK (JSON), for the algorithms in `algs` that its type, curve and
+    /// own `alg` allow. `Err` says why the key is not usable.
+    pub fn from_jwk(
+        v: &serde_json::Value,
+        algs: &[Alg],
+        allow_symmetric: bool,
+    ) -> Result<VerifyKey, String> {
+        let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|_| "unknown key type")?;
         if let Some(u) = &jwk.common.public_key_use {
             if *u != PublicKeyUse::Signature {
                 return Err("its `use` is not \"sig\"".into());
@@ -172,11 +191,14 @@ impl VerifyKey {
                 return Err("its `key_ops` do not include \"verify\"".into());
             }
         }
-        let own_alg = match &jwk.common.key_algorithm {
+        // Read from the JSON: jsonwebtoken's `KeyAlgorithm` has no ES512.
+        let own_alg = match v.get("alg") {
             None => None,
-            Some(a) => {
-                Some(Alg::parse(&a.to_string()).ok_or_else(|| format!("unsupported alg {a}"))?)
-            }
+            Some(a) => Some(
+                a.as_str()
+                    .and_then(Alg::parse)
+                    .ok_or_else(|| format!("unsupported alg {a}"))?,
+            ),
         };
         let by_type: &[Alg] = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => &[
@@ -202,10 +224,21 @@ impl VerifyKey {
             }
             AlgorithmParameters::OctetKey(_) => &[Alg::HS256, Alg::HS384, Alg::HS512],
         };
+        let secret_len = match &jwk.algorithm {
+            AlgorithmParameters::OctetKey(p) => {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&p.value)
+                    .map_err(|_| "bad oct key encoding".to_string())?
+                    .len()
+            }
+            _ => usize::MAX,
+        };
         let wanted: Vec<Alg> = by_type
             .iter()
             .copied()
             .filter(|a| algs.contains(a) && own_alg.is_none_or(|o| o == *a))
+            .filter(|a| !a.is_hmac() || secret_len >= a.min_secret_len())
             .collect();
         if wanted.is_empty() {
             return Err("no accepted algorithm fits this key".into());
@@ -219,7 +252,7 @@ impl VerifyKey {
             if let AlgorithmParameters::RSA(p) = &jwk.algorithm {
                 check_rsa_size(&p.n)?;
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad key material: {e}"))?;
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
             build(&key, wanted.into_iter())
         };
         if verifiers.is_empty() {
@@ -336,14 +369,7 @@ pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<P
             .and_then(|k| k.as_str())
             .map(|k| format!("key {k:?}"))
             .unwrap_or_else(|| format!("key #{i}"));
-        let jwk: Jwk = match serde_json::from_value(v.clone()) {
-            Ok(j) => j,
-            Err(_) => {
-                out.skipped.push(format!("{label}: unknown key type"));
-                continue;
-            }
-        };
-        match VerifyKey::from_jwk(&jwk, algs, allow_symmetric) {
+        match VerifyKey::from_jwk(v, algs, allow_symmetric) {
             Ok(k) => out.keys.push(Arc::new(k)),
             Err(e) => out.skipped.push(format!("{label}: {e}")),
         }
@@ -355,8 +381,8 @@ pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<P
 mod tests {
     use super::*;
 
-    fn jwk(v: serde_json::Value) -> Jwk {
-        serde_json::from_value(v).unwrap()
+    fn jwk(v: serde_json::Value) -> serde_json::Value {
+        v
     }
 
     const EC: &str = r#"{"kty":"EC","crv":"P-256","x":"9M_iHTaJqbz-LQN5ARRNtLY-b_d-7w-uk-snX7G64CI","y":"UDtD_pQoFyTLbnyuao2Jqdr9rJIO5qIlrTlXXzRv4qY"}"#;
