@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn load(rel: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jose").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/jose")
+        .join(rel);
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
 }
 

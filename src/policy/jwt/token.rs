@@ -59,6 +59,9 @@ impl<'t> Parsed<'t> {
             Some(serde_json::Value::String(k)) => Some(k.clone()),
             Some(_) => return Err(Failure::Malformed),
         };
+        if s.is_empty() {
+            return Err(Failure::Malformed);
+        }
         Ok(Parsed {
             signing_input: &token[..h.len() + 1 + p.len()],
             alg,
