@@ -424,3 +424,36 @@ async fn websocket_upgrade_to_a_protected_route_needs_credentials() {
     );
     assert_eq!(s.up.hits(), 0, "the upgrade reached the upstream");
 }
+
+/// The README's example: the demo config with `scripts/demo-token.sh` and the demo key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_config_accepts_the_demo_token_and_key() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let yaml = std::fs::read_to_string(root.join("conf/gatehouse.yaml"))
+        .unwrap()
+        .replace(
+            "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",
+            &format!("127.0.0.1:{}", common::free_port()),
+        )
+        .replace(
+            "${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:9901}",
+            &format!("127.0.0.1:{}", common::free_port()),
+        )
+        .replace("127.0.0.1:9001", &a.address())
+        .replace("127.0.0.1:9002", &b.address())
+        .replace("path: stdout", "path: \"off\"");
+    let gw = Gateway::start(&yaml).await;
+    let out = std::process::Command::new(root.join("scripts/demo-token.sh"))
+        .output()
+        .expect("run scripts/demo-token.sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(get_h(&gw, "/account", &[]).await.status, 401);
+    let r = bearer(&gw, "/account", &token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get_h(&gw, "/account?api_key=demo-key-123", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get_h(&gw, "/account", &[("x-api-key", "demo-key-123")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
