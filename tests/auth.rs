@@ -447,7 +447,11 @@ async fn the_demo_config_accepts_the_demo_token_and_key() {
     let out = std::process::Command::new(root.join("scripts/demo-token.sh"))
         .output()
         .expect("run scripts/demo-token.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(get_h(&gw, "/account", &[]).await.status, 401);
     let r = bearer(&gw, "/account", &token).await;

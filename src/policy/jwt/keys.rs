@@ -6,7 +6,8 @@
 //! - the key type must match the algorithm (an RSA key is never an HMAC secret), and a
 //!   JWK's own `alg`, `use` and `key_ops` restrict it further (RFC 7517 §4.2–4.4);
 //! - one bad key in a JWKS skips that key, not the whole set;
-//! - ES512 (P-521), which `jsonwebtoken` does not implement, is verified with `p521`;
+//! - ES512 (P-521), which `jsonwebtoken` does not implement, is verified with aws-lc
+//!   directly (the library `jsonwebtoken`'s backend uses);
 //! - verifiers are built once per key, when the JWKS is loaded, not per request.
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
@@ -116,7 +117,7 @@ enum Verifier {
     /// `jsonwebtoken`'s verifier objects are not `Send`, so the key is kept and the
     /// (cheap) verifier is made per check; building one at load time proved the key usable.
     Jwt(jsonwebtoken::Algorithm, DecodingKey),
-    Es512(p521::ecdsa::VerifyingKey),
+    Es512(aws_lc_rs::signature::ParsedPublicKey),
 }
 
 /// One key, able to verify the algorithms listed in `verifiers`.
@@ -149,12 +150,9 @@ impl VerifyKey {
         match v {
             Verifier::Jwt(alg, key) => (PROVIDER.verifier_factory)(alg, key)
                 .is_ok_and(|v| v.verify(message, &signature.to_vec()).is_ok()),
-            Verifier::Es512(vk) => {
-                use p521::ecdsa::signature::Verifier as _;
-                // JWS ECDSA signatures are the fixed-size R || S (RFC 7518 §3.4), not DER.
-                p521::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| vk.verify(message, &sig).is_ok())
-            }
+            // ECDSA_P521_SHA512_FIXED: JWS signatures are the fixed-size R || S
+            // (RFC 7518 §3.4), not DER.
+            Verifier::Es512(key) => key.verify_sig(message, signature).is_ok(),
         }
     }
 
@@ -249,8 +247,13 @@ impl VerifyKey {
                 _ => Vec::new(),
             }
         } else {
-            if let AlgorithmParameters::RSA(p) = &jwk.algorithm {
-                check_rsa_size(&p.n)?;
+            match &jwk.algorithm {
+                AlgorithmParameters::RSA(p) => check_rsa_size(&p.n)?,
+                AlgorithmParameters::EllipticCurve(p) => {
+                    check_point(wanted[0], &ec_point(&p.x, &p.y, wanted[0])?)?
+                }
+                AlgorithmParameters::OctetKeyPair(p) => check_point(Alg::EdDSA, &b64url(&p.x)?)?,
+                AlgorithmParameters::OctetKey(_) => {}
             }
             let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
             build(&key, wanted.into_iter())
@@ -266,7 +269,7 @@ impl VerifyKey {
 }
 
 static PROVIDER: &jsonwebtoken::crypto::CryptoProvider =
-    &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
 
 /// One verifier per algorithm that this key material really supports.
 fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifier)> {
@@ -292,26 +295,60 @@ fn check_rsa_size(n_b64: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn es512(x: &str, y: &str) -> Result<Verifier, String> {
+fn b64url(s: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;
-    let dec = |s: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| "bad base64url in the key".to_string())
+}
+
+/// The uncompressed SEC1 point of an EC JWK, with coordinates of the curve's size.
+fn ec_point(x: &str, y: &str, alg: Alg) -> Result<Vec<u8>, String> {
+    let size = match alg {
+        Alg::ES256 => 32,
+        Alg::ES384 => 48,
+        _ => 66,
     };
-    let (Some(x), Some(y)) = (dec(x), dec(y)) else {
-        return Err("bad P-521 coordinates".into());
-    };
-    if x.len() != 66 || y.len() != 66 {
-        return Err("bad P-521 coordinates".into());
+    let (x, y) = (b64url(x)?, b64url(y)?);
+    if x.len() != size || y.len() != size {
+        return Err("EC coordinates of the wrong size".into());
     }
-    let mut sec1 = Vec::with_capacity(133);
-    sec1.push(4);
-    sec1.extend_from_slice(&x);
-    sec1.extend_from_slice(&y);
-    p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-        .map(Verifier::Es512)
-        .map_err(|_| "the P-521 point is not on the curve".into())
+    Ok([&[4u8][..], &x, &y].concat())
+}
+
+fn aws_lc_alg(alg: Alg) -> Option<&'static aws_lc_rs::signature::EcdsaVerificationAlgorithm> {
+    use aws_lc_rs::signature as sig;
+    Some(match alg {
+        Alg::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Alg::ES512 => &sig::ECDSA_P521_SHA512_FIXED,
+        _ => return None,
+    })
+}
+
+/// Refuses a public key that is not a valid point at load time, rather than at each
+/// verification (jsonwebtoken's backend only parses it when verifying).
+fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::signature::{ParsedPublicKey, ED25519};
+    let ok = match aws_lc_alg(alg) {
+        Some(a) => ParsedPublicKey::new(a, bytes).is_ok(),
+        None => ParsedPublicKey::new(&ED25519, bytes).is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("the public key is not a valid point".into())
+    }
+}
+
+fn es512(x: &str, y: &str) -> Result<Verifier, String> {
+    let point = ec_point(x, y, Alg::ES512)?;
+    aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+        &point,
+    )
+    .map(Verifier::Es512)
+    .map_err(|_| "the public key is not a valid point".into())
 }
 
 /// The keys of one issuer at one moment. Immutable; a refresh builds a new one.
