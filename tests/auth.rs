@@ -461,3 +461,19 @@ async fn the_demo_config_accepts_the_demo_token_and_key() {
     let r = get_h(&gw, "/account", &[("x-api-key", "demo-key-123")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Prints the `requests:` of loadtest/scenarios/auth-jwt-es256.yaml: 100 distinct ES256
+/// tokens (key tests/keys/ec256.pem), valid until 2100. Run with
+/// `cargo test --test auth -- --ignored loadtest_tokens --nocapture`.
+#[test]
+#[ignore]
+fn loadtest_tokens() {
+    for i in 0..100 {
+        let c = json!({
+            "iss": "https://id.loadtest/", "aud": "api.loadtest", "sub": format!("user-{i}"),
+            "scope": "orders:read", "iat": 1_790_000_000u64, "exp": 4_102_444_800u64,
+        });
+        let t = sign("ec256", Algorithm::ES256, &c);
+        println!("  - {{ method: GET, path: /, headers: {{ Authorization: \"Bearer {t}\" }} }}");
+    }
+}
