@@ -428,6 +428,10 @@ pub struct Route {
     pub auth: Option<Vec<String>>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Extension: pass the credential (API key header or query parameter, bearer token)
+    /// on to the upstream instead of removing it.
+    #[serde(default)]
+    pub auth_forward_credential: bool,
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimit>,
     #[serde(default)]

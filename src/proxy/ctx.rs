@@ -40,8 +40,9 @@ pub struct Ctx {
     pub snapshot: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
     pub request_id: String,
-    /// Path (and query) to send upstream when it differs from the client's.
-    pub upstream_uri: Option<String>,
+    /// Path to send upstream when it differs from the client's. The query is taken from
+    /// the request as the policies left it (an API key parameter may be removed).
+    pub upstream_path: Option<String>,
     pub tried: Vec<usize>,
     pub target: Option<usize>,
     pub upstream_slot: Option<UpstreamSlot>,
@@ -71,7 +72,7 @@ impl Ctx {
             snapshot: None,
             route: None,
             request_id: String::new(),
-            upstream_uri: None,
+            upstream_path: None,
             tried: Vec::new(),
             target: None,
             upstream_slot: None,

@@ -146,7 +146,8 @@ impl Gateway {
             ctx.cache.host = host.into_owned();
             ctx.cache.path = normalized.to_string();
         }
-        // Path sent upstream: normalised, then strip_prefix; the query is kept as sent.
+        // Path sent upstream: normalised, then strip_prefix; the query is kept as the
+        // policies leave it (upstream_request_filter).
         let mut up_path: std::borrow::Cow<str> = normalized;
         if let Some(sp) = &route.strip_prefix {
             if let Some(rest) = up_path.strip_prefix(sp.as_str()) {
@@ -160,11 +161,7 @@ impl Gateway {
             }
         }
         if up_path != raw_path {
-            let uri = match req.uri.query() {
-                Some(q) => format!("{up_path}?{q}"),
-                None => up_path.into_owned(),
-            };
-            ctx.upstream_uri = Some(uri);
+            ctx.upstream_path = Some(up_path.into_owned());
         }
         if let Some(max) = route.max_body {
             let declared = req
@@ -238,7 +235,12 @@ impl Gateway {
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default(),
             Some(HashOn::Path) => session.req_header().uri.path().as_bytes().to_vec(),
-            // Until consumers exist (auth issue) the consumer is the client address.
+            Some(HashOn::Consumer) if ctx.identity.is_some() => ctx
+                .identity
+                .as_ref()
+                .map(|id| id.consumer_id.as_bytes().to_vec())
+                .unwrap_or_default(),
+            // An anonymous caller's "consumer" is its address.
             Some(HashOn::Ip) | Some(HashOn::Consumer) => session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -499,7 +501,11 @@ impl ProxyHttp for Gateway {
         req: &mut pingora::http::RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(uri) = &ctx.upstream_uri {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = match req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
             if let Ok(u) = uri.parse::<http::Uri>() {
                 req.set_uri(u);
             }

@@ -53,6 +53,8 @@ impl Shared {
         });
         match result {
             Ok(next) => {
+                // New JWKS sources are fetched before the snapshot serves.
+                next.policies.start().await;
                 let current = self.snapshot.load_full();
                 for (name, up) in &next.upstreams {
                     let reused = current

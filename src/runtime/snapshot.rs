@@ -66,7 +66,7 @@ impl Snapshot {
                 Err(e) => errs.push(ConfigError::new(format!("upstreams.{name}"), e)),
             }
         }
-        let policies = match PolicySet::build(cfg) {
+        let policies = match PolicySet::build(cfg, previous.map(|p| &*p.policies)) {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 errs.extend(e);
