@@ -3,12 +3,14 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 
@@ -86,12 +88,27 @@ fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
 /// Serves until shutdown. Returns only after a graceful stop, or with an error before
 /// anything was served.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
+    if let Some(at) = clock::init_from_env().map_err(StartError::Other)? {
+        tracing::warn!(
+            "{} is set: limits read a test clock that stands at {} and moves only through \
+             POST /admin/clock; never set it in production",
+            clock::TEST_CLOCK_ENV,
+            clock::format_instant(at)
+        );
+    }
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
     let snapshot = Snapshot::compile(loaded, None).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
     if !opts.upgrade {
         precheck_binds(&cfg)?;
     }
+    // Quota counts need server.data_dir: refuse to start rather than count in memory.
+    snapshot
+        .policies
+        .limits
+        .store
+        .check_open()
+        .map_err(StartError::Other)?;
     let admin_listener = match &cfg.admin {
         Some(a) => {
             let addr: SocketAddr = a
@@ -175,6 +192,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             grace,
         }),
     });
+    store::flush_all();
     accesslog::flush();
     Ok(())
 }
@@ -193,6 +211,8 @@ impl BackgroundService for Control {
         for up in self.shared.snapshot.load().upstreams.values() {
             upstream::health::spawn(up);
         }
+        // After a daemon fork: threads started before it would not exist in this process.
+        self.shared.snapshot.load().policies.start();
         let admin = self.admin.lock().ok().and_then(|mut a| a.take());
         if let Some(l) = admin {
             tokio::spawn(admin::serve(l, self.shared.clone()));
@@ -247,6 +267,8 @@ impl Signals {
                 std::thread::sleep(Duration::from_millis(20));
             }
             tracing::info!("drained after {:?}; exiting", start.elapsed());
+            // The last quota counts reach the store before the process goes.
+            store::flush_all();
             accesslog::flush();
             std::process::exit(0);
         });

@@ -8,7 +8,12 @@
 //!
 //! Header transforms (`headers`) run on every request and are not in the list.
 
+pub mod client_ip;
 pub mod headers;
+pub mod limits;
+pub mod quota;
+pub mod rate_limit;
+pub mod ratelimit_headers;
 
 use crate::config::{model, Config, ConfigError};
 use crate::error::Reject;
@@ -51,20 +56,34 @@ pub trait Policy: Send + Sync {
 
 /// Process-wide policy state built from a whole config (issuers and their keys,
 /// consumers, counters), shared by the routes that use it.
-#[derive(Default)]
-pub struct PolicySet {}
+pub struct PolicySet {
+    /// Tier limits, the limit store and the trusted proxies.
+    pub limits: Arc<limits::LimitsShared>,
+}
 
 impl PolicySet {
-    pub fn build(_cfg: &Config) -> Result<Self, Vec<ConfigError>> {
-        Ok(PolicySet {})
+    pub fn build(cfg: &Config) -> Result<Self, Vec<ConfigError>> {
+        let limits =
+            limits::LimitsShared::build(cfg).map_err(|e| vec![ConfigError::new("store", e)])?;
+        Ok(PolicySet { limits })
     }
 
     /// The compiled policies of one route, in stage order.
     pub fn for_route(
         &self,
-        _index: usize,
-        _route: &model::Route,
+        index: usize,
+        route: &model::Route,
     ) -> Result<Vec<Arc<dyn Policy>>, ConfigError> {
-        Ok(Vec::new())
+        let mut policies: Vec<Arc<dyn Policy>> = Vec::new();
+        // Limit stage: after authentication and authorization.
+        if let Some(l) = limits::Limits::build(&self.limits, index, route)? {
+            policies.push(Arc::new(l));
+        }
+        Ok(policies)
+    }
+
+    /// Starts background work (the limit store's sync thread). Idempotent.
+    pub fn start(&self) {
+        self.limits.store.start();
     }
 }

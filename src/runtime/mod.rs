@@ -64,6 +64,7 @@ impl Shared {
                     }
                 }
                 let hash = next.loaded.version_hash.clone();
+                next.policies.start();
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(version = %hash, "config reloaded");
