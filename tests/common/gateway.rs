@@ -32,7 +32,12 @@ impl Gateway {
     /// Starts `gatehouse run -c FILE` and waits (up to 20 s) until the
     /// admin `/readyz` answers 200. Panics with the process output otherwise.
     pub async fn start(yaml: &str) -> Gateway {
-        let mut gw = Gateway::spawn(yaml);
+        Gateway::start_env(yaml, &[]).await
+    }
+
+    /// `start` with extra environment variables (e.g. `GATEHOUSE_TEST_CLOCK`).
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::spawn_env(yaml, env);
         if let Err(e) = gw.wait_ready(Duration::from_secs(20)).await {
             panic!("gateway did not become ready: {e}\n{}", gw.logs_tail());
         }
@@ -41,6 +46,11 @@ impl Gateway {
 
     /// Spawns the process without waiting for anything.
     pub fn spawn(yaml: &str) -> Gateway {
+        Gateway::spawn_env(yaml, &[])
+    }
+
+    /// `spawn` with extra environment variables.
+    pub fn spawn_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test config is YAML");
         let listeners = doc
             .get("listeners")
@@ -65,6 +75,7 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .current_dir(&dir.path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -211,6 +222,25 @@ impl Gateway {
     pub async fn metrics(&self) -> Metrics {
         let text = self.metrics_text().await;
         metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
+    }
+
+    /// POST on the admin listener with the bearer token and a JSON body.
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        let mut req = self.http.post(self.admin_url(path)).json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
+    }
+
+    /// Moves the test clock (the process must run with `GATEHOUSE_TEST_CLOCK`).
+    pub async fn advance_clock(&self, by: &str) {
+        let r = self
+            .admin_post("/admin/clock", serde_json::json!({ "advance": by }))
+            .await;
+        assert_eq!(r.status(), 200, "POST /admin/clock advance {by}");
     }
 
     pub fn pid(&self) -> u32 {
