@@ -6,23 +6,23 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
-use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use runtime::{Shared, Snapshot};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct RunOptions {
     pub config_path: String,
@@ -67,7 +67,9 @@ pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
 
 /// Pingora keeps running when a listener cannot bind (it retries, then panics inside a
 /// task: upstream issue #667). We try every address first and refuse to start instead.
-fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
+/// During an upgrade an address the old process serves is inherited, not bound: only
+/// addresses nobody answers on are tried.
+fn precheck_binds(cfg: &config::Config, upgrade: bool) -> Result<(), StartError> {
     for l in &cfg.listeners {
         let addr: SocketAddr = l.address.parse().map_err(|_| {
             StartError::Bind(format!(
@@ -75,6 +77,11 @@ fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
                 l.name, l.address
             ))
         })?;
+        if upgrade
+            && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            continue;
+        }
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(StartError::Bind(format!(
                 "cannot bind listener {:?} on {addr}: {e}",
@@ -99,9 +106,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
     let snapshot = Snapshot::compile(loaded, None).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
-    if !opts.upgrade {
-        precheck_binds(&cfg)?;
-    }
+    precheck_binds(&cfg, opts.upgrade)?;
     // Quota counts need server.data_dir: refuse to start rather than count in memory.
     snapshot
         .policies
@@ -141,7 +146,11 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap as a service (not `server.bootstrap()`): Pingora then knows every listen
+    // address before it takes sockets over from an old process (`-u`), so it closes the
+    // inherited ones this config no longer has, binds the new ones, and the proxy waits
+    // for the sockets before it listens.
+    let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -172,144 +181,28 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
             }
         }
     }
-    server.add_service(proxy);
+    let proxy_handle = server.add_service(proxy);
+    proxy_handle.add_dependency(&bootstrap);
     let addrs: Vec<SocketAddr> = cfg
         .listeners
         .iter()
         .filter_map(|l| l.address.parse().ok())
         .collect();
-    server.add_service(background_service(
-        "gatehouse-control",
-        Control {
-            shared: shared.clone(),
-            admin: std::sync::Mutex::new(admin_listener),
-            listeners: addrs,
-        },
-    ));
+    server
+        .add_service(background_service(
+            "gatehouse-control",
+            lifecycle::Control::new(
+                shared.clone(),
+                admin_listener,
+                addrs,
+                cfg.server.pid_file.clone(),
+            ),
+        ))
+        .add_dependency(&proxy_handle);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            shared: shared.clone(),
-            grace,
-        }),
+        shutdown_signal: Box::new(lifecycle::Signals::new(shared.clone(), grace)),
     });
     store::flush_all();
     accesslog::flush();
     Ok(())
-}
-
-/// Background work that lives as long as the process: active health checks (started
-/// at boot), the admin listener, and the readiness probe of our own listeners.
-struct Control {
-    shared: Arc<Shared>,
-    admin: std::sync::Mutex<Option<std::net::TcpListener>>,
-    listeners: Vec<SocketAddr>,
-}
-
-#[async_trait]
-impl BackgroundService for Control {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        for up in self.shared.snapshot.load().upstreams.values() {
-            upstream::health::spawn(up);
-        }
-        // After a daemon fork: threads started before it would not exist in this process.
-        self.shared.snapshot.load().policies.start();
-        let admin = self.admin.lock().ok().and_then(|mut a| a.take());
-        if let Some(l) = admin {
-            tokio::spawn(admin::serve(l, self.shared.clone()));
-        }
-        // Ready once every listener accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(40);
-        for addr in &self.listeners {
-            loop {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    tracing::error!("listener {addr} never started accepting connections; exiting");
-                    eprintln!("gatehouse: listener {addr} could not be bound; exiting");
-                    std::process::exit(1);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        self.shared.ready.store(true, Ordering::Relaxed);
-        tracing::info!("ready: {} listener(s) accepting", self.listeners.len());
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Our signal handling on top of Pingora's: SIGTERM and SIGQUIT mark the process as
-/// draining (`/readyz` 503) and, once no request is in flight, exit without waiting out
-/// the whole grace period (Pingora would sleep all of it); SIGHUP reloads the config.
-struct Signals {
-    shared: Arc<Shared>,
-    grace: Duration,
-}
-
-impl Signals {
-    fn start_drain(&self, min_wait: Duration) {
-        self.shared.draining.store(true, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        let grace = self.grace;
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            std::thread::sleep(min_wait);
-            let mut idle_since: Option<Instant> = None;
-            while start.elapsed() < grace + min_wait {
-                if shared.active_requests.load(Ordering::Relaxed) == 0 {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= Duration::from_millis(300) {
-                        break;
-                    }
-                } else {
-                    idle_since = None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            tracing::info!("drained after {:?}; exiting", start.elapsed());
-            // The last quota counts reach the store before the process goes.
-            store::flush_all();
-            accesslog::flush();
-            std::process::exit(0);
-        });
-    }
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::quit()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: draining for up to {:?}", self.grace);
-                    self.start_drain(Duration::from_millis(100));
-                    return ShutdownSignal::GracefulTerminate;
-                }
-                _ = quit.recv() => {
-                    tracing::info!("SIGQUIT: handing listeners over, then draining");
-                    // Pingora keeps accepting for 5 s after sending the sockets.
-                    self.start_drain(Duration::from_secs(6));
-                    return ShutdownSignal::GracefulUpgrade;
-                }
-                _ = int.recv() => {
-                    accesslog::flush();
-                    return ShutdownSignal::FastShutdown;
-                }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading {}", self.shared.config_path);
-                    let _ = self.shared.reload().await;
-                }
-            }
-        }
-    }
 }
