@@ -26,6 +26,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// 1 while the limit store answers, 0 while `on_error` applies.
     pub store_up: IntGaugeVec,
+    /// Keys each limit holds in memory (refreshed when /metrics is read).
+    pub limit_keys: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -105,6 +107,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_limit_store_up",
             "1 while the limit store answers, 0 while on_error applies",
             &["backend"]
+        )?,
+        limit_keys: register_int_gauge_vec!(
+            "gatehouse_limit_keys",
+            "Keys a rate limit or quota holds in memory (bounded by store.max_keys)",
+            &["limit"]
         )?,
     })
 }

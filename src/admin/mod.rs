@@ -191,6 +191,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             for up in shared.snapshot.load().upstreams.values() {
                 up.refresh_gauges();
             }
+            crate::store::refresh_gauges();
             text(
                 StatusCode::OK,
                 crate::metrics::render(),

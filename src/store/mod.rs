@@ -484,6 +484,23 @@ pub fn flush_all() {
     });
 }
 
+/// Sets `gatehouse_limit_keys` for every live limit (called when /metrics is read).
+pub fn refresh_gauges() {
+    let stores: Vec<Arc<Store>> = registry()
+        .lock()
+        .map(|r| r.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default();
+    let g = &crate::metrics::metrics().limit_keys;
+    for s in stores {
+        for r in s.live_rates() {
+            g.with_label_values(&[&r.id]).set(r.table.len() as i64);
+        }
+        for q in s.live_quotas() {
+            g.with_label_values(&[&q.id]).set(q.table.len() as i64);
+        }
+    }
+}
+
 /// One rate limit's counts: local GCRA, shared through the store's backend.
 pub struct RateLimiter {
     pub id: String,
