@@ -247,3 +247,45 @@ async fn redis_outage_fail_closed_answers_503_then_recovers() {
     assert!(back.is_some(), "did not recover when Redis came back");
     assert!(up.hits() > hits);
 }
+
+/// A quota shared by two instances through Redis: merged every 50 ms, within the same
+/// bound as two processes on one data_dir (`limit` + what the other admitted within
+/// 2 x sync_interval); with `store.sync_interval: 0`, exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_a_quota() {
+    let redis = RedisServer::start().await;
+    let up = Upstream::start("app").await;
+    let route = "quota: { limit: 100/day, key: route }";
+    for (store, exact) in [("sync_interval: 50ms", false), ("sync_interval: 0s", true)] {
+        let a = Gateway::start(&redis_config(&redis, &up, store, route)).await;
+        let b = Gateway::start(&redis_config(&redis, &up, store, route)).await;
+        // Both instances share the Redis entry of today's window: start from a clean one.
+        let mut c = redis.connection().expect("redis");
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).expect("flush");
+        let http = client();
+        let start = Instant::now();
+        let mut admitted: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        for i in 0..300 {
+            let (gw, side) = if i % 2 == 0 { (&a, 0) } else { (&b, 1) };
+            let (r, _) = timed_get(&http, &gw.url("/")).await;
+            match r.status {
+                200 => admitted[side].push(start.elapsed()),
+                429 => assert_eq!(r.json()["limit"], "quota"),
+                s => panic!("status {s}: {}", r.text()),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let total = admitted[0].len() + admitted[1].len();
+        let window = Duration::from_millis(2 * 50 + 20);
+        let most = |v: &[Duration]| {
+            (0..v.len())
+                .map(|i| v[i..].iter().take_while(|t| **t - v[i] <= window).count())
+                .max()
+                .unwrap_or(0)
+        };
+        let slack = if exact { 0 } else { most(&admitted[0]).max(most(&admitted[1])) };
+        eprintln!("redis quota ({store}): admitted {total} of 300 for 100/day; bound 100 + {slack}");
+        assert!(total >= 100, "undercount {total}");
+        assert!(total <= 100 + slack, "{total} > 100 + {slack}");
+    }
+}
