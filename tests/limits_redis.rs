@@ -283,8 +283,14 @@ async fn two_instances_share_a_quota() {
                 .max()
                 .unwrap_or(0)
         };
-        let slack = if exact { 0 } else { most(&admitted[0]).max(most(&admitted[1])) };
-        eprintln!("redis quota ({store}): admitted {total} of 300 for 100/day; bound 100 + {slack}");
+        let slack = if exact {
+            0
+        } else {
+            most(&admitted[0]).max(most(&admitted[1]))
+        };
+        eprintln!(
+            "redis quota ({store}): admitted {total} of 300 for 100/day; bound 100 + {slack}"
+        );
         assert!(total >= 100, "undercount {total}");
         assert!(total <= 100 + slack, "{total} > 100 + {slack}");
     }

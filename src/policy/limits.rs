@@ -56,7 +56,7 @@ impl KeyFrom {
     fn of<'a>(&self, cx: &'a PolicyCtx<'_>, proxies: &TrustedProxies) -> Cow<'a, [u8]> {
         match self {
             KeyFrom::Consumer => match cx.identity.as_ref() {
-                Some(id) => Cow::Owned(id.consumer_id.as_bytes().to_vec()),
+                Some(id) => Cow::Borrowed(id.consumer_id.as_bytes()),
                 None => Cow::Borrowed(b""),
             },
             KeyFrom::Ip => Cow::Owned(client_ip::key_bytes(

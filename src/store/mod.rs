@@ -69,7 +69,7 @@ impl StoreConfig {
 
 enum Backend {
     Local(OnceLock<Result<Arc<sqlite::Sqlite>, String>>),
-    Redis(redis::Redis),
+    Redis(Box<redis::Redis>),
 }
 
 pub struct Store {
@@ -126,9 +126,10 @@ impl Store {
         }
         let backend = match config.backend {
             StoreBackend::Local => Backend::Local(OnceLock::new()),
-            StoreBackend::Redis => Backend::Redis(redis::Redis::new(
-                config.redis_url.as_deref().unwrap_or(""),
-            )?),
+            StoreBackend::Redis => {
+                let url = config.redis_url.as_deref().unwrap_or("");
+                Backend::Redis(Box::new(redis::Redis::new(url)?))
+            }
         };
         let store = Arc::new(Store {
             config,
