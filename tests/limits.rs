@@ -353,3 +353,38 @@ async fn limit_config_errors_name_their_path() {
     let (code, out) = check(&ok, &[]);
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// A reload keeps the counts of limits whose parameters did not change, and starts
+/// afresh the ones that changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_keeps_counts_of_unchanged_limits() {
+    let up = Upstream::start("app").await;
+    let route = |rate: &str| {
+        format!(
+            "routes:\n  - name: a\n    match: {{ path_prefix: /a }}\n    upstream: app\n    \
+             rate_limit: {{ limit: 1/min, burst: 1, key: route }}\n  \
+             - name: b\n    match: {{ path_prefix: /b }}\n    upstream: app\n    \
+             rate_limit: {{ limit: {rate}, burst: 1, key: route }}\n"
+        )
+    };
+    let yaml = config(&format!("{}{}", upstream_cfg(&up), route("1/min")));
+    let gw = Gateway::start_env(&yaml, &[CLOCK]).await;
+    let http = client();
+    for p in ["/a", "/b"] {
+        assert_eq!(get_h(&http, &gw.url(p), &[]).await.status, 200);
+        assert_eq!(get_h(&http, &gw.url(p), &[]).await.status, 429);
+    }
+    // Same file but route b's rate changes.
+    let new = yaml.replace(&route("1/min"), &route("2/min"));
+    std::fs::write(&gw.config_path, new).expect("rewrite config");
+    let r = gw.admin_post("/admin/reload", serde_json::json!({})).await;
+    assert_eq!(r.status(), 200, "reload");
+    assert_eq!(
+        get_h(&http, &gw.url("/a"), &[]).await.status,
+        429,
+        "a kept its count"
+    );
+    let b = get_h(&http, &gw.url("/b"), &[]).await;
+    assert_eq!(b.status, 200, "b is a new limit");
+    assert_eq!(Fields::of(&b).policy("route.b.rate").get("q"), 2);
+}

@@ -288,3 +288,70 @@ impl Policy for Limits {
         outcome
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Identity;
+    use pingora::http::RequestHeader;
+
+    fn limits_for(yaml: &str) -> Limits {
+        let cfg = crate::config::load::parse(yaml, &|_| None).expect("config");
+        let shared = LimitsShared::build(&cfg).expect("limits");
+        Limits::build(&shared, 0, &cfg.routes[0])
+            .expect("route")
+            .expect("limited")
+    }
+
+    async fn call(l: &Limits, tier: Option<&str>, consumer: &str) -> Result<(), Reject> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut identity = tier.map(|t| {
+            Arc::new(Identity {
+                consumer_id: consumer.into(),
+                tier: Some(t.into()),
+                subject: None,
+                scopes: vec![],
+                method: "api_key",
+            })
+        });
+        let mut headers = Vec::new();
+        let mut cx = PolicyCtx {
+            req: &mut req,
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            route: "r",
+            identity: &mut identity,
+            response_headers: &mut headers,
+        };
+        l.apply(&mut cx).await
+    }
+
+    /// In process, with identities made by hand (the socket-level test needs auth).
+    #[tokio::test]
+    async fn tiers_limit_per_consumer_across_the_route() {
+        let l = limits_for(
+            "version: 1\nlisteners: [{ name: p, address: \"127.0.0.1:1\" }]\n\
+             upstreams: { app: { targets: [{ address: \"127.0.0.1:2\" }] } }\n\
+             tiers:\n  free: { rate: 1/min, burst: 2 }\n  pro: { rate: 1000/s, burst: 1000 }\n\
+             routes: [{ name: tiers-unit, match: { path_prefix: / }, upstream: app }]\n",
+        );
+        for _ in 0..2 {
+            assert!(call(&l, Some("free"), "f1").await.is_ok());
+        }
+        match call(&l, Some("free"), "f1").await {
+            Err(Reject::Limited(x)) => {
+                assert_eq!((x.limit, x.policy.as_str()), ("tier", "tier.free.rate"))
+            }
+            other => panic!("free consumer not limited: {other:?}"),
+        }
+        assert!(call(&l, Some("free"), "f2").await.is_ok(), "per consumer");
+        for _ in 0..50 {
+            assert!(
+                call(&l, Some("pro"), "p1").await.is_ok(),
+                "pro is not limited"
+            );
+        }
+        for _ in 0..5 {
+            assert!(call(&l, None, "").await.is_ok(), "anonymous: no tier");
+        }
+    }
+}

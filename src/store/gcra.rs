@@ -74,13 +74,14 @@ impl Gcra {
     #[inline]
     pub fn state(&self, tat: u64, now: u64, allowed: bool) -> Verdict {
         let tat = tat.max(now);
-        let room = (now + self.tolerance).saturating_sub(tat);
+        let room = now.saturating_add(self.tolerance).saturating_sub(tat);
         let remaining = (room / self.interval).min(self.burst);
         let next_ns = if remaining >= self.burst {
             0
         } else {
             // remaining grows when now' + B*T - tat >= (remaining + 1) * T.
-            (tat + (remaining + 1) * self.interval).saturating_sub(now + self.tolerance)
+            tat.saturating_add((remaining + 1).saturating_mul(self.interval))
+                .saturating_sub(now.saturating_add(self.tolerance))
         };
         Verdict {
             allowed,
@@ -252,7 +253,7 @@ impl RateTable {
     pub fn adopt(&self, h: u64, shared_tat: u64, now: u64) {
         let mut s = self.shard(h);
         let since = s.pending.get(&h).map_or(0, |p| u64::from(p.count));
-        let merged = shared_tat.saturating_add(since * self.gcra.interval);
+        let merged = shared_tat.saturating_add(since.saturating_mul(self.gcra.interval));
         let local = s.tats.get(&h).copied().unwrap_or(0);
         if merged > local && merged > now {
             s.tats.insert(h, merged);
