@@ -65,6 +65,7 @@ impl BackgroundService for Control {
             }
         }
         self.shared.ready.store(true, Ordering::Relaxed);
+        notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         // The pid file names the serving process; `gatehouse upgrade` reads it, and waits
         // for the new process to write its own here once it is ready.
         if !self.pid_file.is_empty() {
@@ -88,6 +89,53 @@ pub struct Signals {
 impl Signals {
     pub fn new(shared: Arc<Shared>, grace: Duration) -> Self {
         Signals { shared, grace }
+    }
+
+    /// SIGUSR2: start the successor ourselves (same binary path and config file), so it
+    /// is our child and stays in our service's cgroup under systemd, then hand the
+    /// sockets over as for SIGQUIT. If the successor fails to start, nothing changes.
+    async fn upgrade_self(&self) -> bool {
+        let config_path = self.shared.config_path.clone();
+        let sock = self
+            .shared
+            .snapshot
+            .load()
+            .loaded
+            .config
+            .server
+            .upgrade_sock
+            .clone();
+        tracing::info!("SIGUSR2: starting a successor with {config_path}");
+        let started = tokio::task::spawn_blocking(move || {
+            if let Err(errs) = crate::check(&config_path) {
+                let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                return Err(format!("the config is invalid: {}", msgs.join("; ")));
+            }
+            crate::upgrade::spawn_successor(
+                &config_path,
+                &sock,
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+            )
+        })
+        .await;
+        match started {
+            Ok(Ok(child)) => {
+                tracing::info!(
+                    "successor {} is waiting for the sockets; handing over",
+                    child.id()
+                );
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!("upgrade refused, this process keeps serving: {e}");
+                false
+            }
+            Err(e) => {
+                tracing::error!("upgrade task failed: {e}");
+                false
+            }
+        }
     }
 
     fn start_drain(&self, min_wait: Duration) {
@@ -123,11 +171,12 @@ impl Signals {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup)) = (
+        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::quit()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return std::future::pending().await;
@@ -136,6 +185,7 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = term.recv() => {
                     tracing::info!("SIGTERM: draining for up to {:?}", self.grace);
+                    notify("STOPPING=1");
                     self.start_drain(Duration::from_millis(100));
                     return ShutdownSignal::GracefulTerminate;
                 }
@@ -151,9 +201,41 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading {}", self.shared.config_path);
+                    notify("RELOADING=1");
                     let _ = self.shared.reload().await;
+                    notify("READY=1");
+                }
+                _ = usr2.recv() => {
+                    if self.upgrade_self().await {
+                        self.start_drain(Duration::from_secs(6));
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
                 }
             }
         }
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to `$NOTIFY_SOCKET` (path or abstract
+/// `@name`). With `Type=notify` and `NotifyAccess=all`, a successor started by an upgrade
+/// announces itself as the new main process. A no-op outside systemd.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let sent = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::debug!("sd_notify to {path} failed: {e}");
     }
 }

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 pub struct Report {
+    pub log: String,
     pub old_pid: i32,
     pub new_pid: u32,
     pub ready_after: Duration,
@@ -53,7 +54,80 @@ fn exited(child: &mut Child) -> Option<String> {
     }
 }
 
-pub fn run(config_path: &str) -> Result<Report, String> {
+/// Where the new process writes its stdout and stderr. It outlives this command, so it
+/// must not inherit a pipe that a caller is reading to EOF: by default it appends to
+/// `<server.data_dir>/gatehouse.log`; `-` keeps this command's stdout and stderr.
+fn log_target(log: Option<&str>, data_dir: &str) -> Result<(Stdio, Stdio, String), String> {
+    match log {
+        Some("-") => Ok((Stdio::inherit(), Stdio::inherit(), "this terminal".into())),
+        other => {
+            let path = match other {
+                Some(p) => p.to_string(),
+                None => {
+                    std::fs::create_dir_all(data_dir)
+                        .map_err(|e| format!("cannot create {data_dir}: {e}"))?;
+                    format!("{}/gatehouse.log", data_dir.trim_end_matches('/'))
+                }
+            };
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open log {path}: {e}"))?;
+            let f2 = f.try_clone().map_err(|e| e.to_string())?;
+            Ok((Stdio::from(f), Stdio::from(f2), path))
+        }
+    }
+}
+
+/// This binary, also after it was replaced on disk (then /proc/self/exe reads
+/// "… (deleted)", and the new file at the same path is what an upgrade wants).
+fn this_binary() -> Result<std::path::PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(p) => p.into(),
+        None => exe,
+    })
+}
+
+/// Starts `gatehouse run -c CONFIG -u` and returns once it waits for the sockets on
+/// `upgrade_sock`. Nothing has been signalled yet: on error the old process is untouched.
+pub fn spawn_successor(
+    config_path: &str,
+    upgrade_sock: &str,
+    out: Stdio,
+    err: Stdio,
+) -> Result<Child, String> {
+    let exe = this_binary()?;
+    let started = SystemTime::now();
+    let mut child = Command::new(exe)
+        .args(["run", "-c", config_path, "-u"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        // Its own process group: stopping the caller must not stop the new server.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the new process: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !modified_after(upgrade_sock, started) {
+        if let Some(e) = exited(&mut child) {
+            return Err(e);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("the new process never opened {upgrade_sock}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(e) = exited(&mut child) {
+        return Err(e);
+    }
+    Ok(child)
+}
+
+pub fn run(config_path: &str, log: Option<&str>) -> Result<Report, String> {
     let snap = crate::check(config_path).map_err(|errs| {
         let mut s = String::from("the new config is invalid; nothing was changed:\n");
         for e in errs {
@@ -74,36 +148,11 @@ pub fn run(config_path: &str) -> Result<Report, String> {
             server.pid_file
         ));
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let started = SystemTime::now();
+    let (out, err, log_path) = log_target(log, &server.data_dir)?;
     let t0 = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["run", "-c", config_path, "-u"])
-        .stdin(Stdio::null())
-        // Its own process group: stopping this command must not stop the new server.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start the new process: {e}"))?;
+    let mut child = spawn_successor(config_path, &server.upgrade_sock, out, err)
+        .map_err(|e| format!("{e}; the old process {old_pid} keeps serving"))?;
     let new_pid = child.id();
-
-    // Wait until the new process listens on the upgrade socket (created after we started).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !modified_after(&server.upgrade_sock, started) {
-        if let Some(e) = exited(&mut child) {
-            return Err(format!("{e}; the old process {old_pid} keeps serving"));
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(format!(
-                "the new process never opened {}; the old process {old_pid} keeps serving",
-                server.upgrade_sock
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(e) = exited(&mut child) {
-        return Err(format!("{e}; the old process {old_pid} keeps serving"));
-    }
     if !sys::kill(old_pid, libc::SIGQUIT) {
         let _ = child.kill();
         return Err(format!("cannot signal the old process {old_pid}"));
@@ -138,6 +187,7 @@ pub fn run(config_path: &str) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(Report {
+        log: log_path,
         old_pid,
         new_pid,
         ready_after,

@@ -10,6 +10,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod load;
 pub mod metrics;
 pub mod ratelimit;
 pub mod raw;
