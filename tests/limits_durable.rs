@@ -170,3 +170,108 @@ async fn two_processes_on_one_data_dir_share_the_quota() {
     assert_eq!(get_user(&http, &a, "shared").await.status, 429);
     assert_eq!(get_user(&http, &b, "shared").await.status, 429);
 }
+
+/// A real graceful upgrade (`gatehouse upgrade`: the new process takes the sockets, the
+/// old one keeps serving for a few seconds, then drains) in the middle of using up a
+/// quota: the count carries over, and the overlap stays within the documented bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_survives_a_graceful_upgrade() {
+    let up = Upstream::start("app").await;
+    let dir = TestDir::new();
+    let data = dir.join("data");
+    let (pid_file, sock) = (dir.join("gh.pid"), dir.join("upgrade.sock"));
+    let port = common::free_port();
+    let yaml = format!(
+        "version: 1\nserver: {{ threads: 1, grace_period: 5s, data_dir: \"{}\", pid_file: \"{}\", \
+         upgrade_sock: \"{}\" }}\nlisteners:\n  - {{ name: public, address: \"127.0.0.1:{port}\" }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {} }}\naccess_log: {{ path: \"off\" }}\n\
+         store: {{ sync_interval: 50ms }}\n\
+         upstreams:\n  app: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - name: daily\n    match: {{ path_prefix: / }}\n    upstream: app\n    \
+         quota: {{ limit: 300/day, key: route }}\n",
+        data.display(),
+        pid_file.display(),
+        sock.display(),
+        common::free_port(),
+        common::TOKEN,
+        up.address()
+    );
+    let mut old = Gateway::start_env(&yaml, &[BEFORE_MIDNIGHT]).await;
+    let old_pid = old.pid();
+    // The new process is not our child: kill it by its pid file at the end.
+    struct KillPid(std::path::PathBuf);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid.trim()])
+                    .status();
+            }
+        }
+    }
+    let _cleanup = KillPid(pid_file.clone());
+    let url = format!("http://127.0.0.1:{port}/");
+    let http = client();
+    // ~100 req/s on fresh connections (so both processes take some) for 8 s; the
+    // upgrade starts after 1 s and the quota runs out during the overlap.
+    let upgrade = {
+        let cfg = dir.write("new.yaml", &yaml);
+        let cwd = dir.path.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(common::gateway::BIN)
+                    .args(["upgrade", "-c"])
+                    .arg(&cfg)
+                    .env(BEFORE_MIDNIGHT.0, BEFORE_MIDNIGHT.1)
+                    .current_dir(cwd)
+                    .output()
+                    .expect("gatehouse upgrade")
+            })
+            .await
+            .expect("upgrade task")
+        })
+    };
+    let start = Instant::now();
+    let (mut admitted, mut sent) = (0usize, 0usize);
+    while start.elapsed() < Duration::from_secs(8) {
+        let r = http
+            .get(&url)
+            .header("connection", "close")
+            .send()
+            .await
+            .expect("request during the upgrade");
+        sent += 1;
+        match r.status().as_u16() {
+            200 => admitted += 1,
+            429 => {}
+            s => panic!("status {s} during the upgrade"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out = upgrade.await.expect("upgrade");
+    assert!(
+        out.status.success(),
+        "upgrade failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rate = sent as f64 / start.elapsed().as_secs_f64();
+    // What the other process can have admitted unseen: 2 sync intervals (+20 ms) of traffic.
+    let slack = (rate * 0.12).ceil() as usize + 1;
+    eprintln!("graceful upgrade: {admitted} admitted of {sent} ({rate:.0} req/s) for 300/day; bound 300 + {slack}");
+    assert!(admitted >= 300, "undercount: {admitted}");
+    assert!(admitted <= 300 + slack, "{admitted} > 300 + {slack}");
+    assert!(
+        old.wait_exit(Duration::from_secs(15)).await.is_some(),
+        "the old process did not exit"
+    );
+    let new_pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    let r = http.get(&url).send().await.expect("after the upgrade");
+    assert_eq!(r.status(), 429, "the new process holds the whole count");
+    assert_eq!(up.hits(), admitted);
+}
