@@ -8,7 +8,7 @@
 #                                        # writes loadtest/results/smoke.md, exit != 0 on failure
 #   loadtest/run.sh --help               # every option
 #
-# Installs what is missing (apt-get: wrk nginx haproxy python3-yaml util-linux curl;
+# Installs what is missing (apt-get: wrk nginx haproxy python3-yaml util-linux curl redis-server;
 # oha via `cargo install oha --locked`, cached in loadtest/.bin), builds the gateway
 # and the echo backend, then hands over to loadtest/lib/harness.py.
 set -euo pipefail
@@ -57,6 +57,7 @@ install_deps() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v python3 >/dev/null || missing+=(python3)
   command -v curl >/dev/null    || missing+=(curl)
+  command -v redis-server >/dev/null || missing+=(redis-server)   # services: [redis]
   if ! python3 -c 'import yaml' 2>/dev/null && ! /usr/bin/python3 -c 'import yaml' 2>/dev/null; then
     missing+=(python3-yaml)
   fi
@@ -66,7 +67,7 @@ install_deps() {
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
     # the Debian packages start system services; the harness runs its own instances
-    for svc in nginx haproxy; do
+    for svc in nginx haproxy redis-server; do
       if [[ " ${missing[*]} " == *" $svc"* ]] && command -v systemctl >/dev/null; then
         $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
       fi

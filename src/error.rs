@@ -57,6 +57,24 @@ pub enum Reject {
     /// The request said `only-if-cached` and the cache had nothing usable (RFC 9111 §5.2.1.7).
     NotCached,
     Internal,
+    /// 429 from a tier limit, a route's rate limit or its quota.
+    Limited(Box<Limited>),
+    /// 503: the limit store is unreachable and `on_error: fail_closed`.
+    LimitStoreUnavailable,
+}
+
+/// Which limit refused a request, for the problem body and the metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    /// The metric's `limit` label: `tier`, `rate` or `quota`.
+    pub limit: &'static str,
+    /// A quota (rather than a rate) refused.
+    pub quota: bool,
+    /// The `RateLimit-Policy` item name, unquoted.
+    pub policy: String,
+    /// e.g. `route "orders" rate limit (50/s, burst 100)`.
+    pub label: String,
+    pub retry_after: u64,
 }
 
 impl Reject {
@@ -72,6 +90,8 @@ impl Reject {
             Reject::BadGateway(_) => 502,
             Reject::GatewayTimeout(_) | Reject::NotCached => 504,
             Reject::Internal => 500,
+            Reject::Limited(_) => 429,
+            Reject::LimitStoreUnavailable => 503,
         }
     }
 
@@ -90,6 +110,9 @@ impl Reject {
             Reject::GatewayTimeout(_) => "gateway-timeout",
             Reject::NotCached => "not-cached",
             Reject::Internal => "internal-error",
+            Reject::Limited(l) if l.quota => "quota-exceeded",
+            Reject::Limited(_) => "rate-limited",
+            Reject::LimitStoreUnavailable => "limit-store-unavailable",
         }
     }
 
@@ -106,6 +129,8 @@ impl Reject {
             Reject::BadGateway(_) => "Bad Gateway",
             Reject::GatewayTimeout(_) | Reject::NotCached => "Gateway Timeout",
             Reject::Internal => "Internal Server Error",
+            Reject::Limited(_) => "Too Many Requests",
+            Reject::LimitStoreUnavailable => "Service Unavailable",
         }
     }
 
@@ -135,27 +160,38 @@ impl Reject {
                 "only-if-cached was requested and no stored response can be used".into()
             }
             Reject::Internal => "internal error".into(),
+            Reject::Limited(l) => format!("{} exceeded; retry in {} s", l.label, l.retry_after),
+            Reject::LimitStoreUnavailable => {
+                "the rate-limit store is unreachable and this gateway fails closed".into()
+            }
         }
     }
 
     /// Seconds for `Retry-After`, where the rejection is about load.
     pub fn retry_after(&self) -> Option<u32> {
         match self {
-            Reject::Overloaded(_) => Some(1),
+            Reject::Overloaded(_) | Reject::LimitStoreUnavailable => Some(1),
             Reject::NoHealthyTarget(_) => Some(5),
+            Reject::Limited(l) => Some(u32::try_from(l.retry_after).unwrap_or(u32::MAX)),
             _ => None,
         }
     }
 
     pub fn body(&self, request_id: &str) -> String {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("https://gatehouse.dev/problems/{}", self.slug()),
             "title": self.title(),
             "status": self.status(),
             "detail": self.detail(),
             "request_id": request_id,
-        })
-        .to_string()
+        });
+        if let Reject::Limited(l) = self {
+            // `violated-policies` as in the ratelimit-headers draft's problem types.
+            body["limit"] = l.limit.into();
+            body["violated-policies"] = serde_json::json!([l.policy]);
+            body["retry_after"] = l.retry_after.into();
+        }
+        body.to_string()
     }
 }
 

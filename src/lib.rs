@@ -4,6 +4,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod lifecycle;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
+pub mod store;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
@@ -104,10 +106,25 @@ fn precheck_binds(cfg: &config::Config, upgrade: bool) -> Result<(), StartError>
 /// Serves until shutdown. Returns only after a graceful stop, or with an error before
 /// anything was served.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
+    if let Some(at) = clock::init_from_env().map_err(StartError::Other)? {
+        tracing::warn!(
+            "{} is set: limits read a test clock that stands at {} and moves only through \
+             POST /admin/clock; never set it in production",
+            clock::TEST_CLOCK_ENV,
+            clock::format_instant(at)
+        );
+    }
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
     let snapshot = Snapshot::compile(loaded, None).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
     precheck_binds(&cfg, opts.upgrade)?;
+    // Quota counts need server.data_dir: refuse to start rather than count in memory.
+    snapshot
+        .policies
+        .limits
+        .store
+        .check_open()
+        .map_err(StartError::Other)?;
     let admin_listener = match &cfg.admin {
         Some(a) => {
             let addr: SocketAddr = a
@@ -206,6 +223,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(lifecycle::Signals::new(shared.clone(), grace)),
     });
+    store::flush_all();
     accesslog::flush();
     Ok(())
 }

@@ -39,7 +39,9 @@ impl Control {
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // JWKS from jwks_url are fetched once before the process reports ready.
+        // JWKS from jwks_url are fetched once before the process reports ready, and the
+        // limit store's sync thread starts here (after a daemon fork: threads started
+        // before it would not exist in this process).
         let policies = self.shared.snapshot.load().policies.clone();
         policies.start().await;
         for up in self.shared.snapshot.load().upstreams.values() {
@@ -158,6 +160,9 @@ impl Signals {
                 std::thread::sleep(Duration::from_millis(20));
             }
             tracing::info!("drained after {:?}; exiting", start.elapsed());
+            // The last quota counts reach the store before the process goes (during an
+            // upgrade the new process reads them from there).
+            crate::store::flush_all();
             accesslog::flush();
             std::process::exit(0);
         });

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     /// Requests the gateway refused itself, by reason (bad_path, header_too_large, ...).
     pub rejected: IntCounterVec,
+    /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
+    pub store_errors: IntCounterVec,
+    /// 1 while the limit store answers, 0 while `on_error` applies.
+    pub store_up: IntGaugeVec,
+    /// Keys each limit holds in memory (refreshed when /metrics is read).
+    pub limit_keys: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,6 +123,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_rejected_requests_total",
             "Requests the gateway refused before routing or proxying, by reason",
             &["reason"]
+        )?,
+        store_errors: register_int_counter_vec!(
+            "gatehouse_limit_store_errors_total",
+            "Limit store calls that failed or timed out, by backend and operation",
+            &["backend", "op"]
+        )?,
+        store_up: register_int_gauge_vec!(
+            "gatehouse_limit_store_up",
+            "1 while the limit store answers, 0 while on_error applies",
+            &["backend"]
+        )?,
+        limit_keys: register_int_gauge_vec!(
+            "gatehouse_limit_keys",
+            "Keys a rate limit or quota holds in memory (bounded by store.max_keys)",
+            &["limit"]
         )?,
     })
 }

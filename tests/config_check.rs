@@ -152,7 +152,6 @@ fn tls_certificate_key_mismatch_and_missing_file() {
     );
 }
 
-const NOT_SUPPORTED: &str = "not supported yet";
 
 const AUTH_OK: &str = r#"
 auth:
@@ -231,53 +230,6 @@ fn jwks_files_and_secrets_are_checked() {
             "auth.jwt[2].hmac_secret: too short",
             "auth.jwt[2].audiences",
         ],
-    );
-}
-
-#[test]
-fn sections_of_later_features_are_refused() {
-    let cases: [(&str, &str); 4] = [
-        (
-            "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, rate_limit: { limit: 50/s, burst: 100, key: ip } }\n",
-            "routes[0].rate_limit",
-        ),
-        (
-            "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, quota: { limit: 1000/day, key: ip } }\n",
-            "routes[0].quota",
-        ),
-        (
-            "tiers: { free: { rate: 10/s, burst: 20, quota: 1000/day } }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u }\n",
-            "tiers",
-        ),
-        (
-            // Consumers are supported; the tier they name is not yet.
-            "tiers: { free: { rate: 10/s, burst: 20, quota: 1000/day } }\nconsumers:\n  - { id: acme, tier: free, api_keys: [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"] }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u }\n",
-            "tiers",
-        ),
-    ];
-    for (rest, path) in cases {
-        assert_refused(&cfg(rest), &[], &[NOT_SUPPORTED, path]);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn run_refuses_an_unsupported_config() {
-    let yaml = cfg(
-        "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, quota: { limit: 1000/day, key: ip } }\n",
-    )
-    .replace("18080", &common::free_port().to_string())
-    .replace("19901", &common::free_port().to_string());
-    let mut gw = Gateway::spawn(&yaml);
-    let st = gw.wait_exit(Duration::from_secs(10)).await;
-    assert!(
-        st.is_some(),
-        "gatehouse run served a config with an unsupported section"
-    );
-    assert_eq!(st.unwrap().code(), Some(1));
-    let out = format!("{}{}", gw.stdout(), gw.stderr());
-    assert!(
-        out.contains(NOT_SUPPORTED) && out.contains("routes[0].quota"),
-        "output:\n{out}"
     );
 }
 

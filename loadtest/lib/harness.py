@@ -262,7 +262,7 @@ def load_scenario(arg):
     sc.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     sc["_file"] = os.path.relpath(path, REPO)
     known = {"name", "description", "upstream", "targets", "access_log", "load", "requests",
-             "gatehouse", "nginx", "haproxy", "_file"}
+             "gatehouse", "nginx", "haproxy", "services", "_file"}
     unknown = set(sc) - known
     if unknown:
         raise HarnessError(f"{path}: unknown keys {sorted(unknown)}")
@@ -289,6 +289,10 @@ def load_scenario(arg):
         r["headers"] = {str(k): str(v) for k, v in (r.get("headers") or {}).items()}
         r.setdefault("weight", 1)
     sc["requests"] = reqs
+    sc.setdefault("services", [])
+    for svc in sc["services"]:
+        if svc not in SERVICES:
+            raise HarnessError(f"{path}: unknown service {svc!r} (known: {', '.join(SERVICES)})")
     for t in sc["targets"]:
         if t != "direct" and t not in PROXIES:
             raise HarnessError(f"{path}: unknown target {t!r}")
@@ -444,6 +448,41 @@ http {{
 """
 
 
+SERVICES = ("redis",)
+
+
+class RedisService:
+    """A scratch redis-server (no persistence) on CPU 0, for `services: [redis]`; its
+    port is the `{{redis_port}}` placeholder."""
+
+    def __init__(self, workdir, pin):
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise HarnessError("services: [redis] needs redis-server (apt-get install redis-server)")
+        self.port = free_port()
+        self.log = os.path.join(workdir, "redis.out")
+        self.cmd = pin(0) + [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                             "--appendonly", "no", "--dir", workdir]
+        with open(self.log, "w") as out:
+            self.proc = PROCS.start(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.time() > deadline or self.proc.poll() is not None:
+                PROCS.stop(self.proc)
+                raise HarnessError(f"redis-server did not start\n{tail(self.log)}")
+            time.sleep(0.05)
+
+    def stop(self):
+        PROCS.stop(self.proc)
+
+
 class Upstream:
     def __init__(self, kind, body_size, workdir, pin):
         self.kind, self.body_size = kind, int(body_size)
@@ -510,6 +549,7 @@ class Target:
             "nginx_access_log": f"{log_path} combined buffer=64k flush=1s" if access_log == "file" else "off",
             "haproxy_log": "log stdout format raw local0" if access_log == "file" else "",
         }
+        values.update(sc.get("_service_values", {}))
         self.config_text = render(sc[name], values, f"{sc['name']}: {name} template")
         ext = {"gatehouse": "yaml", "nginx": "conf", "haproxy": "cfg"}[name]
         conf = os.path.join(workdir, f"{name}.{ext}")
@@ -808,7 +848,12 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
     upstream = Upstream(kind, sc["upstream"]["body_size"], wd, pin)
     doc["upstream"] = {"kind": kind, "body_size": upstream.body_size, "cmd": upstream.cmd}
     tobjs = {}
+    services = []
     try:
+        if "redis" in sc["services"]:
+            services.append(RedisService(wd, pin))
+            sc["_service_values"] = {"redis_port": services[-1].port}
+            doc["services"] = {"redis": {"cmd": services[-1].cmd}}
         for tn in targets:
             t = Target(tn, sc, upstream, wd, pin)
             tobjs[tn] = t
@@ -861,6 +906,8 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
         for t in tobjs.values():
             if t.name != "direct" and t.proc:
                 PROCS.stop(t.proc)
+        for svc in services:
+            svc.stop()
         upstream.stop()
     doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     return doc

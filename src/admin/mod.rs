@@ -86,6 +86,48 @@ fn deny(status: StatusCode, detail: &str) -> Box<Resp> {
     Box::new(problem(status, detail))
 }
 
+/// The test clock (see `clock`): absent (404) unless the process started with
+/// `GATEHOUSE_TEST_CLOCK`. `POST {"advance": "90s"}` or `{"set": "2030-01-02T00:00:00Z"}`.
+async fn clock(req: Request<Incoming>) -> Resp {
+    use crate::clock;
+    if !clock::is_manual() {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "the test clock is off (it exists only when GATEHOUSE_TEST_CLOCK is set at start)",
+        );
+    }
+    let show = |ns: u64| {
+        json(serde_json::json!({
+            "now": clock::format_instant(ns),
+            "unix_ms": ns / 1_000_000,
+        }))
+    };
+    if req.method() == Method::GET {
+        return show(clock::now());
+    }
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let Ok(v) = body.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) else {
+        return problem(StatusCode::BAD_REQUEST, "could not read the body");
+    };
+    let Ok(v) = v else {
+        return problem(StatusCode::BAD_REQUEST, "the body is not JSON");
+    };
+    let moved = if let Some(a) = v.get("advance").and_then(|a| a.as_str()) {
+        crate::config::units::parse_duration(a).map(clock::advance)
+    } else if let Some(at) = v.get("set").and_then(|a| a.as_str()) {
+        clock::parse_instant(at)
+            .ok_or_else(|| format!("{at:?} is not an RFC 3339 UTC time"))
+            .map(clock::set)
+    } else {
+        Err("expected {\"advance\": \"90s\"} or {\"set\": \"2030-01-02T00:00:00Z\"}".into())
+    };
+    match moved {
+        Ok(Ok(ns)) => show(ns),
+        Ok(Err(e)) => problem(StatusCode::NOT_FOUND, e),
+        Err(e) => problem(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
 fn json(v: serde_json::Value) -> Resp {
     text(StatusCode::OK, v.to_string(), "application/json")
 }
@@ -150,6 +192,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 up.refresh_gauges();
             }
             crate::cache::refresh_gauges();
+            crate::store::refresh_gauges();
             text(
                 StatusCode::OK,
                 crate::metrics::render(),
@@ -202,6 +245,7 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             }
         },
         (Method::POST, "/admin/cache/purge") => purge(req, shared).await,
+        (Method::GET, "/admin/clock") | (Method::POST, "/admin/clock") => clock(req).await,
         (Method::POST, "/admin/test/clock") if crate::cache::clock::drivable() => {
             test_clock(req).await
         }

@@ -151,6 +151,10 @@ pub struct Store {
     pub on_error: OnError,
     #[serde(default)]
     pub sync_interval: Option<Dur>,
+    /// Extension: live keys kept per limit (default 1048576); past it the buckets
+    /// closest to full are dropped first.
+    #[serde(default)]
+    pub max_keys: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -172,8 +172,8 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
-impl Serialize for Rate {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let u = match self.unit {
             RateUnit::Second => "s",
             RateUnit::Minute => "min",
@@ -181,7 +181,13 @@ impl Serialize for Rate {
             RateUnit::Day => "day",
             RateUnit::Month => "month",
         };
-        s.serialize_str(&format!("{}/{}", self.count, u))
+        write!(f, "{}/{}", self.count, u)
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
     }
 }
 

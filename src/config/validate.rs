@@ -33,8 +33,8 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
         upstream(&mut v, name, u);
     }
     auth(&mut v, cfg);
+    limits(&mut v, cfg);
     routes(&mut v, cfg);
-    not_supported_yet(&mut v, cfg);
     v.errs
 }
 
@@ -228,11 +228,6 @@ fn auth(v: &mut V, cfg: &Config) {
             }
         }
     }
-    for (name, t) in &cfg.tiers {
-        if t.burst.is_some() && t.rate.is_none() {
-            v.err(format!("tiers.{name}.burst"), "burst needs a rate");
-        }
-    }
     let mut ids = HashSet::new();
     let mut keys: HashMap<&str, String> = HashMap::new();
     let mut subjects: HashMap<&str, String> = HashMap::new();
@@ -274,11 +269,6 @@ fn auth(v: &mut V, cfg: &Config) {
     for (path, t) in tier_refs {
         if !cfg.tiers.contains_key(&t) {
             v.err(path, format!("unknown tier {t:?}"));
-        }
-    }
-    if let Some(s) = &cfg.store {
-        if s.backend == StoreBackend::Redis && s.redis_url.as_deref().unwrap_or("").is_empty() {
-            v.err("store.redis_url", "required with backend: redis");
         }
     }
     if let Some(c) = &cfg.cache {
@@ -516,28 +506,7 @@ fn routes(v: &mut V, cfg: &Config) {
                 "scopes need authentication: set auth on this route",
             );
         }
-        let key_ok = |k: &Option<String>| match k.as_deref() {
-            None | Some("consumer" | "ip" | "route") => true,
-            Some(h) => h
-                .strip_prefix("header:")
-                .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
-        };
-        if let Some(rl) = &r.rate_limit {
-            if !key_ok(&rl.key) {
-                v.err(
-                    format!("{p}.rate_limit.key"),
-                    "must be consumer | ip | route | header:NAME",
-                );
-            }
-        }
-        if let Some(q) = &r.quota {
-            if !key_ok(&q.key) {
-                v.err(
-                    format!("{p}.quota.key"),
-                    "must be consumer | ip | route | header:NAME",
-                );
-            }
-        }
+        route_limits(v, cfg, &p, r);
         if let Some(c) = &r.cache {
             if cfg.cache.is_none() {
                 v.err(format!("{p}.cache"), "needs the top-level cache: section");
@@ -547,6 +516,108 @@ fn routes(v: &mut V, cfg: &Config) {
                     v.err(format!("{p}.cache.vary[{k}]"), "must be a header name");
                 }
             }
+        }
+    }
+}
+
+/// A rate must leave at least a microsecond between requests (the shared store counts
+/// in microseconds); a burst is at least 1.
+fn rate_and_burst(v: &mut V, p: &str, rate: &crate::config::units::Rate, burst: Option<u64>) {
+    let period_us = crate::store::window::unit_nanos(rate.unit) / 1_000;
+    if rate.count > period_us {
+        v.err(
+            p,
+            format!("{rate} is too fast: at most one request per microsecond"),
+        );
+    }
+    if burst == Some(0) {
+        v.err(
+            format!("{}.burst", p.rsplit_once('.').map_or(p, |(a, _)| a)),
+            "must be at least 1",
+        );
+    }
+}
+
+fn sync_interval(v: &mut V, p: &str, d: std::time::Duration) {
+    if !d.is_zero() && (d.as_millis() < 10 || d.as_secs() > 3600) {
+        v.err(
+            p,
+            "must be 0 (exact: the shared store on every request) or between 10ms and 1h",
+        );
+    }
+}
+
+/// `store:` and `tiers:`.
+fn limits(v: &mut V, cfg: &Config) {
+    if let Some(s) = &cfg.store {
+        match (s.backend, s.redis_url.as_deref().unwrap_or("")) {
+            (StoreBackend::Redis, "") => v.err("store.redis_url", "required with backend: redis"),
+            (_, "") => {}
+            (_, url) => {
+                if let Err(e) = redis::Client::open(url) {
+                    v.err("store.redis_url", format!("not a Redis URL: {e}"));
+                }
+            }
+        }
+        if let Some(d) = s.sync_interval {
+            sync_interval(v, "store.sync_interval", d.0);
+            if d.0.is_zero() && s.backend != StoreBackend::Redis {
+                v.err(
+                    "store.sync_interval",
+                    "0 (a store call on every request) needs backend: redis",
+                );
+            }
+        }
+        if s.max_keys.is_some_and(|n| n < 1024) {
+            v.err("store.max_keys", "must be at least 1024");
+        }
+    }
+    for (name, t) in &cfg.tiers {
+        let p = format!("tiers.{name}");
+        if t.burst.is_some() && t.rate.is_none() {
+            v.err(format!("{p}.burst"), "burst needs a rate");
+        }
+        if let Some(r) = &t.rate {
+            rate_and_burst(v, &format!("{p}.rate"), r, t.burst);
+        }
+    }
+}
+
+fn route_limits(v: &mut V, cfg: &Config, p: &str, r: &Route) {
+    let key_ok = |k: &Option<String>| match k.as_deref() {
+        None | Some("consumer" | "ip" | "route") => true,
+        Some(h) => h
+            .strip_prefix("header:")
+            .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
+    };
+    if let Some(rl) = &r.rate_limit {
+        if !key_ok(&rl.key) {
+            v.err(
+                format!("{p}.rate_limit.key"),
+                "must be consumer | ip | route | header:NAME",
+            );
+        }
+        rate_and_burst(v, &format!("{p}.rate_limit.limit"), &rl.limit, rl.burst);
+        if let Some(d) = rl.sync_interval {
+            let redis = cfg
+                .store
+                .as_ref()
+                .is_some_and(|s| s.backend == StoreBackend::Redis);
+            if !redis {
+                v.err(
+                    format!("{p}.rate_limit.sync_interval"),
+                    "only with store.backend: redis (local rates are exact already)",
+                );
+            }
+            sync_interval(v, &format!("{p}.rate_limit.sync_interval"), d.0);
+        }
+    }
+    if let Some(q) = &r.quota {
+        if !key_ok(&q.key) {
+            v.err(
+                format!("{p}.quota.key"),
+                "must be consumer | ip | route | header:NAME",
+            );
         }
     }
 }
@@ -567,24 +638,3 @@ fn header_ops(v: &mut V, p: &str, ops: &HeaderOps) {
     }
 }
 
-/// Sections whose features land in later issues parse and validate now, but a config
-/// that uses them is refused: a route must never run with its auth or limits ignored.
-fn not_supported_yet(v: &mut V, cfg: &Config) {
-    const MSG: &str = "not supported yet by this gatehouse version; remove it to run this config";
-    // Tiers land with the limits; consumers may already name one (validated above).
-    if !cfg.tiers.is_empty() {
-        v.err("tiers", MSG);
-    }
-    if cfg.store.is_some() {
-        v.err("store", MSG);
-    }
-    for (i, r) in cfg.routes.iter().enumerate() {
-        let p = format!("routes[{i}]");
-        if r.rate_limit.is_some() {
-            v.err(format!("{p}.rate_limit"), MSG);
-        }
-        if r.quota.is_some() {
-            v.err(format!("{p}.quota"), MSG);
-        }
-    }
-}

@@ -10,9 +10,14 @@
 
 pub mod api_key;
 pub mod auth;
+pub mod client_ip;
 pub mod consumers;
 pub mod headers;
 pub mod jwt;
+pub mod limits;
+pub mod quota;
+pub mod rate_limit;
+pub mod ratelimit_headers;
 
 use crate::config::{model, Config, ConfigError};
 use crate::error::Reject;
@@ -54,20 +59,27 @@ pub trait Policy: Send + Sync {
 }
 
 /// Process-wide policy state built from a whole config (issuers and their keys,
-/// consumers), shared by the routes that use it.
-#[derive(Default)]
+/// consumers, counters), shared by the routes that use it.
 pub struct PolicySet {
     pub jwt: Option<Arc<jwt::JwtAuth>>,
     pub api_key: Option<Arc<api_key::ApiKeyAuth>>,
+    /// Tier limits, the limit store and the trusted proxies.
+    pub limits: Arc<limits::LimitsShared>,
 }
 
 impl PolicySet {
     /// Builds from a validated config. Issuers whose config is unchanged from
     /// `previous` keep their keys (and their JWKS refresh task).
     pub fn build(cfg: &Config, previous: Option<&PolicySet>) -> Result<Self, Vec<ConfigError>> {
+        let limits =
+            limits::LimitsShared::build(cfg).map_err(|e| vec![ConfigError::new("store", e)])?;
         let consumers = Arc::new(consumers::Consumers::build(cfg));
         let Some(auth) = &cfg.auth else {
-            return Ok(PolicySet::default());
+            return Ok(PolicySet {
+                jwt: None,
+                api_key: None,
+                limits,
+            });
         };
         let jwt = if auth.jwt.is_empty() {
             None
@@ -90,12 +102,18 @@ impl PolicySet {
                 })?,
             )),
         };
-        Ok(PolicySet { jwt, api_key })
+        Ok(PolicySet {
+            jwt,
+            api_key,
+            limits,
+        })
     }
 
     /// Loads what needs the network (each `jwks_url`) and starts background refreshes.
     /// Called before a snapshot starts serving; idempotent for reused issuers.
+    /// Also starts the limit store's sync thread (idempotent).
     pub async fn start(&self) {
+        self.limits.store.start();
         if let Some(jwt) = &self.jwt {
             jwt.start().await;
         }
@@ -109,9 +127,23 @@ impl PolicySet {
     ) -> Result<Vec<Arc<dyn Policy>>, ConfigError> {
         let mut out: Vec<Arc<dyn Policy>> = Vec::new();
         let names = route.auth.as_deref().unwrap_or(&[]);
-        if names.is_empty() {
-            return Ok(out);
+        if !names.is_empty() {
+            out.extend(self.auth_policies(index, route, names)?);
         }
+        // Limit stage: after authentication and authorization.
+        if let Some(l) = limits::Limits::build(&self.limits, index, route)? {
+            out.push(Arc::new(l));
+        }
+        Ok(out)
+    }
+
+    fn auth_policies(
+        &self,
+        index: usize,
+        route: &model::Route,
+        names: &[String],
+    ) -> Result<Vec<Arc<dyn Policy>>, ConfigError> {
+        let mut out: Vec<Arc<dyn Policy>> = Vec::new();
         let mut methods = Vec::with_capacity(names.len());
         for (k, name) in names.iter().enumerate() {
             let m = match name.as_str() {

@@ -35,6 +35,16 @@ impl Gateway {
         Gateway::start_with_env(yaml, &[]).await
     }
 
+    /// Same as `start_with_env` (the name the limits tests use).
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with_env(yaml, env).await
+    }
+
+    /// Same as `spawn_with_env`.
+    pub fn spawn_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn_with_env(yaml, env)
+    }
+
     /// `start` with extra environment variables for the process.
     pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let mut gw = Gateway::spawn_with_env(yaml, env);
@@ -76,6 +86,7 @@ impl Gateway {
             .arg("-c")
             .arg(&config_path)
             .current_dir(&dir.path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -233,6 +244,25 @@ impl Gateway {
     pub async fn metrics(&self) -> Metrics {
         let text = self.metrics_text().await;
         metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
+    }
+
+    /// POST on the admin listener with the bearer token and a JSON body.
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        let mut req = self.http.post(self.admin_url(path)).json(&body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
+    }
+
+    /// Moves the test clock (the process must run with `GATEHOUSE_TEST_CLOCK`).
+    pub async fn advance_clock(&self, by: &str) {
+        let r = self
+            .admin_post("/admin/clock", serde_json::json!({ "advance": by }))
+            .await;
+        assert_eq!(r.status(), 200, "POST /admin/clock advance {by}");
     }
 
     pub fn pid(&self) -> u32 {

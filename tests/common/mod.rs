@@ -17,7 +17,9 @@ pub mod jwks;
 pub mod load;
 pub mod metrics;
 pub mod origin;
+pub mod ratelimit;
 pub mod raw;
+pub mod redis_server;
 pub mod tokens;
 pub mod upstream;
 
@@ -122,6 +124,20 @@ pub fn config(body: &str) -> String {
     format!(
         "version: 1\n\
          server: {{ threads: 1, grace_period: 5s }}\n\
+         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
+         access_log: {{ path: \"off\" }}\n{}",
+        free_port(),
+        free_port(),
+        dedent(body)
+    )
+}
+
+/// Like `config`, with more `server:` keys (e.g. `data_dir: /tmp/x`).
+pub fn config_with_server(server: &str, body: &str) -> String {
+    format!(
+        "version: 1\n\
+         server: {{ threads: 1, grace_period: 5s, {server} }}\n\
          listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
          admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
          access_log: {{ path: \"off\" }}\n{}",

@@ -1,0 +1,357 @@
+//! The limit stage of a route: its consumer's tier limits (rate, quota) and the route's
+//! own `rate_limit` and `quota`, in that order. Each admits and counts the request or
+//! refuses it; when a later limit refuses, the earlier ones get their count back, so a
+//! refused request costs nothing and never reaches the upstream.
+//!
+//! Every response of a limited route carries the RateLimit fields of the limits applied
+//! (`ratelimit_headers`); a refusal is a 429 naming the limit, with `Retry-After`, counted
+//! in `gatehouse_ratelimit_rejections_total{route,limit}`.
+
+use super::client_ip::{self, TrustedProxies};
+use super::quota::{Quota, Taken};
+use super::rate_limit::{RateLimit, Step};
+use super::ratelimit_headers::{self, Applied};
+use super::{Policy, PolicyCtx};
+use crate::config::model;
+use crate::error::{Limited, Reject};
+use crate::store::Store;
+use async_trait::async_trait;
+use http::HeaderName;
+use prometheus::IntCounter;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a route limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyFrom {
+    Consumer,
+    Ip,
+    Route,
+    Header(HeaderName),
+}
+
+impl KeyFrom {
+    /// `consumer | ip | route | header:NAME` (validated). Omitted: `consumer` on a route
+    /// with auth, `ip` on a public one.
+    pub fn parse(key: Option<&str>, route_has_auth: bool) -> Result<KeyFrom, String> {
+        Ok(match key {
+            None if route_has_auth => KeyFrom::Consumer,
+            None => KeyFrom::Ip,
+            Some("consumer") => KeyFrom::Consumer,
+            Some("ip") => KeyFrom::Ip,
+            Some("route") => KeyFrom::Route,
+            Some(other) => {
+                let name = other
+                    .strip_prefix("header:")
+                    .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .ok_or("must be consumer | ip | route | header:NAME")?;
+                KeyFrom::Header(name)
+            }
+        })
+    }
+
+    /// The key of one request. A missing value (no consumer, no header) is the empty
+    /// key: it is counted like any other, never "not limited".
+    fn of<'a>(&self, cx: &'a PolicyCtx<'_>, proxies: &TrustedProxies) -> Cow<'a, [u8]> {
+        match self {
+            KeyFrom::Consumer => match cx.identity.as_ref() {
+                Some(id) => Cow::Borrowed(id.consumer_id.as_bytes()),
+                None => Cow::Borrowed(b""),
+            },
+            KeyFrom::Ip => Cow::Owned(client_ip::key_bytes(
+                proxies.client_ip(cx.client_ip, &cx.req.headers),
+            )),
+            KeyFrom::Route => Cow::Borrowed(b""),
+            KeyFrom::Header(name) => match cx.req.headers.get(name) {
+                Some(v) => Cow::Borrowed(v.as_bytes()),
+                None => Cow::Borrowed(b""),
+            },
+        }
+    }
+}
+
+/// A tier's limits, shared by every route.
+#[derive(Default)]
+pub struct TierLimits {
+    pub rate: Option<RateLimit>,
+    pub quota: Option<Quota>,
+}
+
+/// Tier limits, the store and the trusted proxies: built once per config.
+pub struct LimitsShared {
+    pub store: Arc<Store>,
+    pub tiers: HashMap<String, TierLimits>,
+    pub proxies: TrustedProxies,
+}
+
+impl LimitsShared {
+    pub fn build(cfg: &crate::config::Config) -> Result<Arc<LimitsShared>, String> {
+        let store = Store::for_config(cfg)?;
+        let sync = store.config.sync_interval;
+        let tiers = cfg
+            .tiers
+            .iter()
+            .map(|(name, t)| {
+                let what = format!("tier {name:?}");
+                let limits = TierLimits {
+                    rate: t.rate.map(|r| {
+                        let id = format!("tier:{name}:rate");
+                        let shown = format!("tier.{name}.rate");
+                        RateLimit::compile(&store, &id, &shown, &what, r, t.burst, sync)
+                    }),
+                    quota: t.quota.map(|q| {
+                        let id = format!("tier:{name}:quota");
+                        Quota::compile(&store, &id, &format!("tier.{name}.quota"), &what, q)
+                    }),
+                };
+                (name.clone(), limits)
+            })
+            .collect();
+        Ok(Arc::new(LimitsShared {
+            store,
+            tiers,
+            proxies: TrustedProxies::parse(&cfg.server.trusted_proxies),
+        }))
+    }
+}
+
+/// One route's limit stage.
+pub struct Limits {
+    shared: Arc<LimitsShared>,
+    rate: Option<(RateLimit, KeyFrom)>,
+    quota: Option<(Quota, KeyFrom)>,
+    /// `gatehouse_ratelimit_rejections_total{route, limit=tier|rate|quota}`.
+    rejected: [IntCounter; 3],
+}
+
+impl Limits {
+    /// None when nothing can limit this route (no route limits and no tiers).
+    pub fn build(
+        shared: &Arc<LimitsShared>,
+        index: usize,
+        route: &model::Route,
+    ) -> Result<Option<Limits>, crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        if route.rate_limit.is_none() && route.quota.is_none() && shared.tiers.is_empty() {
+            return Ok(None);
+        }
+        let store = &shared.store;
+        let has_auth = route.auth.as_ref().is_some_and(|a| !a.is_empty());
+        let what = format!("route {:?}", route.name);
+        let rate = match &route.rate_limit {
+            Some(rl) => {
+                let key = KeyFrom::parse(rl.key.as_deref(), has_auth)
+                    .map_err(|e| ConfigError::new(format!("routes[{index}].rate_limit.key"), e))?;
+                let sync = rl.sync_interval.map_or(store.config.sync_interval, |d| d.0);
+                let id = format!("route:{}:rate", route.name);
+                let shown = format!("route.{}.rate", route.name);
+                let r = RateLimit::compile(store, &id, &shown, &what, rl.limit, rl.burst, sync);
+                Some((r, key))
+            }
+            None => None,
+        };
+        let quota = match &route.quota {
+            Some(q) => {
+                let key = KeyFrom::parse(q.key.as_deref(), has_auth)
+                    .map_err(|e| ConfigError::new(format!("routes[{index}].quota.key"), e))?;
+                let id = format!("route:{}:quota", route.name);
+                let shown = format!("route.{}.quota", route.name);
+                Some((Quota::compile(store, &id, &shown, &what, q.limit), key))
+            }
+            None => None,
+        };
+        let m = &crate::metrics::metrics().ratelimit_rejections;
+        let rejected = ["tier", "rate", "quota"].map(|l| m.with_label_values(&[&route.name, l]));
+        Ok(Some(Limits {
+            shared: shared.clone(),
+            rate,
+            quota,
+            rejected,
+        }))
+    }
+}
+
+/// One limit of this request, in stage order.
+enum Item<'a> {
+    Rate(&'a RateLimit, &'static str),
+    Quota(&'a Quota, &'static str),
+}
+
+/// An admission already counted, to give back if a later limit refuses.
+enum Counted<'a> {
+    Rate(&'a RateLimit),
+    Quota(&'a Quota, Taken),
+}
+
+impl Limits {
+    fn plan<'a>(&'a self, tier: Option<&'a TierLimits>) -> Vec<(Item<'a>, Option<&'a KeyFrom>)> {
+        let mut plan = Vec::with_capacity(4);
+        if let Some(t) = tier {
+            if let Some(r) = &t.rate {
+                plan.push((Item::Rate(r, "tier"), None));
+            }
+            if let Some(q) = &t.quota {
+                plan.push((Item::Quota(q, "tier"), None));
+            }
+        }
+        if let Some((r, k)) = &self.rate {
+            plan.push((Item::Rate(r, "rate"), Some(k)));
+        }
+        if let Some((q, k)) = &self.quota {
+            plan.push((Item::Quota(q, "quota"), Some(k)));
+        }
+        plan
+    }
+
+    fn refused(&self, item: &Item<'_>, step: &Step) -> Reject {
+        let (limit, label, policy, quota) = match item {
+            Item::Rate(r, l) => (*l, &r.label, &r.policy, false),
+            Item::Quota(q, l) => (*l, &q.label, &q.policy, true),
+        };
+        let idx = match limit {
+            "tier" => 0,
+            "rate" => 1,
+            _ => 2,
+        };
+        self.rejected[idx].inc();
+        Reject::Limited(Box::new(Limited {
+            limit,
+            quota,
+            policy: policy.clone(),
+            label: label.clone(),
+            retry_after: step.retry_secs,
+        }))
+    }
+}
+
+fn give_back(counted: Vec<(Counted<'_>, Cow<'_, [u8]>)>, applied: &mut [Applied]) {
+    for ((c, key), a) in counted.into_iter().zip(applied.iter_mut()) {
+        match c {
+            Counted::Rate(r) => r.refund(&key, a),
+            Counted::Quota(q, taken) => q.refund(&key, &taken, a),
+        }
+    }
+}
+
+#[async_trait]
+impl Policy for Limits {
+    fn name(&self) -> &'static str {
+        "limits"
+    }
+
+    async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject> {
+        let tier = cx
+            .identity
+            .as_ref()
+            .and_then(|id| id.tier.as_deref())
+            .and_then(|t| self.shared.tiers.get(t));
+        let plan = self.plan(tier);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let now = crate::clock::now();
+        let mut applied: Vec<Applied> = Vec::with_capacity(plan.len());
+        let mut counted = Vec::with_capacity(plan.len());
+        let mut outcome = Ok(());
+        for (item, key_from) in &plan {
+            let key = match key_from {
+                Some(k) => k.of(cx, &self.shared.proxies),
+                None => KeyFrom::Consumer.of(cx, &self.shared.proxies),
+            };
+            let checked = match item {
+                Item::Rate(r, _) => r.check(&key, now).await.map(|s| (s, Counted::Rate(r))),
+                Item::Quota(q, _) => q
+                    .check(&key, now)
+                    .await
+                    .map(|(s, t)| (s, Counted::Quota(q, t))),
+            };
+            let Ok((step, taken)) = checked else {
+                outcome = Err(Reject::LimitStoreUnavailable);
+                break;
+            };
+            if !step.allowed {
+                outcome = Err(self.refused(item, &step));
+                applied.push(step.applied);
+                break;
+            }
+            applied.push(step.applied);
+            counted.push((taken, key));
+        }
+        if outcome.is_err() {
+            give_back(counted, &mut applied);
+        } else {
+            drop(counted);
+        }
+        cx.response_headers
+            .extend(ratelimit_headers::fields(&applied));
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Identity;
+    use pingora::http::RequestHeader;
+
+    fn limits_for(yaml: &str) -> Limits {
+        let cfg = crate::config::load::parse(yaml, &|_| None).expect("config");
+        let shared = LimitsShared::build(&cfg).expect("limits");
+        Limits::build(&shared, 0, &cfg.routes[0])
+            .expect("route")
+            .expect("limited")
+    }
+
+    async fn call(l: &Limits, tier: Option<&str>, consumer: &str) -> Result<(), Reject> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut identity = tier.map(|t| {
+            Arc::new(Identity {
+                consumer_id: consumer.into(),
+                tier: Some(t.into()),
+                subject: None,
+                scopes: vec![],
+                method: "api_key",
+            })
+        });
+        let mut headers = Vec::new();
+        let mut cx = PolicyCtx {
+            req: &mut req,
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            route: "r",
+            identity: &mut identity,
+            response_headers: &mut headers,
+        };
+        l.apply(&mut cx).await
+    }
+
+    /// In process, with identities made by hand (the socket-level test needs auth).
+    #[tokio::test]
+    async fn tiers_limit_per_consumer_across_the_route() {
+        let l = limits_for(
+            "version: 1\nlisteners: [{ name: p, address: \"127.0.0.1:1\" }]\n\
+             upstreams: { app: { targets: [{ address: \"127.0.0.1:2\" }] } }\n\
+             tiers:\n  free: { rate: 1/min, burst: 2 }\n  pro: { rate: 1000/s, burst: 1000 }\n\
+             routes: [{ name: tiers-unit, match: { path_prefix: / }, upstream: app }]\n",
+        );
+        for _ in 0..2 {
+            assert!(call(&l, Some("free"), "f1").await.is_ok());
+        }
+        match call(&l, Some("free"), "f1").await {
+            Err(Reject::Limited(x)) => {
+                assert_eq!((x.limit, x.policy.as_str()), ("tier", "tier.free.rate"))
+            }
+            other => panic!("free consumer not limited: {other:?}"),
+        }
+        assert!(call(&l, Some("free"), "f2").await.is_ok(), "per consumer");
+        for _ in 0..50 {
+            assert!(
+                call(&l, Some("pro"), "p1").await.is_ok(),
+                "pro is not limited"
+            );
+        }
+        for _ in 0..5 {
+            assert!(call(&l, None, "").await.is_ok(), "anonymous: no tier");
+        }
+    }
+}

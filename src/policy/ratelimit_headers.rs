@@ -1,0 +1,139 @@
+//! The response fields of limited routes.
+//!
+//! IETF `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11),
+//! Structured Field Lists with one item per applied limit:
+//!
+//! ```text
+//! RateLimit-Policy: "route.orders.rate";q=50;w=1;gatehouse-burst=100, "route.orders.quota";q=10000;w=86400
+//! RateLimit: "route.orders.rate";r=99;t=1, "route.orders.quota";r=9950;t=5130
+//! ```
+//!
+//! `q` per `w` seconds is the limit; for a rate, `gatehouse-burst` is how many requests
+//! may come at once. `r` is what can be sent right now and `t` the seconds until more
+//! is available (the next token of a rate, the end of a quota's window). The legacy
+//! `X-RateLimit-Limit`/`-Remaining`/`-Reset` (delta seconds) repeat the most
+//! restrictive item: the smallest `r`, then the longest `t`.
+
+use http::{HeaderName, HeaderValue};
+
+/// One applied limit as the fields report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Already a Structured Field String (quoted, escaped).
+    pub name: std::sync::Arc<str>,
+    pub quota: u64,
+    pub window_secs: u64,
+    pub burst: Option<u64>,
+    pub remaining: u64,
+    pub reset_secs: u64,
+}
+
+/// `s` as a Structured Field String: printable ASCII, with `"` and `\` escaped.
+pub fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('_'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn policy_field(applied: &[Applied]) -> String {
+    let mut out = String::new();
+    for (i, a) in applied.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!("{};q={};w={}", a.name, a.quota, a.window_secs));
+        if let Some(b) = a.burst {
+            out.push_str(&format!(";gatehouse-burst={b}"));
+        }
+    }
+    out
+}
+
+pub fn limit_field(applied: &[Applied]) -> String {
+    let mut out = String::new();
+    for (i, a) in applied.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&format!("{};r={};t={}", a.name, a.remaining, a.reset_secs));
+    }
+    out
+}
+
+/// The most restrictive of the applied limits.
+pub fn most_restrictive(applied: &[Applied]) -> Option<&Applied> {
+    applied
+        .iter()
+        .min_by(|a, b| (a.remaining, b.reset_secs).cmp(&(b.remaining, a.reset_secs)))
+}
+
+/// All five fields, ready for `PolicyCtx::response_headers`.
+pub fn fields(applied: &[Applied]) -> Vec<(HeaderName, HeaderValue)> {
+    let Some(m) = most_restrictive(applied) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(5);
+    let mut push = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            out.push((HeaderName::from_static(name), v));
+        }
+    };
+    push("ratelimit-policy", policy_field(applied));
+    push("ratelimit", limit_field(applied));
+    push("x-ratelimit-limit", m.quota.to_string());
+    push("x-ratelimit-remaining", m.remaining.to_string());
+    push("x-ratelimit-reset", m.reset_secs.to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(name: &str, q: u64, r: u64, t: u64, burst: Option<u64>) -> Applied {
+        Applied {
+            name: sf_string(name).into(),
+            quota: q,
+            window_secs: 60,
+            burst,
+            remaining: r,
+            reset_secs: t,
+        }
+    }
+
+    #[test]
+    fn structured_fields() {
+        let v = [
+            a("tier.free.rate", 10, 4, 6, Some(20)),
+            a("q\"x", 100, 4, 30, None),
+        ];
+        assert_eq!(
+            policy_field(&v),
+            r#""tier.free.rate";q=10;w=60;gatehouse-burst=20, "q\"x";q=100;w=60"#
+        );
+        assert_eq!(
+            limit_field(&v),
+            r#""tier.free.rate";r=4;t=6, "q\"x";r=4;t=30"#
+        );
+        assert_eq!(
+            most_restrictive(&v).unwrap().quota,
+            100,
+            "tie on r: longer t"
+        );
+        let f = fields(&v);
+        assert_eq!(f.len(), 5);
+        assert_eq!(f[4].1, "30");
+        assert_eq!(sf_string("é\\"), r#""_\\""#);
+    }
+}

@@ -1,0 +1,672 @@
+//! Where rate-limit and quota counts live (`store:` in the config).
+//!
+//! - `local` (default): rates in memory (`gcra`), quota counts in memory (`counts`) and
+//!   merged every `sync_interval` into SQLite under `server.data_dir` (`sqlite`), which
+//!   survives restarts and is shared by the two processes of an upgrade.
+//! - `redis`: both shared through one Redis server (`redis`). Each instance decides
+//!   locally and merges its admissions every `sync_interval`, reading back the shared
+//!   state; a rate limit with `sync_interval: 0` asks Redis on every request instead.
+//!
+//! A `Store` is process-wide and outlives config reloads: limiters are kept by limit id
+//! and reused while their parameters are unchanged, so counts carry over. One thread
+//! per store runs the syncs; `flush_all` runs a last one before the process exits.
+
+pub mod counts;
+pub mod gcra;
+pub mod redis;
+pub mod sqlite;
+pub mod window;
+
+use crate::config::model::{OnError, StoreBackend};
+use crate::config::units::RateUnit;
+use crate::config::Config;
+use counts::{Check, QuotaTable, QuotaVerdict};
+use gcra::{Gcra, RateTable, Verdict};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Live keys per limit before the fullest buckets are dropped (about 36 MB per limit).
+pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
+/// How often a store that is down, or only used per request, is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Quota entries idle this many sync intervals are dropped from memory.
+const IDLE_SYNCS: u32 = 50;
+
+/// The store could not be reached and `on_error: fail_closed` applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDown;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    pub redis_url: Option<String>,
+    pub on_error: OnError,
+    pub sync_interval: Duration,
+    pub data_dir: String,
+    pub max_keys: usize,
+}
+
+impl StoreConfig {
+    pub fn from_config(cfg: &Config) -> StoreConfig {
+        let s = cfg.store.as_ref();
+        StoreConfig {
+            backend: s.map(|s| s.backend).unwrap_or_default(),
+            redis_url: s.and_then(|s| s.redis_url.clone()),
+            on_error: s.map(|s| s.on_error).unwrap_or_default(),
+            sync_interval: s
+                .and_then(|s| s.sync_interval)
+                .map_or(DEFAULT_SYNC_INTERVAL, |d| d.0),
+            data_dir: cfg.server.data_dir.clone(),
+            max_keys: s
+                .and_then(|s| s.max_keys)
+                .map_or(DEFAULT_MAX_KEYS, |n| n as usize),
+        }
+    }
+}
+
+enum Backend {
+    Local(OnceLock<Result<Arc<sqlite::Sqlite>, String>>),
+    Redis(Box<redis::Redis>),
+}
+
+pub struct Store {
+    pub config: StoreConfig,
+    backend: Backend,
+    rates: Mutex<HashMap<String, Weak<RateLimiter>>>,
+    quotas: Mutex<HashMap<String, Weak<QuotaLimiter>>>,
+    started: AtomicBool,
+    sync: tokio::sync::Mutex<SyncState>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Limit clock at the last round (quota keys used since then are re-read).
+    last_sync: u64,
+    last_purge: u64,
+    /// Real time of the last quota merge (rates keep their own, see `RateLimiter`).
+    last_quota_sync: Option<std::time::Instant>,
+}
+
+/// Whether `every` has passed since `last` (and marks it done when it has).
+fn due(last: &mut Option<std::time::Instant>, every: Duration) -> bool {
+    let now = std::time::Instant::now();
+    // A little early is fine: the loop's own wake-ups drift by a millisecond or two.
+    let slack = every / 10;
+    match last {
+        Some(t) if now.duration_since(*t) + slack < every => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}
+
+fn registry() -> &'static Mutex<Vec<Weak<Store>>> {
+    static STORES: OnceLock<Mutex<Vec<Weak<Store>>>> = OnceLock::new();
+    STORES.get_or_init(Mutex::default)
+}
+
+impl Store {
+    /// The process's store for this config: the running one when its settings are
+    /// unchanged (a reload keeps the counts), else a new one. Nothing is opened or
+    /// connected here (`gatehouse check` builds stores too); see `start`.
+    pub fn for_config(cfg: &Config) -> Result<Arc<Store>, String> {
+        let config = StoreConfig::from_config(cfg);
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.retain(|w| w.strong_count() > 0);
+        if let Some(s) = reg
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.config == config)
+        {
+            return Ok(s);
+        }
+        let backend = match config.backend {
+            StoreBackend::Local => Backend::Local(OnceLock::new()),
+            StoreBackend::Redis => {
+                let url = config.redis_url.as_deref().unwrap_or("");
+                Backend::Redis(Box::new(redis::Redis::new(url)?))
+            }
+        };
+        let store = Arc::new(Store {
+            config,
+            backend,
+            rates: Mutex::default(),
+            quotas: Mutex::default(),
+            started: AtomicBool::new(false),
+            sync: tokio::sync::Mutex::default(),
+        });
+        reg.push(Arc::downgrade(&store));
+        Ok(store)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Local(_) => "local",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    fn fail_closed(&self) -> bool {
+        self.config.on_error == OnError::FailClosed
+    }
+
+    fn sqlite(&self) -> Result<Arc<sqlite::Sqlite>, String> {
+        match &self.backend {
+            Backend::Local(cell) => cell
+                .get_or_init(|| sqlite::Sqlite::open(&self.config.data_dir).map(Arc::new))
+                .clone(),
+            Backend::Redis(_) => Err("not the local backend".into()),
+        }
+    }
+
+    /// Checks that the local database can be opened, when a quota needs it (at start,
+    /// before serving). The handle is closed again: it is reopened after a daemon fork.
+    pub fn check_open(&self) -> Result<(), String> {
+        match &self.backend {
+            Backend::Local(_) if !self.live_quotas().is_empty() => {
+                sqlite::Sqlite::open(&self.config.data_dir).map(drop)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A rate limiter for `id`: the existing one when its parameters are unchanged.
+    /// `sync` is how often it merges with a shared store (zero: on every request).
+    pub fn rate(self: &Arc<Self>, id: &str, gcra: Gcra, sync: Duration) -> Arc<RateLimiter> {
+        let redis = matches!(self.backend, Backend::Redis(_));
+        let exact = redis && sync.is_zero();
+        let mut map = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(id).and_then(Weak::upgrade) {
+            if r.table.gcra == gcra && r.exact == exact && r.sync_every == sync {
+                return r;
+            }
+        }
+        let r = Arc::new(RateLimiter {
+            id: id.to_string(),
+            table: RateTable::new(gcra, self.config.max_keys, redis && !exact),
+            exact,
+            sync_every: sync,
+            last_sync: Mutex::new(None),
+            store: self.clone(),
+        });
+        map.insert(id.to_string(), Arc::downgrade(&r));
+        r
+    }
+
+    /// A quota limiter for `id`: the existing one when its parameters are unchanged.
+    pub fn quota(self: &Arc<Self>, id: &str, limit: u64, unit: RateUnit) -> Arc<QuotaLimiter> {
+        let exact =
+            matches!(self.backend, Backend::Redis(_)) && self.config.sync_interval.is_zero();
+        let mut map = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get(id).and_then(Weak::upgrade) {
+            if q.table.limit == limit && q.table.unit == unit {
+                return q;
+            }
+        }
+        let q = Arc::new(QuotaLimiter {
+            id: id.to_string(),
+            table: QuotaTable::new(limit, unit, self.config.max_keys),
+            exact,
+            store: self.clone(),
+        });
+        map.insert(id.to_string(), Arc::downgrade(&q));
+        q
+    }
+
+    fn live_rates(&self) -> Vec<Arc<RateLimiter>> {
+        let mut map = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        map.values().filter_map(Weak::upgrade).collect()
+    }
+
+    fn live_quotas(&self) -> Vec<Arc<QuotaLimiter>> {
+        let mut map = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        map.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Starts the sync thread (once). It ends when the store is no longer used.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Relaxed) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("gatehouse-store".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("limit store: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(sync_loop(weak));
+            });
+        if let Err(e) = spawned {
+            tracing::error!("limit store: cannot start its sync thread: {e}");
+        }
+    }
+
+    /// How long the sync thread waits between rounds: the shortest sync interval in
+    /// use, or the probe interval while Redis is away or when every call goes to Redis.
+    fn tick(&self) -> Duration {
+        let mut tick = match self.config.sync_interval {
+            d if d.is_zero() => PROBE_INTERVAL,
+            d => d,
+        };
+        for r in self.live_rates() {
+            if !r.sync_every.is_zero() {
+                tick = tick.min(r.sync_every);
+            }
+        }
+        match &self.backend {
+            Backend::Redis(r) if !r.is_up() => tick.min(PROBE_INTERVAL),
+            _ => tick,
+        }
+    }
+
+    /// One sync round: merge the admissions of every limiter whose interval is due (all
+    /// of them when `force`) and read back the shared counts.
+    pub async fn sync_once(&self, force: bool) {
+        let mut st = self.sync.lock().await;
+        let now = crate::clock::now();
+        let since = st.last_sync;
+        let quotas_due = due(&mut st.last_quota_sync, self.config.sync_interval) || force;
+        match &self.backend {
+            Backend::Local(_) if quotas_due => self.sync_local(&mut st, since, now),
+            Backend::Local(_) => {}
+            Backend::Redis(r) => sync_redis(self, r, since, now, quotas_due, force).await,
+        }
+        let idle = self.config.sync_interval.max(PROBE_INTERVAL) * IDLE_SYNCS;
+        let before = now.saturating_sub(idle.as_nanos() as u64);
+        for q in self.live_quotas() {
+            q.table.evict(before, now);
+        }
+        st.last_sync = now;
+    }
+
+    fn sync_local(&self, st: &mut SyncState, since: u64, now: u64) {
+        let quotas = self.live_quotas();
+        if quotas.is_empty() {
+            return;
+        }
+        let db = match self.sqlite() {
+            Ok(db) => db,
+            Err(e) => {
+                sqlite_error("sync", &e);
+                return;
+            }
+        };
+        let changed = db.changed_elsewhere().unwrap_or(true);
+        for q in &quotas {
+            let deltas = q.table.take_deltas();
+            if !deltas.is_empty() {
+                let rows: Vec<_> = deltas
+                    .iter()
+                    .map(|d| (q.id.as_str(), &*d.key, d.window, d.count))
+                    .collect();
+                match db.add(&rows) {
+                    Ok(totals) => deltas
+                        .iter()
+                        .zip(totals)
+                        .for_each(|(d, t)| q.table.synced(d, t)),
+                    Err(e) => {
+                        sqlite_error("sync", &e.to_string());
+                        deltas.iter().for_each(|d| q.table.unsynced(d));
+                    }
+                }
+            }
+            // Another process (an upgrade's other half) wrote: read our active keys again.
+            if changed {
+                let active = q.table.active(since);
+                let rows: Vec<_> = active
+                    .iter()
+                    .map(|(_, k, w)| (q.id.as_str(), &**k, *w))
+                    .collect();
+                match db.read_many(&rows) {
+                    Ok(counts) => active
+                        .iter()
+                        .zip(counts)
+                        .for_each(|((h, _, w), n)| q.table.refreshed(*h, *w, n)),
+                    Err(e) => sqlite_error("sync", &e.to_string()),
+                }
+            }
+        }
+        // Past windows can never matter again; an hour between purges is plenty.
+        if now.saturating_sub(st.last_purge) > 3600 * crate::clock::NANOS_PER_SEC {
+            st.last_purge = now;
+            for q in &quotas {
+                let w = window::window_at(q.table.unit, now).id;
+                if let Err(e) = db.purge(&q.id, w) {
+                    sqlite_error("purge", &e.to_string());
+                }
+            }
+        }
+    }
+}
+
+fn sqlite_error(op: &str, e: &str) {
+    crate::metrics::metrics()
+        .store_errors
+        .with_label_values(&["local", op])
+        .inc();
+    tracing::warn!("limit store (local): {op} failed: {e}");
+}
+
+async fn sync_loop(store: Weak<Store>) {
+    loop {
+        let wait = {
+            let Some(s) = store.upgrade() else {
+                return;
+            };
+            s.sync_once(false).await;
+            s.tick()
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Redis batches are cut so that one script never holds Redis for long.
+const REDIS_BATCH: usize = 500;
+
+async fn sync_redis(
+    store: &Store,
+    r: &redis::Redis,
+    since: u64,
+    now: u64,
+    quotas_due: bool,
+    force: bool,
+) {
+    if !r.probe().await {
+        // Admissions made while Redis is away were counted locally (fail_open) or
+        // refused (fail_closed); replaying rate admissions later would block keys for as
+        // long as the outage lasted, so they are dropped. Quota deltas are kept.
+        for rl in store.live_rates() {
+            drop(rl.table.take_pending());
+        }
+        return;
+    }
+    for rl in store.live_rates() {
+        if rl.exact || !(rl.is_due() || force) {
+            continue;
+        }
+        let pending = rl.table.take_pending();
+        for chunk in pending.chunks(REDIS_BATCH) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .map(|(_, p)| (redis::entry_name(&rl.id, &p.key, None), p.count, p.first))
+                .collect();
+            if let Ok(tats) = r.rate_sync(&entries, now, rl.table.gcra.interval).await {
+                for ((h, _), tat) in chunk.iter().zip(tats) {
+                    rl.table.adopt(*h, tat, now);
+                }
+            }
+        }
+    }
+    if !quotas_due {
+        return;
+    }
+    for q in store.live_quotas() {
+        if !q.exact {
+            sync_redis_quota(&q, r, since, now).await;
+        }
+    }
+}
+
+async fn sync_redis_quota(q: &QuotaLimiter, r: &redis::Redis, since: u64, now: u64) {
+    let ttl = q.ttl_ms(now);
+    let deltas = q.table.take_deltas();
+    for chunk in deltas.chunks(REDIS_BATCH) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .map(|d| {
+                (
+                    redis::entry_name(&q.id, &d.key, Some(d.window)),
+                    d.count,
+                    ttl,
+                )
+            })
+            .collect();
+        match r.quota_add(&entries).await {
+            Ok(totals) => chunk
+                .iter()
+                .zip(totals)
+                .for_each(|(d, t)| q.table.synced(d, t)),
+            Err(_) => chunk.iter().for_each(|d| q.table.unsynced(d)),
+        }
+    }
+    let active = q.table.active(since);
+    for chunk in active.chunks(REDIS_BATCH) {
+        let names: Vec<_> = chunk
+            .iter()
+            .map(|(_, k, w)| redis::entry_name(&q.id, k, Some(*w)))
+            .collect();
+        if let Ok(counts) = r.quota_read(&names).await {
+            for ((h, _, w), n) in chunk.iter().zip(counts) {
+                q.table.refreshed(*h, *w, n);
+            }
+        }
+    }
+}
+
+/// Runs a last sync of every store, so that a graceful stop or upgrade loses no count.
+/// Called from a plain thread (never from inside a runtime).
+pub fn flush_all() {
+    let stores: Vec<Arc<Store>> = registry()
+        .lock()
+        .map(|r| r.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default();
+    if stores.is_empty() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    rt.block_on(async {
+        for s in stores {
+            if tokio::time::timeout(Duration::from_secs(2), s.sync_once(true))
+                .await
+                .is_err()
+            {
+                tracing::warn!("limit store: the last sync did not finish in 2 s");
+            }
+        }
+    });
+}
+
+/// Sets `gatehouse_limit_keys` for every live limit (called when /metrics is read).
+pub fn refresh_gauges() {
+    let stores: Vec<Arc<Store>> = registry()
+        .lock()
+        .map(|r| r.iter().filter_map(Weak::upgrade).collect())
+        .unwrap_or_default();
+    let g = &crate::metrics::metrics().limit_keys;
+    for s in stores {
+        for r in s.live_rates() {
+            g.with_label_values(&[&r.id]).set(r.table.len() as i64);
+        }
+        for q in s.live_quotas() {
+            g.with_label_values(&[&q.id]).set(q.table.len() as i64);
+        }
+    }
+}
+
+/// One rate limit's counts: local GCRA, shared through the store's backend.
+pub struct RateLimiter {
+    pub id: String,
+    pub table: RateTable,
+    /// Redis on every request (`sync_interval: 0`).
+    pub exact: bool,
+    /// How often its admissions are merged with the shared store.
+    pub sync_every: Duration,
+    last_sync: Mutex<Option<std::time::Instant>>,
+    store: Arc<Store>,
+}
+
+impl RateLimiter {
+    fn is_due(&self) -> bool {
+        let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
+        due(&mut last, self.sync_every)
+    }
+
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.table.hash(key)
+    }
+
+    /// Decides for one request. `Err` only when the store is down and fail_closed.
+    pub async fn check(&self, h: u64, key: &[u8], now: u64) -> Result<Verdict, StoreDown> {
+        let Backend::Redis(r) = &self.store.backend else {
+            return Ok(self.table.check(h, key, now));
+        };
+        if !r.is_up() {
+            return self.fallback(h, key, now);
+        }
+        if !self.exact {
+            return Ok(self.table.check(h, key, now));
+        }
+        let g = self.table.gcra;
+        let name = redis::entry_name(&self.id, key, None);
+        match r.rate_check(&name, now, g.interval, g.tolerance).await {
+            Ok((true, tat)) => Ok(g.state(tat, now, true)),
+            Ok((false, tat)) => {
+                let mut v = g.state(tat, now, false);
+                v.retry_ns = (tat.max(now) + g.interval).saturating_sub(now + g.tolerance);
+                Ok(v)
+            }
+            Err(_) => self.fallback(h, key, now),
+        }
+    }
+
+    fn fallback(&self, h: u64, key: &[u8], now: u64) -> Result<Verdict, StoreDown> {
+        if self.store.fail_closed() {
+            Err(StoreDown)
+        } else {
+            Ok(self.table.check(h, key, now))
+        }
+    }
+
+    /// Gives back an admission (a later limit refused the request).
+    pub fn refund(&self, h: u64, key: &[u8]) {
+        match &self.store.backend {
+            Backend::Redis(r) if self.exact && r.is_up() => {
+                let store = self.store.clone();
+                let name = redis::entry_name(&self.id, key, None);
+                let interval = self.table.gcra.interval;
+                tokio::spawn(async move {
+                    if let Backend::Redis(r) = &store.backend {
+                        let _ = r.rate_refund(&name, interval).await;
+                    }
+                });
+            }
+            _ => self.table.refund(h),
+        }
+    }
+}
+
+/// One quota's counts: in memory, merged into the store every sync.
+pub struct QuotaLimiter {
+    pub id: String,
+    pub table: QuotaTable,
+    /// Redis on every request (`store.sync_interval: 0`).
+    pub exact: bool,
+    store: Arc<Store>,
+}
+
+impl QuotaLimiter {
+    pub fn hash(&self, key: &[u8]) -> u64 {
+        self.table.hash(key)
+    }
+
+    /// Redis entries live until their window ends, plus an hour of slack.
+    fn ttl_ms(&self, now: u64) -> u64 {
+        let w = window::window_at(self.table.unit, now);
+        (w.end - now) / 1_000_000 + 3_600_000
+    }
+
+    /// Decides for one request. `Err` only when the store is down and fail_closed.
+    pub async fn check(&self, h: u64, key: &[u8], now: u64) -> Result<QuotaVerdict, StoreDown> {
+        if self.exact {
+            if let Some(v) = self.check_exact(key, now).await {
+                return Ok(v);
+            }
+        }
+        loop {
+            match self.table.check(h, now) {
+                Check::Done(v) => return Ok(v),
+                Check::Unknown(w) => {
+                    let count = self.load(key, w.id).await?;
+                    self.table.insert(h, key, w.id, count, now);
+                }
+            }
+        }
+    }
+
+    /// Redis per request; None when Redis is away and fail_open (count locally).
+    async fn check_exact(&self, key: &[u8], now: u64) -> Option<QuotaVerdict> {
+        let Backend::Redis(r) = &self.store.backend else {
+            return None;
+        };
+        if !r.is_up() {
+            return None;
+        }
+        let w = window::window_at(self.table.unit, now);
+        let name = redis::entry_name(&self.id, key, Some(w.id));
+        let limit = self.table.limit;
+        match r.quota_check(&name, limit, self.ttl_ms(now)).await {
+            Ok((allowed, n)) => Some(QuotaVerdict {
+                allowed,
+                remaining: limit.saturating_sub(n),
+                window: w,
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// A key's count from the store, the first time this process sees it.
+    async fn load(&self, key: &[u8], window: u64) -> Result<u64, StoreDown> {
+        let loaded = match &self.store.backend {
+            Backend::Local(_) => self
+                .store
+                .sqlite()
+                .and_then(|db| db.load(&self.id, key, window).map_err(|e| e.to_string()))
+                .map_err(|e| sqlite_error("load", &e)),
+            Backend::Redis(r) if r.is_up() => r
+                .quota_load(&redis::entry_name(&self.id, key, Some(window)))
+                .await
+                .map_err(drop),
+            Backend::Redis(_) => Err(()),
+        };
+        match loaded {
+            Ok(n) => Ok(n),
+            Err(()) if self.store.fail_closed() => Err(StoreDown),
+            Err(()) => Ok(0),
+        }
+    }
+
+    /// Gives back an admission (a later limit refused the request).
+    pub fn refund(&self, h: u64, key: &[u8], v: &QuotaVerdict) {
+        match &self.store.backend {
+            Backend::Redis(r) if self.exact && r.is_up() => {
+                let store = self.store.clone();
+                let name = redis::entry_name(&self.id, key, Some(v.window.id));
+                tokio::spawn(async move {
+                    if let Backend::Redis(r) = &store.backend {
+                        let _ = r.quota_refund(&name).await;
+                    }
+                });
+            }
+            _ => self.table.refund(h, v.window.id),
+        }
+    }
+}
