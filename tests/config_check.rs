@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::gateway::check;
-use common::{certs_dir, dedent, Gateway};
+use common::{certs_dir, dedent};
 
 const HEAD: &str = r#"
 version: 1
@@ -151,7 +149,6 @@ fn tls_certificate_key_mismatch_and_missing_file() {
         &["listeners[1].tls.certificates[0]"],
     );
 }
-
 
 const AUTH_OK: &str = r#"
 auth:

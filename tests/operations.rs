@@ -195,6 +195,21 @@ async fn metrics_have_the_contract_names_and_labels() {
     }
     let r = http.post(gw.url("/r1/p")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A request is counted in the logging phase, just after its response went out.
+    let counted = common::eventually(Duration::from_secs(3), || {
+        let gw = &gw;
+        async move {
+            gw.metrics()
+                .await
+                .get(
+                    "gatehouse_http_requests_total",
+                    &[("route", "r1"), ("method", "POST"), ("status", "200")],
+                )
+                .is_some()
+        }
+    })
+    .await;
+    assert!(counted.is_some(), "the POST was never counted");
 
     let m = gw.metrics().await;
     let req = |route: &str, method: &str, status: &str| {

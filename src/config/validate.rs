@@ -637,4 +637,3 @@ fn header_ops(v: &mut V, p: &str, ops: &HeaderOps) {
         }
     }
 }
-

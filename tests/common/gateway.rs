@@ -246,21 +246,10 @@ impl Gateway {
         metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
     }
 
-    /// POST on the admin listener with the bearer token and a JSON body.
-    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        let mut req = self.http.post(self.admin_url(path)).json(&body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
-            .await
-            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
-    }
-
     /// Moves the test clock (the process must run with `GATEHOUSE_TEST_CLOCK`).
     pub async fn advance_clock(&self, by: &str) {
         let r = self
-            .admin_post("/admin/clock", serde_json::json!({ "advance": by }))
+            .admin_post("/admin/clock", &serde_json::json!({ "advance": by }))
             .await;
         assert_eq!(r.status(), 200, "POST /admin/clock advance {by}");
     }
