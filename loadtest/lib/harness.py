@@ -784,6 +784,8 @@ def choose_upstream(args, workdir, pin, results_dir):
         for i in range(args.calib_rounds):
             for k in kinds:
                 u = ups[k]
+                if args.quiet_wait > 0:
+                    wait_quiet(args.quiet_wait)
                 PROCS.run(wrk_cmd(sc, u.port, 1, script, pin), timeout=60)
                 c0 = cpu_seconds(u.proc.pid)
                 cmd = wrk_cmd(sc, u.port, 5, script, pin)
@@ -925,7 +927,7 @@ def machine_info(args):
         "lscpu": sh("lscpu | grep -E '^(Architecture|CPU\\(s\\)|Model name|Thread|Core|Socket|Hypervisor|L2|L3)'"),
         "nproc": sh("nproc --all"), "kernel": sh("uname -r"),
         "os": sh(". /etc/os-release && echo \"$PRETTY_NAME\""),
-        "memory": sh("grep MemTotal /proc/meminfo"),
+        "memory": sh("awk '/MemTotal/ {printf \"%.1f GiB RAM\", $2/1048576}' /proc/meminfo"),
         "versions": {
             "nginx": sh(f"{nginx_bin()} -v"),
             "haproxy": sh(f"{haproxy_bin()} -v | head -1"),

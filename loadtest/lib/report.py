@@ -367,7 +367,7 @@ def machine_section(meta):
     m = meta["machine"]
     v = m["versions"]
     return "\n".join([
-        f"- CPU: {m['cpu_model']}, {m['nproc']} CPUs (`nproc`); {m['memory'].replace('MemTotal:', 'memory').strip()}",
+        f"- CPU: {m['cpu_model']}, {m['nproc']} CPUs (`nproc`); {m['memory']}",
         f"- kernel {m['kernel']}; {m['os']}",
         f"- nginx: `{v['nginx']}`", f"- HAProxy: `{v['haproxy']}`", f"- wrk: `{v['wrk']}`",
         f"- oha: `{v['oha']}`", f"- Gatehouse: {v['gatehouse']}", f"- {v['rustc']}; Python {v['python']}",
