@@ -5,22 +5,24 @@ pub mod accesslog;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 
-use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use runtime::{Shared, Snapshot};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct RunOptions {
     pub config_path: String,
@@ -57,6 +59,14 @@ impl std::fmt::Display for StartError {
     }
 }
 
+/// Per-client-connection socket buffers. Pingora's default read buffer is 64 KiB per
+/// connection, which alone is 640 MiB for 10,000 idle keep-alive clients. Request
+/// headers are parsed from their own growing buffer, and reads larger than this buffer
+/// bypass it, so 4 KiB costs little throughput and bounds idle memory.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(4 * 1024, 1460)
+}
+
 /// Loads and validates a config file and compiles it, as `gatehouse check` does.
 pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
     let loaded = config::load_file(path)?;
@@ -65,7 +75,9 @@ pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
 
 /// Pingora keeps running when a listener cannot bind (it retries, then panics inside a
 /// task: upstream issue #667). We try every address first and refuse to start instead.
-fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
+/// During an upgrade an address the old process serves is inherited, not bound: only
+/// addresses nobody answers on are tried.
+fn precheck_binds(cfg: &config::Config, upgrade: bool) -> Result<(), StartError> {
     for l in &cfg.listeners {
         let addr: SocketAddr = l.address.parse().map_err(|_| {
             StartError::Bind(format!(
@@ -73,6 +85,11 @@ fn precheck_binds(cfg: &config::Config) -> Result<(), StartError> {
                 l.name, l.address
             ))
         })?;
+        if upgrade
+            && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        {
+            continue;
+        }
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(StartError::Bind(format!(
                 "cannot bind listener {:?} on {addr}: {e}",
@@ -89,9 +106,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
     let snapshot = Snapshot::compile(loaded, None).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
-    if !opts.upgrade {
-        precheck_binds(&cfg)?;
-    }
+    precheck_binds(&cfg, opts.upgrade)?;
     let admin_listener = match &cfg.admin {
         Some(a) => {
             let addr: SocketAddr = a
@@ -124,7 +139,11 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
+    // Bootstrap as a service (not `server.bootstrap()`): Pingora then knows every listen
+    // address before it takes sockets over from an old process (`-u`), so it closes the
+    // inherited ones this config no longer has, binds the new ones, and the proxy waits
+    // for the sockets before it listens.
+    let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -136,7 +155,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     );
     for l in &cfg.listeners {
         match &l.tls {
-            None => proxy.add_tcp(&l.address),
+            None => proxy
+                .endpoints()
+                .add_listener(ListenerConfig::tcp(&l.address).l4_buffer(client_buffers())),
             Some(t) => {
                 let mut certs = Vec::new();
                 for c in &t.certificates {
@@ -151,146 +172,35 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                 if t.http2 {
                     settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&l.address, None, settings);
+                proxy.endpoints().add_listener(
+                    ListenerConfig::tcp(&l.address)
+                        .tls(settings)
+                        .l4_buffer(client_buffers()),
+                );
             }
         }
     }
-    server.add_service(proxy);
+    let proxy_handle = server.add_service(proxy);
+    proxy_handle.add_dependency(&bootstrap);
     let addrs: Vec<SocketAddr> = cfg
         .listeners
         .iter()
         .filter_map(|l| l.address.parse().ok())
         .collect();
-    server.add_service(background_service(
-        "gatehouse-control",
-        Control {
-            shared: shared.clone(),
-            admin: std::sync::Mutex::new(admin_listener),
-            listeners: addrs,
-        },
-    ));
+    server
+        .add_service(background_service(
+            "gatehouse-control",
+            lifecycle::Control::new(
+                shared.clone(),
+                admin_listener,
+                addrs,
+                cfg.server.pid_file.clone(),
+            ),
+        ))
+        .add_dependency(&proxy_handle);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            shared: shared.clone(),
-            grace,
-        }),
+        shutdown_signal: Box::new(lifecycle::Signals::new(shared.clone(), grace)),
     });
     accesslog::flush();
     Ok(())
-}
-
-/// Background work that lives as long as the process: active health checks (started
-/// at boot), the admin listener, and the readiness probe of our own listeners.
-struct Control {
-    shared: Arc<Shared>,
-    admin: std::sync::Mutex<Option<std::net::TcpListener>>,
-    listeners: Vec<SocketAddr>,
-}
-
-#[async_trait]
-impl BackgroundService for Control {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        // JWKS from jwks_url are fetched once before the process reports ready.
-        let policies = self.shared.snapshot.load().policies.clone();
-        policies.start().await;
-        for up in self.shared.snapshot.load().upstreams.values() {
-            upstream::health::spawn(up);
-        }
-        let admin = self.admin.lock().ok().and_then(|mut a| a.take());
-        if let Some(l) = admin {
-            tokio::spawn(admin::serve(l, self.shared.clone()));
-        }
-        // Ready once every listener accepts connections.
-        let deadline = Instant::now() + Duration::from_secs(40);
-        for addr in &self.listeners {
-            loop {
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    tracing::error!("listener {addr} never started accepting connections; exiting");
-                    eprintln!("gatehouse: listener {addr} could not be bound; exiting");
-                    std::process::exit(1);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        self.shared.ready.store(true, Ordering::Relaxed);
-        tracing::info!("ready: {} listener(s) accepting", self.listeners.len());
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Our signal handling on top of Pingora's: SIGTERM and SIGQUIT mark the process as
-/// draining (`/readyz` 503) and, once no request is in flight, exit without waiting out
-/// the whole grace period (Pingora would sleep all of it); SIGHUP reloads the config.
-struct Signals {
-    shared: Arc<Shared>,
-    grace: Duration,
-}
-
-impl Signals {
-    fn start_drain(&self, min_wait: Duration) {
-        self.shared.draining.store(true, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        let grace = self.grace;
-        std::thread::spawn(move || {
-            let start = Instant::now();
-            std::thread::sleep(min_wait);
-            let mut idle_since: Option<Instant> = None;
-            while start.elapsed() < grace + min_wait {
-                if shared.active_requests.load(Ordering::Relaxed) == 0 {
-                    let since = *idle_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= Duration::from_millis(300) {
-                        break;
-                    }
-                } else {
-                    idle_since = None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            tracing::info!("drained after {:?}; exiting", start.elapsed());
-            accesslog::flush();
-            std::process::exit(0);
-        });
-    }
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut quit), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::quit()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => {
-                    tracing::info!("SIGTERM: draining for up to {:?}", self.grace);
-                    self.start_drain(Duration::from_millis(100));
-                    return ShutdownSignal::GracefulTerminate;
-                }
-                _ = quit.recv() => {
-                    tracing::info!("SIGQUIT: handing listeners over, then draining");
-                    // Pingora keeps accepting for 5 s after sending the sockets.
-                    self.start_drain(Duration::from_secs(6));
-                    return ShutdownSignal::GracefulUpgrade;
-                }
-                _ = int.recv() => {
-                    accesslog::flush();
-                    return ShutdownSignal::FastShutdown;
-                }
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading {}", self.shared.config_path);
-                    let _ = self.shared.reload().await;
-                }
-            }
-        }
-    }
 }

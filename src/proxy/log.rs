@@ -68,28 +68,47 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
                 .unwrap_or_else(Instant::now)
                 .duration_since(s))
         });
-        let line = serde_json::json!({
-            "timestamp": crate::accesslog::rfc3339(std::time::SystemTime::now()),
-            "request_id": ctx.request_id,
-            "route": route,
-            "method": method,
-            "host": req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()),
-            "path": req.uri.path(),
-            "status": status,
-            "upstream": ctx.route.as_ref().map(|r| r.upstream.name.as_str()),
-            "upstream_target": target,
-            "upstream_status": ctx.upstream_status,
-            "upstream_ms": upstream_ms,
-            "total_ms": ms(elapsed),
-            "attempts": ctx.tried.len(),
-            "bytes_in": ctx.body_bytes,
-            "bytes_out": session.body_bytes_sent(),
-            "client": session.client_addr().map(|a| a.to_string()),
-            "error": e.map(|e| e.etype().as_str()),
-            "reject": ctx.reject.as_ref().map(|r| r.slug()),
-        });
-        let mut l = line.to_string();
-        l.push('\n');
+        // Written by hand into one buffer: this runs for every request, and building a
+        // serde_json::Value first costs a dozen allocations.
+        let mut l = String::with_capacity(512);
+        let mut j = JsonLine::new(&mut l);
+        j.str(
+            "timestamp",
+            &crate::accesslog::rfc3339(std::time::SystemTime::now()),
+        );
+        j.str("request_id", &ctx.request_id);
+        j.str("route", &route);
+        j.str("method", method);
+        j.opt_str(
+            "host",
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+        );
+        j.str("path", req.uri.path());
+        j.num("status", status as f64);
+        j.opt_str(
+            "upstream",
+            ctx.route.as_ref().map(|r| r.upstream.name.as_str()),
+        );
+        j.opt_str("upstream_target", target);
+        j.opt_num("upstream_status", ctx.upstream_status.map(f64::from));
+        j.opt_num("upstream_ms", upstream_ms);
+        j.num("total_ms", ms(elapsed));
+        j.num("attempts", ctx.tried.len() as f64);
+        j.num("bytes_in", ctx.body_bytes as f64);
+        j.num("bytes_out", session.body_bytes_sent() as f64);
+        j.opt_str(
+            "client",
+            session.client_addr().map(|a| a.to_string()).as_deref(),
+        );
+        j.opt_str(
+            "consumer",
+            ctx.identity.as_ref().map(|i| i.consumer_id.as_str()),
+        );
+        j.opt_str("error", e.map(|e| e.etype().as_str()));
+        j.opt_str("reject", ctx.reject.as_ref().map(|r| r.slug()));
+        j.finish();
         crate::accesslog::write(l);
     }
     // Release the in-flight slots now rather than when the context is dropped.
@@ -108,4 +127,105 @@ fn itoa_buf(n: u16) -> [u8; 3] {
 
 fn status_str(b: &mut [u8; 3]) -> &str {
     std::str::from_utf8(b).unwrap_or("000")
+}
+
+/// A flat JSON object written straight into a `String`.
+struct JsonLine<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonLine<'a> {
+    fn new(out: &'a mut String) -> Self {
+        out.push('{');
+        JsonLine { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(k);
+        self.out.push_str("\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        escape_into(self.out, v);
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => {
+                self.key(k);
+                self.out.push_str("null");
+            }
+        }
+    }
+
+    fn num(&mut self, k: &str, v: f64) {
+        self.key(k);
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            let _ = write!(self.out, "{}", v as i64);
+        } else {
+            let _ = write!(self.out, "{v:.3}");
+        }
+    }
+
+    fn opt_num(&mut self, k: &str, v: Option<f64>) {
+        match v {
+            Some(v) => self.num(k, v),
+            None => {
+                self.key(k);
+                self.out.push_str("null");
+            }
+        }
+    }
+
+    fn finish(self) {
+        self.out.push_str("}\n");
+    }
+}
+
+/// JSON string escaping (RFC 8259 §7): quotes, backslashes and control characters.
+fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_parse_back() {
+        let mut l = String::new();
+        let mut j = JsonLine::new(&mut l);
+        j.str("path", "/a\"b\\c\n\u{1}é");
+        j.num("status", 200.0);
+        j.num("ms", 1.23456);
+        j.opt_str("none", None);
+        j.finish();
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["path"], "/a\"b\\c\n\u{1}é");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["ms"], 1.235);
+        assert!(v["none"].is_null());
+    }
 }

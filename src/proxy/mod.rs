@@ -493,10 +493,18 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // While draining (SIGTERM, or an upgrade hand-over), tell HTTP/1 clients to reconnect
+        // now, so they move to the new process instead of waiting for the grace period.
+        if self.shared.draining.load(Relaxed)
+            && session.req_header().version < http::Version::HTTP_2
+        {
+            session.set_keepalive(None);
+            resp.insert_header(http::header::CONNECTION, "close")?;
+        }
         if let Some(route) = &ctx.route {
             route.response_headers.apply_response(resp);
         }

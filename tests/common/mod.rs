@@ -13,6 +13,7 @@
 
 pub mod gateway;
 pub mod jwks;
+pub mod load;
 pub mod metrics;
 pub mod raw;
 pub mod tokens;

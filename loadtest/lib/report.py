@@ -1,0 +1,503 @@
+"""Markdown report and hand-written SVG charts for the load-test harness (stdlib only)."""
+import glob
+import json
+import math
+import os
+import shlex
+
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "gatehouse": "#ef6c00",
+          "echo": "#6a1b9a"}
+ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
+LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(LOADTEST)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def f_rps(v):
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def f_ms(v):
+    if v is None:
+        return "–"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def f_mib(kib):
+    return "–" if not kib else f"{kib / 1024:.1f}"
+
+
+def f_ratio(a, b):
+    return "–" if not a or not b else f"{a / b:.2f}×"
+
+
+def f_k(v):
+    return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+
+
+def cmdline(cmd):
+    return " ".join(shlex.quote(str(c)) for c in cmd) if cmd else "–"
+
+
+def esc(s):
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ----------------------------------------------------------------------------- SVG
+
+def nice_step(span, n=5):
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def svg_open(w, h, title, subtitle=""):
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+           f'font-family="Helvetica,Arial,sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="#ffffff"/>',
+           f'<text x="{w / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>']
+    if subtitle:
+        out.append(f'<text x="{w / 2}" y="40" text-anchor="middle" fill="#555">{esc(subtitle)}</text>')
+    return out
+
+
+def legend(out, series, x, y):
+    for i, s in enumerate(series):
+        out.append(f'<rect x="{x + i * 110}" y="{y - 10}" width="12" height="12" fill="{COLORS.get(s, "#777")}"/>')
+        out.append(f'<text x="{x + i * 110 + 17}" y="{y}">{esc(s)}</text>')
+
+
+def bar_chart(title, subtitle, groups, series, values, ranges=None, ylabel="", fmt=f_k):
+    """values[g][s] -> number or None; ranges[g][s] -> (lo, hi) whiskers."""
+    bw, gap = 34, 46
+    left, right, top, bottom = 80, 20, 60, 80
+    plot_w = max(len(groups) * (len(series) * bw + gap), 620)
+    w, h = left + plot_w + right, 440
+    plot_h = h - top - bottom
+    vmax = max([v for g in groups for s in series for v in [values[g].get(s)] if v] +
+               [hi for g in groups for s in series for (lo, hi) in [(ranges or {}).get(g, {}).get(s, (0, 0))]] + [1])
+    step = nice_step(vmax * 1.1)
+    ymax = step * math.ceil(vmax * 1.12 / step)
+    y = lambda v: top + plot_h - v / ymax * plot_h  # noqa: E731
+    out = svg_open(w, h, title, subtitle)
+    t = 0.0
+    while t <= ymax + 1e-9:
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#e0e0e0"/>')
+        out.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="#444">{fmt(t)}</text>')
+        t += step
+    out.append(f'<text transform="translate(18,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)}</text>')
+    for gi, g in enumerate(groups):
+        gx = left + gap / 2 + gi * (len(series) * bw + gap)
+        for si, s in enumerate(series):
+            v = values[g].get(s)
+            x = gx + si * bw
+            if v is None:
+                out.append(f'<text x="{x + bw / 2}" y="{y(0) - 4}" text-anchor="middle" fill="#999" font-size="10">n/a</text>')
+                continue
+            out.append(f'<rect x="{x + 2}" y="{y(v):.1f}" width="{bw - 4}" height="{y(0) - y(v):.1f}" '
+                       f'fill="{COLORS.get(s, "#777")}"><title>{esc(s)} {esc(g)}: {fmt(v)}</title></rect>')
+            rg = (ranges or {}).get(g, {}).get(s)
+            if rg:
+                cx = x + bw / 2
+                out.append(f'<line x1="{cx}" x2="{cx}" y1="{y(rg[0]):.1f}" y2="{y(rg[1]):.1f}" stroke="#222"/>')
+                for yy in rg:
+                    out.append(f'<line x1="{cx - 5}" x2="{cx + 5}" y1="{y(yy):.1f}" y2="{y(yy):.1f}" stroke="#222"/>')
+            top_y = y(max(v, rg[1] if rg else v))
+            out.append(f'<text x="{x + bw / 2}" y="{top_y - 4:.1f}" text-anchor="middle" font-size="10">{fmt(v)}</text>')
+        out.append(f'<text x="{gx + len(series) * bw / 2}" y="{top + plot_h + 18}" text-anchor="middle" '
+                   f'font-weight="bold">{esc(g)}</text>')
+    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(0)}" y2="{y(0)}" stroke="#333"/>')
+    legend(out, series, left, h - 22)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def line_chart_log(title, subtitle, xcats, series, values, ylabel="latency (ms)"):
+    """values[s][x] -> ms (log y axis)."""
+    left, right, top, bottom = 80, 30, 60, 80
+    w, h = 760, 440
+    plot_w, plot_h = w - left - right, h - top - bottom
+    allv = [v for s in series for v in values[s].values() if v]
+    if not allv:
+        allv = [1]
+    lo = 10 ** math.floor(math.log10(min(allv)))
+    hi = 10 ** math.ceil(math.log10(max(allv) * 1.05))
+    if hi / lo < 10:
+        hi = lo * 10
+    y = lambda v: top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h  # noqa: E731
+    x = lambda i: left + (i + 0.5) * plot_w / len(xcats)  # noqa: E731
+    out = svg_open(w, h, title, subtitle)
+    d = lo
+    while d <= hi * 1.0001:
+        for m in (1, 2, 5):
+            v = d * m
+            if v > hi * 1.0001:
+                break
+            out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                       f'stroke="{"#cfcfcf" if m == 1 else "#eeeeee"}"/>')
+            out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end" fill="#444">{v:g}</text>')
+        d *= 10
+    out.append(f'<text transform="translate(18,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)} — log scale</text>')
+    for i, c in enumerate(xcats):
+        out.append(f'<text x="{x(i)}" y="{top + plot_h + 18}" text-anchor="middle" font-weight="bold">{esc(c)}</text>')
+    for s in series:
+        pts = [(x(i), y(values[s][c])) for i, c in enumerate(xcats) if values[s].get(c)]
+        col = COLORS.get(s, "#777")
+        if len(pts) > 1:
+            out.append(f'<polyline fill="none" stroke="{col}" stroke-width="2.5" points="'
+                       + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        for (a, b), c in zip(pts, [c for c in xcats if values[s].get(c)]):
+            out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="4" fill="{col}"><title>{esc(s)} {esc(c)}: '
+                       f'{values[s][c]:.3f} ms</title></circle>')
+            out.append(f'<text x="{a + 7:.1f}" y="{b + 4:.1f}" font-size="10" fill="{col}">{f_ms(values[s][c])}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
+    legend(out, series, left, h - 22)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def targets_in(doc):
+    return [t for t in ORDER if t in doc["targets"]] + [t for t in doc["targets"] if t not in ORDER]
+
+
+def scenario_table(doc):
+    open_loop = doc["load"]["mode"] == "open"
+    idle = bool(doc["load"].get("idle_connections"))
+    ng = (doc["targets"].get("nginx") or {}).get("summary") or {}
+    hdr = ["target", "req/s (median)", "min–max", "achieved" if open_loop else "× nginx", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
+           "p99 × nginx", "errors", "peak RSS MiB", "CPU s", "CPU µs/req", "upstream reuse"]
+    if idle:
+        hdr[10:11] = ["RSS before idle MiB", "RSS at rest, idle conns MiB", "peak RSS under load MiB"]
+        hdr.append("idle conns open after load")
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for tn in targets_in(doc):
+        t = doc["targets"][tn]
+        s = t.get("summary")
+        label = f"**{tn}**" if tn == "gatehouse" else tn
+        if tn == "direct":
+            label = f"direct ({doc['upstream']['kind']}, reference)"
+        if t["status"] != "ok" or not s:
+            err = (t.get("error") or "no completed round").splitlines()[0]
+            rows.append(f"| {label} | **{t['status']}**: {esc(err)} |" + " |" * (len(hdr) - 2))
+            continue
+        reuse = "–"
+        if s.get("reuse_ratio") is not None:
+            reuse = f"{s['reuse_ratio'] * 100:.3f}% ({s['upstream_conns_new']:.0f} new)"
+        elif tn == "gatehouse":
+            reuse = "n/a (metric missing)"
+        rng = f"{f_rps(s['rps_min'])}–{f_rps(s['rps_max'])}" if s["rounds"] > 1 else "–"
+        if open_loop:
+            got = s["rps"] / doc["load"]["rate"]
+            vs = f"{got * 100:.1f}% of offered" + (" ⚠ fell behind" if got < 0.97 else "")
+        else:
+            vs = f_ratio(s["rps"], ng.get("rps"))
+        cells = [label, f_rps(s["rps"]), rng, vs,
+                 f_ms(s["p50_ms"]), f_ms(s["p90_ms"]), f_ms(s["p99_ms"]), f_ms(s["p999_ms"]),
+                 f_ratio(s["p99_ms"], ng.get("p99_ms")),
+                 f"{s['errors_status'] + s['errors_socket']:,}" + (f" ({s['errors_status']} non-2xx)" if s["errors_status"] else ""),
+                 f_mib(s["rss_peak_kib"]), f"{s['cpu_s']:.2f}" if s.get("cpu_s") is not None else "–",
+                 f"{s['cpu_us_per_req']:.1f}" if s.get("cpu_us_per_req") else "–", reuse]
+        if idle:
+            cells[10:11] = [f_mib(s.get("rss_before_idle_kib")), f_mib(s.get("rss_idle_kib")), f_mib(s["rss_peak_kib"])]
+            cells.append(f"{s.get('idle_alive_after_load', 0):,} / {s.get('idle_opened', 0):,}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def rounds_table(doc):
+    rows = ["| round | target | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s | CPU1 busy, other processes s | steal s | busiest CPU just before (waited) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    allr = sorted([r for tn in doc["targets"] for r in doc["targets"][tn]["rounds"]],
+                  key=lambda r: (r.get("round", 0), doc["order"].index(r["target"])))
+    for r in allr:
+        if "rps" not in r:
+            rows.append(f"| {r.get('round')} | {r['target']} | error: {esc(r.get('error', '').splitlines()[0] if r.get('error') else '')} |||||||| ")
+            continue
+        other = r.get("cpu1_busy_s", 0) - (r.get("cpu_s") or 0) if r["target"] != "direct" else None
+        rows.append(f"| {r['round']} | {r['target']} | {f_rps(r['rps'])} | {f_ms(r['p50_ms'])} | {f_ms(r['p99_ms'])} | "
+                    f"{f_ms(r['p999_ms'])} | {r['errors_status'] + r['errors_socket']} | "
+                    f"{(r.get('cpu_s') or 0):.2f} | {'–' if other is None else f'{other:.2f}'} | "
+                    f"{r.get('cpu0_steal_s', 0) + r.get('cpu1_steal_s', 0):.2f} | "
+                    + (f"{r['busy_before'] * 100:.0f}% ({r['quiet_waited_s']:.0f} s) |" if "busy_before" in r else "– |"))
+    return "\n".join(rows)
+
+
+def request_mix(doc):
+    out = []
+    for r in doc["requests"]:
+        body = f", body {r['body_size']} B" if r.get("body_size") else (", literal body" if r.get("body") else "")
+        hdrs = ", headers " + ", ".join(f"`{k}: {v}`" for k, v in r["headers"].items()) if r["headers"] else ""
+        w = f" ×{r['weight']}" if int(r.get("weight", 1)) != 1 else ""
+        out.append(f"`{r['method']} {r['path']}`{body}{hdrs}{w}")
+    return "; ".join(out)
+
+
+def load_desc(doc):
+    l = doc["load"]
+    if l["mode"] == "open":
+        s = f"open loop at {l['rate']:,} req/s (oha, latency-corrected), {l['connections']} connections"
+    else:
+        s = f"closed loop, {l['connections']} keep-alive connections (wrk, 1 thread)"
+    s += f", {l['rounds']} round(s) × {l['duration']:g} s per target after a {l['warmup']:g} s warm-up"
+    if l.get("idle_connections"):
+        s += f"; {l['idle_connections']:,} idle keep-alive client connections held open to the target during each round"
+    return s
+
+
+def commands_section(doc):
+    out = [f"- upstream ({doc['upstream']['kind']}, CPU 0): `{cmdline(doc['upstream']['cmd'])}`"]
+    for tn in targets_in(doc):
+        t = doc["targets"][tn]
+        if tn != "direct":
+            out.append(f"- {tn}: `{cmdline(t.get('cmd'))}`")
+    for tn in targets_in(doc):
+        r = next((r for r in doc["targets"][tn]["rounds"] if r.get("loadgen_cmd")), None)
+        if r:
+            out.append(f"- load on {tn}: `{cmdline(r['loadgen_cmd'])}`")
+    if doc["load"].get("idle_connections"):
+        out.append(f"- idle connections: `taskset -c 0 python3 loadtest/lib/idle_conns.py 127.0.0.1 PORT "
+                   f"{doc['load']['idle_connections']} {doc['requests'][0]['path']}` (one request each, then idle)")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- charts
+
+def write_charts(docs, results_dir):
+    charts = []
+    closed = [d for d in docs if d["load"]["mode"] == "closed"]
+    if closed:
+        groups = [d["scenario"] for d in closed]
+        series = [t for t in ORDER if any(t in d["targets"] for d in closed)]
+        vals, rngs = {}, {}
+        for d in closed:
+            vals[d["scenario"]], rngs[d["scenario"]] = {}, {}
+            for tn in series:
+                s = (d["targets"].get(tn) or {}).get("summary")
+                if s:
+                    vals[d["scenario"]][tn] = s["rps"]
+                    if s["rounds"] > 1:
+                        rngs[d["scenario"]][tn] = (s["rps_min"], s["rps_max"])
+        svg = bar_chart("Throughput per proxy per scenario (closed loop)",
+                        "median req/s over interleaved rounds; whiskers = min–max; proxy pinned to CPU 1, 1 worker",
+                        groups, series, vals, rngs, ylabel="requests per second")
+        p = os.path.join(results_dir, "throughput.svg")
+        with open(p, "w") as f:
+            f.write(svg)
+        charts.append(("Throughput per proxy per scenario", p))
+    for d in docs:
+        if d["load"]["mode"] != "open":
+            continue
+        series = [t for t in targets_in(d) if (d["targets"][t].get("summary"))]
+        cats = ["p50", "p90", "p99", "p99.9"]
+        keys = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "p99.9": "p999_ms"}
+        vals = {t: {c: d["targets"][t]["summary"][keys[c]] for c in cats} for t in series}
+        svg = line_chart_log(f"Latency percentiles at a fixed {d['load']['rate']:,} req/s ({d['scenario']})",
+                             "oha open loop, latency-corrected (coordinated omission); median over rounds",
+                             cats, series, vals)
+        p = os.path.join(results_dir, f"latency-{d['scenario']}.svg")
+        with open(p, "w") as f:
+            f.write(svg)
+        charts.append((f"Latency percentiles under the fixed-rate profile ({d['scenario']})", p))
+    for d in docs:
+        if not d["load"].get("idle_connections"):
+            continue
+        series = [t for t in targets_in(d) if d["targets"][t].get("summary")]
+        groups = ["before idle conns", "idle conns, at rest", "idle conns + load (peak)"]
+        vals = {g: {} for g in groups}
+        for t in series:
+            s = d["targets"][t]["summary"]
+            vals[groups[0]][t] = (s.get("rss_before_idle_kib") or 0) / 1024
+            vals[groups[1]][t] = (s.get("rss_idle_kib") or 0) / 1024
+            vals[groups[2]][t] = (s.get("rss_peak_kib") or 0) / 1024
+        svg = bar_chart(f"Process RSS with {d['load']['idle_connections']:,} idle client connections",
+                        "MiB, VmRSS / VmHWM from /proc; the direct bar is the upstream itself",
+                        groups, series, vals, ylabel="MiB", fmt=lambda v: f"{v:.0f}" if v >= 10 else f"{v:.1f}")
+        p = os.path.join(results_dir, f"rss-{d['scenario']}.svg")
+        with open(p, "w") as f:
+            f.write(svg)
+        charts.append((f"RSS with idle connections ({d['scenario']})", p))
+    return charts
+
+
+# ----------------------------------------------------------------------------- targets (issue 3)
+
+def targets_check(by):
+    def s(sc, t):
+        return ((by.get(sc) or {}).get("targets", {}).get(t) or {}).get("summary")
+    rows = ["| target | bar | measured | met? |", "|---|---|---|---|"]
+
+    def row(what, bar, measured, ok):
+        rows.append(f"| {what} | {bar} | {measured} | {'✅ yes' if ok else '❌ no' if ok is not None else '– not measured'} |")
+    g, n = s("proxy-small", "gatehouse"), s("proxy-small", "nginx")
+    if g and n:
+        row("`proxy-small` throughput", "≥ 1.0 × nginx", f"{g['rps']:,.0f} vs {n['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}×", g["rps"] >= n["rps"])
+        row("`proxy-small` p99", "≤ nginx p99", f"{f_ms(g['p99_ms'])} vs {f_ms(n['p99_ms'])} ms", g["p99_ms"] <= n["p99_ms"])
+    else:
+        row("`proxy-small` throughput", "≥ 1.0 × nginx", "–", None)
+        row("`proxy-small` p99", "≤ nginx p99", "–", None)
+    g, h = s("proxy-fixed-rate", "gatehouse"), s("proxy-fixed-rate", "haproxy")
+    if g and h:
+        row("`proxy-fixed-rate` p99", "≤ HAProxy p99 at the same rate", f"{f_ms(g['p99_ms'])} vs {f_ms(h['p99_ms'])} ms", g["p99_ms"] <= h["p99_ms"])
+    else:
+        row("`proxy-fixed-rate` p99", "≤ HAProxy p99 at the same rate", "–", None)
+    g = s("proxy-small", "gatehouse")
+    if g and g.get("reuse_ratio") is not None:
+        row("upstream connection reuse", "≥ 99.9% in `proxy-small`", f"{g['reuse_ratio'] * 100:.3f}%", g["reuse_ratio"] >= 0.999)
+    else:
+        row("upstream connection reuse", "≥ 99.9% in `proxy-small`", "–", None)
+    g = s("proxy-idle-conns", "gatehouse")
+    if g and g.get("rss_idle_kib"):
+        row("RSS", "≤ 100 MiB with 10,000 idle client connections",
+            f"{f_mib(g['rss_idle_kib'])} MiB at rest, {f_mib(g['rss_peak_kib'])} MiB peak under load",
+            g["rss_idle_kib"] <= 100 * 1024 and g["rss_peak_kib"] <= 100 * 1024)
+    else:
+        row("RSS", "≤ 100 MiB with 10,000 idle client connections", "–", None)
+    return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------- documents
+
+def machine_section(meta):
+    m = meta["machine"]
+    v = m["versions"]
+    return "\n".join([
+        f"- CPU: {m['cpu_model']}, {m['nproc']} CPUs (`nproc`); {m['memory'].replace('MemTotal:', 'memory').strip()}",
+        f"- kernel {m['kernel']}; {m['os']}",
+        f"- nginx: `{v['nginx']}`", f"- HAProxy: `{v['haproxy']}`", f"- wrk: `{v['wrk']}`",
+        f"- oha: `{v['oha']}`", f"- Gatehouse: {v['gatehouse']}", f"- {v['rustc']}; Python {v['python']}",
+        "", "<details><summary>lscpu</summary>", "", "```", m["lscpu"], "```", "", "</details>",
+    ])
+
+
+PINNING = ("**Pinning.** On this {n}-CPU machine the proxy under test runs on **CPU 1** (`taskset -c 1`) with "
+           "one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, Gatehouse `server.threads: 1`); the "
+           "upstream, the load generator (`wrk -t1` / `oha --worker-threads 1`) and the harness run on **CPU 0** "
+           "(`taskset -c 0`). The direct row is the upstream with no proxy in between (it shares CPU 0 with the "
+           "load generator), given as a reference only.")
+
+
+def method_section(meta, docs):
+    pin = PINNING.format(n=meta["machine"]["nproc"]) if meta.get("pinned") else \
+        "**Pinning was off** for this run (`--no-pin`, or fewer than 2 CPUs)."
+    return "\n".join([
+        pin, "",
+        "**Method.** For each scenario every target is started once with the scenario's config, then the same "
+        "load is driven at each in turn, interleaved A B C D, A B C D, … so that machine drift hits all of them "
+        "alike. Each round has its own warm-up (not measured). Tables give the median over rounds (req/s min–max "
+        "shown). Errors = non-2xx (wrk counts status ≥ 400) + socket errors (connect/read/write/timeout), summed "
+        "over rounds. Peak RSS = `VmHWM` of the proxy process (reset before every round via "
+        "`/proc/PID/clear_refs`); CPU s = `utime+stime` delta of the whole process over the measured part of a "
+        "round (median). Gatehouse's upstream reuse = Δ`gatehouse_upstream_connections_total{reused=\"true\"}` / "
+        "Δ(all) from its admin `/metrics`, over the measured parts of all rounds.",
+        "",
+        "**Comparable configs.** Upstream keep-alive on everywhere (nginx `keepalive 64` + HTTP/1.1, HAProxy "
+        "`http-reuse always`, Gatehouse's pool); no per-connection request limits; every proxy writes one "
+        "access-log line per request to a file, unless a scenario says `access_log: off`: nginx "
+        "`access_log FILE combined buffer=64k flush=1s` (buffered, like Gatehouse's 64 KiB writer thread), "
+        "Gatehouse `access_log: { path: FILE }`, HAProxy `log stdout format raw` with stdout redirected to the "
+        "file (HAProxy cannot buffer: one write per line).",
+        "",
+        "**Noise.** This is a shared 2-core VM. Before each round the harness waits (up to `--quiet-wait`, 60 s) "
+        "until no CPU is more than 15% busy. The per-round tables (folded) list how much CPU 1 time went to "
+        "other processes and hypervisor steal during each measured round; rounds where that is large are the noisy ones.",
+    ])
+
+
+def upstream_section(meta):
+    ch = meta.get("upstream_choice")
+    if not ch:
+        return "Upstream: fixed by the scenario files or `--upstream` (no echo-vs-nginx comparison in this run)."
+    if "summary" not in ch:
+        return f"Upstream: **{ch['chosen']}** ({ch['reason']})."
+    rows = ["| upstream (direct, 50 conns, GET 19 B) | req/s median | min–max | variation (CV) | p99 ms | upstream CPU µs/req |",
+            "|---|---|---|---|---|---|"]
+    names = {"echo": "`gatehouse-echo --threads 1`", "nginx": "static nginx (`return 200`, 1 worker)"}
+    for k, s in ch["summary"].items():
+        cpu = [r.get("cpu_us_per_req") for r in ch["rounds"][k] if r.get("cpu_us_per_req")]
+        cpu_txt = f"{sum(cpu) / len(cpu):.1f}" if cpu else "–"
+        rows.append(f"| {names.get(k, k)} | {f_rps(s['rps'])} | {f_rps(s['rps_min'])}–{f_rps(s['rps_max'])} | "
+                    f"{s['rps_cv'] * 100:.1f}% | {f_ms(s['p99_ms'])} | {cpu_txt} |")
+    return "\n".join([
+        f"**Upstream: {names.get(ch['chosen'], ch['chosen'])}** — chosen by the harness because of {ch['reason']} "
+        f"in a direct comparison ({len(ch['rounds']['echo'])} interleaved 5 s rounds each, pinned like the scenarios, "
+        f"measured {ch['measured']}):", "", *rows])
+
+
+def scenario_section(doc):
+    out = [f"### {doc['scenario']}", ""]
+    if doc.get("description"):
+        out += [doc["description"].strip(), ""]
+    out += [f"- file: `{doc['file']}`; run `{doc['run_id']}`, {doc['started']} → {doc['finished']}",
+            f"- load: {load_desc(doc)}",
+            f"- requests: {request_mix(doc)}; upstream `{doc['upstream']['kind']}` answering {doc['upstream']['body_size']} B bodies",
+            f"- access logging: {doc['access_log']}", ""]
+    if doc["load"]["mode"] == "open":
+        rate = doc["load"]["rate"]
+        out += [f"Offered rate {rate:,} req/s: the req/s column is the achieved rate; a target that cannot keep up "
+                "shows a lower rate and, with latency correction, the queueing delay in its percentiles.", ""]
+    out += [scenario_table(doc), ""]
+    out += ["<details><summary>Per round (interleaved order), noise indicators</summary>", "", rounds_table(doc), "",
+            "</details>", "", "<details><summary>Exact commands</summary>", "", commands_section(doc), "",
+            "Rendered configs are in the raw JSON (`targets.*.config`).", "", "</details>", ""]
+    return "\n".join(out)
+
+
+def load_docs(results_dir):
+    docs = []
+    for p in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        base = os.path.basename(p)
+        if base in ("smoke.json", "upstream-choice.json", "run-meta.json"):
+            continue
+        with open(p) as f:
+            d = json.load(f)
+        if "scenario" in d and not d.get("quick"):
+            docs.append(d)
+    order = ["proxy-small", "proxy-1k-post", "proxy-fixed-rate", "proxy-idle-conns"]
+    docs.sort(key=lambda d: (order.index(d["scenario"]) if d["scenario"] in order else 99, d["scenario"]))
+    return docs
+
+
+def write_full_report(results_dir, path):
+    docs = load_docs(results_dir)
+    if not docs:
+        raise SystemExit(f"no results in {results_dir}")
+    meta = docs[-1]["meta"]
+    meta_path = os.path.join(results_dir, "run-meta.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    by = {d["scenario"]: d for d in docs}
+    charts = write_charts(docs, results_dir)
+    rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(path)))  # noqa: E731
+    runs = sorted({d["run_id"] for d in docs})
+    out = ["# Gatehouse load-test results", "",
+           f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
+           "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
+    out += ["## Targets (issue 3)", "", targets_check(by), ""]
+    out += ["## Charts", ""]
+    for title, p in charts:
+        out += [f"![{title}]({rel(p)})", ""]
+    out += ["## Setup", "", method_section(meta, docs), "", upstream_section(meta), "",
+            "### Machine and versions", "", machine_section(meta), ""]
+    out += ["## Scenarios", "", "Ratios are to nginx (req/s: higher is better; p99: lower is better).", ""]
+    for d in docs:
+        out.append(scenario_section(d))
+    with open(path, "w") as f:
+        f.write("\n".join(out).rstrip() + "\n")
+
+
+def write_smoke_report(doc, path):
+    meta = doc["meta"]
+    out = ["# Load-test smoke run (`loadtest/run.sh --quick`)", "",
+           "Proves the harness works end to end; the numbers are from a few seconds of load and are not a "
+           "benchmark.", "", f"- started {doc['started']}, finished {doc['finished']}",
+           f"- pinned: {meta['pinned']}; Gatehouse {meta['machine']['versions']['gatehouse']}", "",
+           scenario_section(doc)]
+    with open(path, "w") as f:
+        f.write("\n".join(out).rstrip() + "\n")

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Gatehouse load-test harness: one command reproduces one, several or all scenarios.
+#
+#   loadtest/run.sh                      # all scenarios, writes loadtest/RESULTS.md
+#   loadtest/run.sh proxy-small          # one scenario (others already in results/ stay in the report)
+#   loadtest/run.sh path/to/mine.yaml    # your own scenario file
+#   loadtest/run.sh --quick              # CI smoke: proxy-small, wrk only, a few seconds,
+#                                        # writes loadtest/results/smoke.md, exit != 0 on failure
+#   loadtest/run.sh --help               # every option
+#
+# Installs what is missing (apt-get: wrk nginx haproxy python3-yaml util-linux curl;
+# oha via `cargo install oha --locked`, cached in loadtest/.bin), builds the gateway
+# and the echo backend, then hands over to loadtest/lib/harness.py.
+set -euo pipefail
+
+LOADTEST="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$LOADTEST/.." && pwd)"
+OHA_ROOT="$LOADTEST/.bin"
+OHA_VERSION="${OHA_VERSION:-1.16.0}"
+
+QUICK=0; NO_BUILD=0; REPORT_ONLY=0; NEED_OHA=1; WANT_GATEHOUSE=1
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1; NEED_OHA=0 ;;
+    --no-build) NO_BUILD=1 ;;
+    --report-only|--list) REPORT_ONLY=1 ;;
+    -h|--help) exec python3 "$LOADTEST/lib/harness.py" --help ;;
+  esac
+done
+# --proxies without gatehouse: no need to build it.
+prev=""
+for a in "$@"; do
+  if [[ "$prev" == "--proxies" || "$a" == --proxies=* ]]; then
+    v="${a#--proxies=}"; [[ ",$v," == *,gatehouse,* ]] || WANT_GATEHOUSE=0
+  fi
+  prev="$a"
+done
+# Only closed-loop scenarios named on the command line: oha is not needed.
+SCEN_ARGS=()
+for a in "$@"; do [[ "$a" == -* ]] || SCEN_ARGS+=("$a"); done
+if [[ $QUICK == 0 && ${#SCEN_ARGS[@]} -gt 0 ]]; then
+  NEED_OHA=0
+  for s in "${SCEN_ARGS[@]}"; do
+    f="$s"; [[ -f "$f" ]] || f="$LOADTEST/scenarios/$s.yaml"
+    if [[ "$s" == all ]] || { [[ -f "$f" ]] && grep -Eq '^\s*mode:\s*open' "$f"; }; then NEED_OHA=1; fi
+  done
+fi
+
+log() { printf '[run.sh] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- dependencies
+install_deps() {
+  local missing=()
+  command -v wrk >/dev/null     || missing+=(wrk)
+  command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+  command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  command -v python3 >/dev/null || missing+=(python3)
+  command -v curl >/dev/null    || missing+=(curl)
+  if ! python3 -c 'import yaml' 2>/dev/null && ! /usr/bin/python3 -c 'import yaml' 2>/dev/null; then
+    missing+=(python3-yaml)
+  fi
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing: ${missing[*]}"
+    local SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+    # the Debian packages start system services; the harness runs its own instances
+    for svc in nginx haproxy; do
+      if [[ " ${missing[*]} " == *" $svc"* ]] && command -v systemctl >/dev/null; then
+        $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+      fi
+    done
+  fi
+}
+
+install_oha() {
+  if [[ -x "$OHA_ROOT/bin/oha" ]]; then export OHA="$OHA_ROOT/bin/oha"; return; fi
+  if command -v oha >/dev/null; then export OHA="$(command -v oha)"; return; fi
+  if ! command -v cargo >/dev/null; then
+    log "oha missing and cargo not found (install Rust from rustup.rs)"; exit 1
+  fi
+  log "building oha $OHA_VERSION (cargo install --locked, one job; cached in $OHA_ROOT; several minutes)"
+  CARGO_BUILD_JOBS=1 cargo install oha --version "$OHA_VERSION" --locked --root "$OHA_ROOT" \
+      >"$LOADTEST/.bin/oha-install.log" 2>&1 || { tail -30 "$LOADTEST/.bin/oha-install.log"; exit 1; }
+  export OHA="$OHA_ROOT/bin/oha"
+}
+
+build_gatehouse() {
+  local bins=(--bin gatehouse-echo)
+  [[ $WANT_GATEHOUSE == 1 ]] && bins+=(--bin gatehouse)
+  log "cargo build --release ${bins[*]}"
+  (cd "$REPO" && cargo build --release "${bins[@]}") || { log "cargo build failed"; exit 1; }
+}
+
+mkdir -p "$OHA_ROOT" "$LOADTEST/results"
+if [[ $REPORT_ONLY == 0 ]]; then
+  install_deps
+  [[ $NEED_OHA == 1 ]] && install_oha
+  [[ $NO_BUILD == 1 ]] || build_gatehouse
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+PY=python3
+python3 -c 'import yaml' 2>/dev/null || PY=/usr/bin/python3
+
+# 10,000 idle client connections + the proxies' own sockets need more than 1024 fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# --------------------------------------------------------------- run + cleanup
+# harness.py starts every child in its own process group (with PDEATHSIG) and lists
+# the groups in $GH_LOADTEST_PIDS; the trap kills whatever is still alive, even if
+# the harness itself was killed.
+export GH_LOADTEST_PIDS="$(mktemp /tmp/gh-loadtest-pids.XXXXXX)"
+HPID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [[ -n "$HPID" ]] && kill -0 "$HPID" 2>/dev/null; then
+    kill -TERM "$HPID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$HPID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$HPID" 2>/dev/null || true
+  fi
+  if [[ -s "$GH_LOADTEST_PIDS" ]]; then
+    while read -r pg; do [[ -n "$pg" ]] && kill -KILL -- "-$pg" 2>/dev/null || true; done <"$GH_LOADTEST_PIDS"
+  fi
+  rm -f "$GH_LOADTEST_PIDS"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PIN=(); if [[ $(nproc) -ge 2 ]]; then PIN=(taskset -c 0); fi   # harness + load generators on CPU 0
+"${PIN[@]}" "$PY" "$LOADTEST/lib/harness.py" "$@" &
+HPID=$!
+wait "$HPID"
