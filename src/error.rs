@@ -54,6 +54,8 @@ pub enum Reject {
     Overloaded(String),
     BadGateway(String),
     GatewayTimeout(String),
+    /// The request said `only-if-cached` and the cache had nothing usable (RFC 9111 §5.2.1.7).
+    NotCached,
     Internal,
 }
 
@@ -68,7 +70,7 @@ impl Reject {
             Reject::HeadersTooLarge => 431,
             Reject::NoHealthyTarget(_) | Reject::Overloaded(_) => 503,
             Reject::BadGateway(_) => 502,
-            Reject::GatewayTimeout(_) => 504,
+            Reject::GatewayTimeout(_) | Reject::NotCached => 504,
             Reject::Internal => 500,
         }
     }
@@ -86,6 +88,7 @@ impl Reject {
             Reject::Overloaded(_) => "upstream-overloaded",
             Reject::BadGateway(_) => "bad-gateway",
             Reject::GatewayTimeout(_) => "gateway-timeout",
+            Reject::NotCached => "not-cached",
             Reject::Internal => "internal-error",
         }
     }
@@ -101,7 +104,7 @@ impl Reject {
             Reject::NoHealthyTarget(_) => "Service Unavailable",
             Reject::Overloaded(_) => "Service Unavailable",
             Reject::BadGateway(_) => "Bad Gateway",
-            Reject::GatewayTimeout(_) => "Gateway Timeout",
+            Reject::GatewayTimeout(_) | Reject::NotCached => "Gateway Timeout",
             Reject::Internal => "Internal Server Error",
         }
     }
@@ -128,6 +131,9 @@ impl Reject {
             }
             Reject::BadGateway(u) => format!("upstream {u:?} failed"),
             Reject::GatewayTimeout(u) => format!("upstream {u:?} did not answer in time"),
+            Reject::NotCached => {
+                "only-if-cached was requested and no stored response can be used".into()
+            }
             Reject::Internal => "internal error".into(),
         }
     }

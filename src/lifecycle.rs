@@ -39,6 +39,9 @@ impl Control {
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
+        // JWKS from jwks_url are fetched once before the process reports ready.
+        let policies = self.shared.snapshot.load().policies.clone();
+        policies.start().await;
         for up in self.shared.snapshot.load().upstreams.values() {
             crate::upstream::health::spawn(up);
         }

@@ -236,7 +236,7 @@ fn jwks_files_and_secrets_are_checked() {
 
 #[test]
 fn sections_of_later_features_are_refused() {
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 4] = [
         (
             "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, rate_limit: { limit: 50/s, burst: 100, key: ip } }\n",
             "routes[0].rate_limit",
@@ -244,10 +244,6 @@ fn sections_of_later_features_are_refused() {
         (
             "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, quota: { limit: 1000/day, key: ip } }\n",
             "routes[0].quota",
-        ),
-        (
-            "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n",
-            "routes[0].cache",
         ),
         (
             "tiers: { free: { rate: 10/s, burst: 20, quota: 1000/day } }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u }\n",
@@ -267,7 +263,7 @@ fn sections_of_later_features_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_refuses_an_unsupported_config() {
     let yaml = cfg(
-        "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n",
+        "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, quota: { limit: 1000/day, key: ip } }\n",
     )
     .replace("18080", &common::free_port().to_string())
     .replace("19901", &common::free_port().to_string());
@@ -280,7 +276,42 @@ async fn run_refuses_an_unsupported_config() {
     assert_eq!(st.unwrap().code(), Some(1));
     let out = format!("{}{}", gw.stdout(), gw.stderr());
     assert!(
-        out.contains(NOT_SUPPORTED) && out.contains("routes[0].cache"),
+        out.contains(NOT_SUPPORTED) && out.contains("routes[0].quota"),
         "output:\n{out}"
     );
+}
+
+#[test]
+fn cache_sections_are_checked() {
+    // A route cache needs the top-level section; bad values name their path.
+    assert_refused(
+        &cfg("routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n"),
+        &[],
+        &["routes[0].cache", "needs the top-level cache: section"],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1KiB, max_object_size: 2KiB, lock_timeout: 0s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { vary: [\"bad header\"] } }\n"),
+        &[],
+        &[
+            "cache.memory",
+            "cache.max_object_size",
+            "cache.lock_timeout",
+            "routes[0].cache.vary[0]",
+        ],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: soon } }\n"),
+        &[],
+        &["routes[0].cache.ttl"],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { stor_set_cookie: true } }\n"),
+        &[],
+        &["routes[0].cache.stor_set_cookie"],
+    );
+    let (code, out) = common::gateway::check(
+        &cfg("cache: { memory: 1MiB, max_object_size: 64KiB, lock_timeout: 1s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s, vary: [Accept-Language], store_set_cookie: true } }\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "a valid cache config was refused:\n{out}");
 }

@@ -398,6 +398,10 @@ pub struct RouteCache {
     pub ttl: Option<Dur>,
     #[serde(default)]
     pub vary: Vec<String>,
+    /// Extension: store responses that carry `Set-Cookie` (refused by default, since the
+    /// cookie would be handed to every client the entry is served to).
+    #[serde(default)]
+    pub store_set_cookie: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -282,6 +282,15 @@ fn auth(v: &mut V, cfg: &Config) {
         }
     }
     if let Some(c) = &cfg.cache {
+        if c.memory.0 < 64 * 1024 {
+            v.err("cache.memory", "must be at least 64KiB");
+        }
+        if c.lock_timeout.is_some_and(|t| t.0.is_zero()) {
+            v.err("cache.lock_timeout", "must be more than 0");
+        }
+        if c.max_object_size.is_some_and(|m| m.0 == 0) {
+            v.err("cache.max_object_size", "must be more than 0");
+        }
         if let Some(m) = c.max_object_size {
             if m.0 > c.memory.0 {
                 v.err("cache.max_object_size", "is larger than cache.memory");
@@ -529,8 +538,15 @@ fn routes(v: &mut V, cfg: &Config) {
                 );
             }
         }
-        if r.cache.is_some() && cfg.cache.is_none() {
-            v.err(format!("{p}.cache"), "needs the top-level cache: section");
+        if let Some(c) = &r.cache {
+            if cfg.cache.is_none() {
+                v.err(format!("{p}.cache"), "needs the top-level cache: section");
+            }
+            for (k, name) in c.vary.iter().enumerate() {
+                if name == "*" || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    v.err(format!("{p}.cache.vary[{k}]"), "must be a header name");
+                }
+            }
         }
     }
 }
@@ -562,9 +578,6 @@ fn not_supported_yet(v: &mut V, cfg: &Config) {
     if cfg.store.is_some() {
         v.err("store", MSG);
     }
-    if cfg.cache.is_some() {
-        v.err("cache", MSG);
-    }
     for (i, r) in cfg.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
         if r.rate_limit.is_some() {
@@ -572,9 +585,6 @@ fn not_supported_yet(v: &mut V, cfg: &Config) {
         }
         if r.quota.is_some() {
             v.err(format!("{p}.quota"), MSG);
-        }
-        if r.cache.is_some() {
-            v.err(format!("{p}.cache"), MSG);
         }
     }
 }

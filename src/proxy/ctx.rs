@@ -59,6 +59,8 @@ pub struct Ctx {
     pub identity: Option<Arc<crate::policy::Identity>>,
     /// Added to the response, whatever it is (see `policy::PolicyCtx::response_headers`).
     pub extra_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the response cache did for this request.
+    pub cache: crate::cache::status::CacheCtx,
 }
 
 impl Ctx {
@@ -85,6 +87,7 @@ impl Ctx {
             server_timing: false,
             identity: None,
             extra_response_headers: Vec::new(),
+            cache: Default::default(),
         }
     }
 

@@ -65,6 +65,13 @@ impl Shared {
                         crate::upstream::health::spawn(up);
                     }
                 }
+                match &next.cache {
+                    Some(c) => {
+                        crate::cache::configure(c);
+                    }
+                    // No cache any more: free what the old config stored.
+                    None => crate::cache::clear(),
+                }
                 let hash = next.loaded.version_hash.clone();
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
