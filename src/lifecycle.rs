@@ -39,9 +39,6 @@ impl Control {
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // JWKS from jwks_url are fetched once before the process reports ready.
-        let policies = self.shared.snapshot.load().policies.clone();
-        policies.start().await;
         for up in self.shared.snapshot.load().upstreams.values() {
             crate::upstream::health::spawn(up);
         }
@@ -49,8 +46,9 @@ impl BackgroundService for Control {
         if let Some(l) = admin {
             tokio::spawn(crate::admin::serve(l, self.shared.clone()));
         }
-        // JWKS from jwks_url are fetched once before the process reports ready (each
-        // fetch has a 5 s timeout; a failure leaves the issuer with its other keys).
+        // JWKS from jwks_url are fetched once before the process reports ready, with the
+        // admin listener already up (each fetch has a 5 s timeout; a failure leaves the
+        // issuer with its other keys).
         let policies = self.shared.snapshot.load().policies.clone();
         policies.start().await;
         // Ready once every listener accepts connections.
