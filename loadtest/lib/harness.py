@@ -543,6 +543,8 @@ class Target:
             "listen_port": self.port, "admin_port": self.admin_port,
             "upstream": upstream.addr, "upstream_host": "127.0.0.1", "upstream_port": upstream.port,
             "workdir": workdir,
+            # Files a scenario ships beside its YAML (e.g. the JWKS of auth-jwt-es256).
+            "scenario_dir": SCENARIO_DIR,
             "access_log": log_path if access_log == "file" else "off",
             # nginx buffers like Gatehouse's writer thread does (64 KiB); HAProxy can only log
             # to stdout/syslog: one write per line to stdout, redirected to the file.

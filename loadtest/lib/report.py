@@ -230,7 +230,13 @@ def rounds_table(doc):
 
 def request_mix(doc):
     out = []
-    for r in doc["requests"]:
+    reqs = doc["requests"]
+    if len(reqs) > 5:
+        # e.g. 100 distinct bearer tokens: show one, elided, and the count.
+        r = reqs[0]
+        hdrs = ", ".join(f"`{k}: {v[:24]}…`" if len(v) > 40 else f"`{k}: {v}`" for k, v in r["headers"].items())
+        return f"{len(reqs)} distinct requests in rotation, like `{r['method']} {r['path']}`" + (f", headers {hdrs}" if hdrs else "")
+    for r in reqs:
         body = f", body {r['body_size']} B" if r.get("body_size") else (", literal body" if r.get("body") else "")
         hdrs = ", headers " + ", ".join(f"`{k}: {v}`" for k, v in r["headers"].items()) if r["headers"] else ""
         w = f" ×{r['weight']}" if int(r.get("weight", 1)) != 1 else ""
@@ -358,6 +364,16 @@ def targets_check(by):
             g["rss_idle_kib"] <= 100 * 1024 and g["rss_peak_kib"] <= 100 * 1024)
     else:
         row("RSS", "≤ 100 MiB with 10,000 idle client connections", "–", None)
+    # Issue 4: auth costs little next to plain proxying (Gatehouse against itself).
+    base = s("proxy-small", "gatehouse")
+    for sc, bar in (("auth-apikey", 0.97), ("auth-jwt-es256", 0.93)):
+        a = s(sc, "gatehouse")
+        what, want = f"`{sc}` throughput", f"≥ {bar} × Gatehouse `proxy-small`"
+        if a and base:
+            ratio = a["rps"] / base["rps"]
+            row(what, want, f"{a['rps']:,.0f} vs {base['rps']:,.0f} req/s = {ratio:.3f}×", ratio >= bar)
+        else:
+            row(what, want, "–", None)
     return "\n".join(rows)
 
 
@@ -479,7 +495,7 @@ def write_full_report(results_dir, path):
     out = ["# Gatehouse load-test results", "",
            f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
            "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
-    out += ["## Targets (issue 3)", "", targets_check(by), ""]
+    out += ["## Targets (issues 3 and 4)", "", targets_check(by), ""]
     out += ["## Charts", ""]
     for title, p in charts:
         out += [f"![{title}]({rel(p)})", ""]
