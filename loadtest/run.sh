@@ -18,33 +18,14 @@ REPO="$(cd "$LOADTEST/.." && pwd)"
 OHA_ROOT="$LOADTEST/.bin"
 OHA_VERSION="${OHA_VERSION:-1.16.0}"
 
-QUICK=0; NO_BUILD=0; REPORT_ONLY=0; NEED_OHA=1; WANT_GATEHOUSE=1
+NO_BUILD=0; REPORT_ONLY=0
 for a in "$@"; do
   case "$a" in
-    --quick) QUICK=1; NEED_OHA=0 ;;
     --no-build) NO_BUILD=1 ;;
     --report-only|--list) REPORT_ONLY=1 ;;
     -h|--help) exec python3 "$LOADTEST/lib/harness.py" --help ;;
   esac
 done
-# --proxies without gatehouse: no need to build it.
-prev=""
-for a in "$@"; do
-  if [[ "$prev" == "--proxies" || "$a" == --proxies=* ]]; then
-    v="${a#--proxies=}"; [[ ",$v," == *,gatehouse,* ]] || WANT_GATEHOUSE=0
-  fi
-  prev="$a"
-done
-# Only closed-loop scenarios named on the command line: oha is not needed.
-SCEN_ARGS=()
-for a in "$@"; do [[ "$a" == -* ]] || SCEN_ARGS+=("$a"); done
-if [[ $QUICK == 0 && ${#SCEN_ARGS[@]} -gt 0 ]]; then
-  NEED_OHA=0
-  for s in "${SCEN_ARGS[@]}"; do
-    f="$s"; [[ -f "$f" ]] || f="$LOADTEST/scenarios/$s.yaml"
-    if [[ "$s" == all ]] || { [[ -f "$f" ]] && grep -Eq '^\s*mode:\s*open' "$f"; }; then NEED_OHA=1; fi
-  done
-fi
 
 log() { printf '[run.sh] %s\n' "$*" >&2; }
 
@@ -76,34 +57,38 @@ install_deps() {
 }
 
 install_oha() {
-  if [[ -x "$OHA_ROOT/bin/oha" ]]; then export OHA="$OHA_ROOT/bin/oha"; return; fi
-  if command -v oha >/dev/null; then export OHA="$(command -v oha)"; return; fi
+  # cached: loadtest/.bin/bin/oha (OHA_ROOT), else oha on PATH or in ~/.cargo/bin
+  local c
+  for c in "${OHA:-}" "$OHA_ROOT/bin/oha" "$(command -v oha || true)" "$HOME/.cargo/bin/oha"; do
+    if [[ -n "$c" && -x "$c" ]]; then export OHA="$c"; return; fi
+  done
   if ! command -v cargo >/dev/null; then
     log "oha missing and cargo not found (install Rust from rustup.rs)"; exit 1
   fi
-  log "building oha $OHA_VERSION (cargo install --locked, one job; cached in $OHA_ROOT; several minutes)"
+  log "building oha $OHA_VERSION (cargo install --locked, one job; cached in $OHA_ROOT; ~9 minutes)"
   CARGO_BUILD_JOBS=1 cargo install oha --version "$OHA_VERSION" --locked --root "$OHA_ROOT" \
-      >"$LOADTEST/.bin/oha-install.log" 2>&1 || { tail -30 "$LOADTEST/.bin/oha-install.log"; exit 1; }
+      >"$OHA_ROOT/oha-install.log" 2>&1 || { tail -30 "$OHA_ROOT/oha-install.log"; exit 1; }
   export OHA="$OHA_ROOT/bin/oha"
 }
 
 build_gatehouse() {
   local bins=(--bin gatehouse-echo)
-  [[ $WANT_GATEHOUSE == 1 ]] && bins+=(--bin gatehouse)
+  [[ " $NEEDS " == *" gatehouse "* ]] && bins+=(--bin gatehouse)
   log "cargo build --release ${bins[*]}"
   (cd "$REPO" && cargo build --release "${bins[@]}") || { log "cargo build failed"; exit 1; }
 }
 
 mkdir -p "$OHA_ROOT" "$LOADTEST/results"
-if [[ $REPORT_ONLY == 0 ]]; then
-  install_deps
-  [[ $NEED_OHA == 1 ]] && install_oha
-  [[ $NO_BUILD == 1 ]] || build_gatehouse
-fi
 export PATH="$PATH:/usr/sbin:/sbin"
-
+[[ $REPORT_ONLY == 1 ]] || install_deps
 PY=python3
 python3 -c 'import yaml' 2>/dev/null || PY=/usr/bin/python3
+if [[ $REPORT_ONLY == 0 ]]; then
+  # What this command line needs (oha for open-loop scenarios, the gateway if it is a target).
+  NEEDS=" $("$PY" "$LOADTEST/lib/harness.py" --print-needs "$@") "
+  [[ "$NEEDS" == *" oha "* ]] && install_oha
+  [[ $NO_BUILD == 1 ]] || build_gatehouse
+fi
 
 # 10,000 idle client connections + the proxies' own sockets need more than 1024 fds.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -899,7 +899,8 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                     log(f"  {tn}: DIED before round {i + 1}")
                     continue
                 attempts = []
-                for attempt in range(1 + (0 if args.quick else args.noisy_retries)):
+                max_attempts = 1 + (0 if args.quick else args.noisy_retries)
+                for attempt in range(max_attempts):
                     try:
                         r = run_round(sc, t, upstream, wd, pin, duration, warmup, bodyfile, script,
                                       quiet_wait=0 if args.quick else args.quiet_wait)
@@ -908,7 +909,7 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                         log(f"  {tn} round {i + 1}: ERROR {e}")
                         break
                     attempts.append(r)
-                    if r.get("noise", 0) <= args.noise_limit or not t.alive():
+                    if r.get("noise", 0) <= args.noise_limit or not t.alive() or attempt + 1 == max_attempts:
                         break
                     log(f"  {tn} round {i + 1}: noisy ({r['noise'] * 100:.0f}% of a CPU went to other "
                         f"processes; {r['rps']:.0f} req/s) - discarded, retrying")
@@ -1004,6 +1005,7 @@ def main():
     ap.add_argument("--keep-workdir", action="store_true", help="keep configs and logs in /tmp for debugging")
     ap.add_argument("--max-minutes", type=float, default=None, help="hard time limit (default 120, quick 10)")
     ap.add_argument("--list", action="store_true", help="list scenarios and exit")
+    ap.add_argument("--print-needs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     for p in args.proxies:
@@ -1040,6 +1042,15 @@ def main():
             if sc["load"]["mode"] != "closed":
                 ap.error("--quick uses wrk only: pick a closed-loop scenario")
             sc["load"]["idle_connections"] = 0
+    if args.print_needs:
+        # run.sh asks what to install/build for exactly this command line.
+        needs = []
+        if any(sc["load"]["mode"] == "open" for sc in scenarios):
+            needs.append("oha")
+        if "gatehouse" in args.proxies and any("gatehouse" in sc["targets"] for sc in scenarios):
+            needs.append("gatehouse")
+        print(" ".join(needs))
+        return 0
     args.pin = args.pin and os.cpu_count() >= 2 and shutil.which("taskset") is not None
     pin = make_pin(args.pin)
 
