@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ensure_build_deps
 ensure_packages redis-server:redis-server wrk:wrk nginx:nginx haproxy:haproxy
 export CARGO_TERM_COLOR=never
+# A one-shot build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
