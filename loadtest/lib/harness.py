@@ -12,16 +12,19 @@ import ctypes
 import datetime
 import http.client
 import json
+import math
 import os
 import re
 import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -180,10 +183,15 @@ class Procs:
         p = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=stdin, cwd=cwd,
                              preexec_fn=_child_setup, text=True)
         self.live.append(p)
+        self.register(p.pid)
+        return p
+
+    def register(self, pgid):
+        """A process group that is not our child (e.g. the new proxy process of an upgrade, in
+        its own group) but must die with the run: run.sh's trap kills what is listed."""
         if self.pidfile:
             with open(self.pidfile, "a") as f:
-                f.write(f"{p.pid}\n")
-        return p
+                f.write(f"{pgid}\n")
 
     def run(self, cmd, timeout):
         """Run to completion (bounded); returns (rc, stdout, stderr)."""
@@ -224,6 +232,62 @@ class Procs:
 
 
 PROCS = Procs()
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid):
+    """For a process that is not a Popen child of ours (one that an upgrade started). The
+    harness is a child subreaper, so such processes are re-parented to it when their parent
+    exits: reap it here if it exited, and count a zombie as gone."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def stop_pid(pid, grace=5.0):
+    """SIGTERM the process group `pid` leads (a gatehouse started by `gatehouse upgrade` is in
+    its own group), then SIGKILL it after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def reap_orphans():
+    """Reap re-parented descendants (subreaper) once every Popen child has been waited for."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def wait_http(port, req, proc, timeout=30.0, host="127.0.0.1"):
@@ -269,7 +333,7 @@ def load_scenario(arg):
     sc.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     sc["_file"] = os.path.relpath(path, REPO)
     known = {"name", "description", "upstream", "targets", "access_log", "load", "requests",
-             "gatehouse", "nginx", "haproxy", "services", "_file"}
+             "gatehouse", "nginx", "haproxy", "services", "action", "_file"}
     unknown = set(sc) - known
     if unknown:
         raise HarnessError(f"{path}: unknown keys {sorted(unknown)}")
@@ -305,7 +369,32 @@ def load_scenario(arg):
             raise HarnessError(f"{path}: unknown target {t!r}")
         if t != "direct" and not sc.get(t):
             raise HarnessError(f"{path}: target {t} listed but no `{t}:` config template")
+    if sc.get("action") is not None:
+        sc["action"] = parse_action(sc["action"], load, path)
     return sc
+
+
+ACTIONS = ("upgrade",)
+
+
+def parse_action(a, load, path):
+    """`action: { run: upgrade, at: 10s, window: 1s, control: true }`: something done to each
+    proxy in the middle of the measured load (see loadtest/README.md)."""
+    if not isinstance(a, dict):
+        raise HarnessError(f"{path}: action must be a mapping like {{ run: upgrade, at: 10s }}")
+    unknown = set(a) - {"run", "at", "window", "control"}
+    if unknown:
+        raise HarnessError(f"{path}: action: unknown keys {sorted(unknown)}")
+    if a.get("run") not in ACTIONS:
+        raise HarnessError(f"{path}: action.run must be one of {', '.join(ACTIONS)}")
+    if load["mode"] != "open":
+        raise HarnessError(f"{path}: an action needs an open-loop load (the hand-over window is cut "
+                           "from oha's per-request timestamps)")
+    out = {"run": a["run"], "at": parse_duration(a.get("at", "10s")),
+           "window": parse_duration(a.get("window", "1s")), "control": bool(a.get("control", True))}
+    if out["window"] <= 0 or out["at"] < out["window"]:
+        raise HarnessError(f"{path}: action needs window > 0 and at >= window")
+    return out
 
 
 # ----------------------------------------------------------------------------- load generators
@@ -366,7 +455,7 @@ def wrk_cmd(sc, port, duration, script, pin):
                      "--timeout", "5s", "-s", script, f"http://127.0.0.1:{port}{sc['requests'][0]['path']}"]
 
 
-def oha_cmd(sc, port, duration, bodyfile, pin):
+def oha_cmd(sc, port, duration, bodyfile, pin, db=None):
     load = sc["load"]
     reqs = sc["requests"]
     if len(reqs) > 1:
@@ -383,6 +472,10 @@ def oha_cmd(sc, port, duration, bodyfile, pin):
         cmd += ["-H", f"{k}: {v}"]
     if bodyfile:
         cmd += ["-D", bodyfile]
+    if db:
+        # Every answered request (any status) with its scheduled start, start and end; socket
+        # errors are only counted, in the JSON summary's errorDistribution.
+        cmd += ["--db-url", db]
     return cmd + [f"http://127.0.0.1:{port}{r['path']}"]
 
 
@@ -420,6 +513,59 @@ def parse_oha(out):
         "errors_socket": sum(errs.values()),
         "errors_detail": {"status_codes": codes, "errors": errs},
     }
+
+
+def pct(sorted_vals, p):
+    """oha's own percentile rule (result_data.rs): the value at index floor(p/100 * n)."""
+    if not sorted_vals:
+        return None
+    return sorted_vals[min(int(p / 100 * len(sorted_vals)), len(sorted_vals) - 1)]
+
+
+def lat_stats(lat):
+    lat = sorted(lat)
+    return {"answered": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "p999_ms": pct(lat, 99.9), "max_ms": lat[-1] if lat else None}
+
+
+def parse_oha_db(db, duration, at, w):
+    """Per-request data from oha's sqlite (--db-url): requests by *scheduled* start (oha's
+    latency-corrected start: start_latency_correction), latency = end - scheduled start, like
+    the JSON summary. Cuts three windows of `w` seconds (the one before `at`, the one starting
+    at `at`, the next) and a per-second timeline. Times are seconds from oha's start; `at` is
+    the action's start measured from oha's spawn (oha's clock starts a few ms after that)."""
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT COALESCE(start_latency_correction, start), end, status FROM oha").fetchall()
+    finally:
+        con.close()
+    windows = {"before": (at - w, at), "w0": (at, at + w), "w1": (at + w, at + 2 * w)}
+    lat_all, win_lat = [], {k: [] for k in windows}
+    win_bad = {k: 0 for k in windows}
+    nsec = int(math.ceil(duration))
+    sec_lat = [[] for _ in range(nsec)]
+    sec_bad = [0] * nsec
+    for sched, end, status in rows:
+        ms = (end - sched) * 1000
+        lat_all.append(ms)
+        bad = not 200 <= status < 300
+        for k, (a, b) in windows.items():
+            if a <= sched < b:
+                win_lat[k].append(ms)
+                win_bad[k] += bad
+        i = int(sched)
+        if 0 <= i < nsec:
+            sec_lat[i].append(ms)
+            sec_bad[i] += bad
+    out = {"db_rows": len(rows), "db_whole": lat_stats(lat_all), "windows": {}, "timeline": []}
+    for k, (a, b) in windows.items():
+        out["windows"][k] = dict(lat_stats(win_lat[k]), start_s=round(a, 3), end_s=round(b, 3), non_2xx=win_bad[k])
+    for i in range(nsec):
+        st = lat_stats(sec_lat[i])
+        out["timeline"].append({"s": i, "answered": st["answered"], "non_2xx": sec_bad[i],
+                                "p50_ms": st["p50_ms"], "p99_ms": st["p99_ms"], "p999_ms": st["p999_ms"],
+                                "max_ms": st["max_ms"]})
+    return out
 
 
 # ----------------------------------------------------------------------------- upstreams
@@ -535,10 +681,16 @@ def haproxy_bin():
 class Target:
     """One thing under load: `direct` (the upstream itself) or a proxy process."""
 
-    def __init__(self, name, sc, upstream, workdir, pin):
-        self.name, self.sc = name, sc
+    def __init__(self, name, sc, upstream, workdir, pin, label=None, action=None):
+        # name: the proxy (its template); label: the key in the results, e.g. gatehouse+upgrade
+        # for the variant that gets `action` in every round (own workdir, pid file, ports).
+        self.name, self.sc, self.label, self.action = name, sc, label or name, action
         self.error, self.proc, self.config_text, self.cmd = None, None, None, None
         self.admin_port = None
+        self.workdir, self.conf = workdir, None
+        self.cur_pid = None      # after a hand-over: the process now serving (not our child)
+        self.pid_file = None
+        self.access_log_path = None
         if name == "direct":
             self.port, self.proc, self.cmd = upstream.port, upstream.proc, upstream.cmd
             return
@@ -546,6 +698,7 @@ class Target:
         self.admin_port = free_port()
         access_log = sc["access_log"]
         log_path = os.path.join(workdir, f"{name}-access.log")
+        self.access_log_path = log_path if access_log == "file" else None
         values = {
             "listen_port": self.port, "admin_port": self.admin_port,
             "upstream": upstream.addr, "upstream_host": "127.0.0.1", "upstream_port": upstream.port,
@@ -564,6 +717,20 @@ class Target:
         conf = os.path.join(workdir, f"{name}.{ext}")
         with open(conf, "w") as f:
             f.write(self.config_text)
+        self.conf = conf
+        if action:
+            e = ACTION_SUPPORT.get((action["run"], name))
+            if e is None:
+                self.error = f"action {action['run']} is not implemented for {name}"
+                return
+            if name == "gatehouse":
+                # `gatehouse upgrade` finds the running process through server.pid_file; the
+                # default (/tmp/gatehouse.pid) would be shared with anything else on the machine.
+                server = (yaml.safe_load(self.config_text) or {}).get("server") or {}
+                if not server.get("pid_file") or not server.get("upgrade_sock"):
+                    raise HarnessError(f"{sc['name']}: action {action['run']} needs server.pid_file and "
+                                       "server.upgrade_sock in the gatehouse template (e.g. under {{workdir}})")
+                self.pid_file = server["pid_file"]
         self.log = os.path.join(workdir, f"{name}.out")
         stdout_path = self.log
         if name == "nginx":
@@ -595,10 +762,27 @@ class Target:
 
     @property
     def pid(self):
+        if self.cur_pid:
+            return self.cur_pid
         return self.proc.pid if self.proc else None
 
     def alive(self):
+        if self.cur_pid:
+            return pid_alive(self.cur_pid)
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_desc(self):
+        if self.cur_pid:
+            return f"pid {self.cur_pid} (after a hand-over) exited"
+        return f"process exited (code {self.proc.returncode if self.proc else '?'})"
+
+    def stop(self):
+        if self.name == "direct":
+            return
+        if self.proc:
+            PROCS.stop(self.proc)
+        if self.cur_pid:
+            stop_pid(self.cur_pid)
 
     def metrics(self):
         """gatehouse_upstream_connections_total by reused=true/false (None if unavailable)."""
@@ -617,6 +801,115 @@ class Target:
                 out[lab.group(1)] += float(m.group(2))
                 seen = True
         return out if seen else None
+
+
+# ----------------------------------------------------------------------------- actions
+
+def upgrade_gatehouse(t, pin):
+    """`gatehouse upgrade -c FILE` with the running config (same binary, same config), pinned to
+    the proxy's CPU so that the new process inherits the pinning. The command returns once the
+    old process has drained and exited (or after its grace period + 10 s)."""
+    server = (yaml.safe_load(t.config_text) or {}).get("server") or {}
+    grace = parse_duration(server.get("grace_period", "30s"))
+    t.actions_done = getattr(t, "actions_done", 0) + 1
+    log_path = os.path.join(t.workdir, f"gatehouse-new-{t.actions_done}.log")
+    cmd = pin(1) + [gatehouse_bin(), "upgrade", "-c", t.conf, "--log", log_path]
+    out = {"cmd": cmd, "old_pid": t.pid, "log": log_path}
+    rc, so, se = PROCS.run(cmd, timeout=grace + 40)
+    out["rc"], out["output"] = rc, (so + se).strip()
+    new = read_pid(t.pid_file)
+    if new and new != out["old_pid"] and pid_alive(new):
+        t.cur_pid = new
+        PROCS.register(new)   # its own process group (`gatehouse upgrade` starts it so)
+    out["new_pid"] = t.cur_pid if t.cur_pid != out["old_pid"] else None
+    m = re.search(r"ready after ([0-9.]+)s", so)
+    out["ready_after_s"] = float(m.group(1)) if m else None
+    m = re.search(r"drained and exited after ([0-9.]+)s", so)
+    out["old_exited_after_s"] = float(m.group(1)) if m else None
+    if rc != 0 or not out["new_pid"]:
+        out["error"] = f"gatehouse upgrade exited {rc}: {out['output'][-800:]}"
+    return out
+
+
+# (action, proxy) -> function(target, pin) -> dict; what `run: upgrade` means for each proxy.
+ACTION_SUPPORT = {
+    ("upgrade", "gatehouse"): upgrade_gatehouse,
+}
+
+
+def run_with_action(cmd, timeout, t, pin, at):
+    """Run the load generator; `at` seconds after starting it, run the target's action in a
+    thread. Returns (rc, stdout, stderr, what the action did with its start/end in seconds
+    from the load generator's spawn)."""
+    p = PROCS.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    box = {"run": t.action["run"]}
+
+    def act():
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        box["started_s"] = round(time.monotonic() - t0, 4)
+        try:
+            box.update(ACTION_SUPPORT[(t.action["run"], t.name)](t, pin))
+        except Exception as e:  # noqa: BLE001 (reported in the round, the load goes on)
+            box["error"] = f"{type(e).__name__}: {e}"
+        box["ended_s"] = round(time.monotonic() - t0, 4)
+    th = threading.Thread(target=act, name="action", daemon=True)
+    th.start()
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        PROCS.stop(p)
+        raise HarnessError(f"timed out after {timeout}s: {' '.join(cmd)}")
+    PROCS.live.remove(p)
+    th.join(timeout=120)
+    if th.is_alive():
+        box["error"] = "the action was still running 120 s after the load ended"
+    elif "started_s" not in box:
+        box["error"] = "the load ended before the action's time"
+    return p.returncode, out, err, box
+
+
+class PidSampler(threading.Thread):
+    """During a round with an action the proxy's PID changes (the new process takes the sockets
+    over, the old one drains and exits). Every 100 ms this samples CPU seconds and VmHWM of every
+    process that served the target: the first from the start of the measured load, the ones
+    found later in the pid file from their birth (all their CPU, start-up included)."""
+
+    def __init__(self, t, interval=0.1):
+        super().__init__(name="pid-sampler", daemon=True)
+        self.t, self.interval = t, interval
+        self.base = {t.pid: cpu_seconds(t.pid) or 0.0}
+        self.last, self.hwm = dict(self.base), {}
+        self.halt = threading.Event()
+
+    def sample(self):
+        pids = set(self.last) | {self.t.pid}
+        if self.t.pid_file:
+            p = read_pid(self.t.pid_file)
+            if p:
+                pids.add(p)
+        for pid in pids:
+            c = cpu_seconds(pid)
+            if c is None:
+                continue
+            self.base.setdefault(pid, 0.0)
+            self.last[pid] = c
+            h = read_status(pid).get("VmHWM")
+            if h:
+                self.hwm[pid] = max(h, self.hwm.get(pid, 0))
+
+    def run(self):
+        while not self.halt.wait(self.interval):
+            self.sample()
+
+    def finish(self):
+        self.halt.set()
+        self.join(5)
+        self.sample()
+        return {"pids": sorted(self.last), "cpu_s": sum(self.last[p] - self.base[p] for p in self.last),
+                "cpu_s_by_pid": {str(p): round(self.last[p] - self.base[p], 3) for p in self.last},
+                "rss_peak_kib": max(self.hwm.values()) if self.hwm else None,
+                "rss_peak_kib_by_pid": {str(p): v for p, v in self.hwm.items()}}
 
 
 # ----------------------------------------------------------------------------- one round
@@ -676,22 +969,45 @@ def wait_quiet(max_wait, threshold=0.15):
 def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script, quiet_wait=0):
     load = sc["load"]
     open_loop = load["mode"] == "open"
+    # With an action in the scenario every variant (the control too) keeps oha's per-request
+    # data, so that the same windows are cut from both.
+    sc_action = sc.get("action")
 
-    def gen(secs):
+    def gen(secs, measured=False):
+        db, box = None, None
         if open_loop:
-            cmd = oha_cmd(sc, t.port, secs, bodyfile, pin)
+            if measured and sc_action:
+                db = os.path.join(t.workdir, "oha-requests.db")
+                if os.path.exists(db):
+                    os.remove(db)
+            cmd = oha_cmd(sc, t.port, secs, bodyfile, pin, db=db)
         else:
             cmd = wrk_cmd(sc, t.port, secs, script, pin)
-        rc, out, err = PROCS.run(cmd, timeout=secs + 60)
+        if measured and t.action:
+            rc, out, err, box = run_with_action(cmd, secs + 120, t, pin, t.action["at"])
+        else:
+            rc, out, err = PROCS.run(cmd, timeout=secs + 120 if db else secs + 60)
         if rc != 0:
             raise HarnessError(f"{cmd[0] if not pin(0) else cmd[3]} exited {rc}: {err[-1500:]}")
-        return cmd, (parse_oha(out) if open_loop else parse_wrk(out))
+        r = parse_oha(out) if open_loop else parse_wrk(out)
+        if db:
+            # The windows start when the action started (measured), or at the nominal time in
+            # the control; both in seconds from oha's spawn.
+            at = box["started_s"] if box and "started_s" in box else sc_action["at"]
+            r.update(parse_oha_db(db, secs, at, sc_action["window"]))
+            os.remove(db)
+            if r["db_rows"] + r["errors_socket"] != r["requests"]:
+                log(f"  {t.label}: oha's sqlite has {r['db_rows']} answered requests, its summary "
+                    f"{r['requests'] - r['errors_socket']}")
+        if box is not None:
+            r["action"] = box
+        return cmd, r
 
-    res = {"target": t.name}
+    res = {"target": t.label}
     if quiet_wait > 0:
         res["quiet_waited_s"], res["busy_before"] = wait_quiet(quiet_wait)
         if res["busy_before"] > 0.15:
-            log(f"  (machine still busy before {t.name}: {res['busy_before'] * 100:.0f}% of a CPU after "
+            log(f"  (machine still busy before {t.label}: {res['busy_before'] * 100:.0f}% of a CPU after "
                 f"{res['quiet_waited_s']:.0f}s; measuring anyway)")
     res["started"] = datetime.datetime.now().isoformat(timespec="seconds")
     idle = None
@@ -707,8 +1023,14 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             gen(warmup)
         m0, c0, up0 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
         res["hwm_reset"] = reset_hwm(t.pid)
+        sampler = PidSampler(t) if t.action else None
+        if sampler:
+            sampler.start()
         (lg0, me0), st0 = children_cpu(), cpu_times()
-        cmd, r = gen(duration)
+        try:
+            cmd, r = gen(duration, measured=True)
+        finally:
+            followed = sampler.finish() if sampler else None
         st1, (lg1, me1) = cpu_times(), children_cpu()
         m1, c1, up1 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
         status = read_status(t.pid)
@@ -718,6 +1040,12 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         res["rss_end_kib"] = status.get("VmRSS")
         res["threads"] = status.get("Threads")
         res["cpu_s"] = (c1 - c0) if c0 is not None and c1 is not None else None
+        if followed:
+            # The PID changed: CPU = old process until it exited + new process since its birth;
+            # peak RSS = the larger of the processes' own peaks (not their sum in the overlap).
+            res["cpu_s"], res["rss_peak_kib"] = followed["cpu_s"], followed["rss_peak_kib"]
+            res["pids"] = followed
+            m0 = m1 = None   # the new process's counters start at 0: no reuse ratio for this round
         res["upstream_cpu_s"] = (up1 - up0) if up0 is not None and up1 is not None else None
         res["cpu_us_per_req"] = (res["cpu_s"] / r["requests"] * 1e6) if res["cpu_s"] is not None and r["requests"] else None
         for cpu in st1:
@@ -779,6 +1107,30 @@ def summarize(rounds):
         s["cpu1_other_s"] = statistics.median(cpu1_other)
     steal = [r.get("cpu1_steal_s", 0) + r.get("cpu0_steal_s", 0) for r in ok]
     s["steal_s"] = statistics.median(steal) if steal else 0
+    wins = [r["windows"] for r in ok if r.get("windows")]
+    if wins:
+        # Per window: median over rounds (and the worst round) of its percentiles.
+        s["windows"] = {}
+        for k in wins[0]:
+            ws = [w[k] for w in wins]
+            s["windows"][k] = {"answered": sum(w["answered"] for w in ws), "non_2xx": sum(w["non_2xx"] for w in ws),
+                               "start_s": statistics.median(w["start_s"] for w in ws),
+                               "end_s": statistics.median(w["end_s"] for w in ws)}
+            for m in ("p50_ms", "p99_ms", "p999_ms", "max_ms"):
+                vals = [w[m] for w in ws if w[m] is not None]
+                s["windows"][k][m] = statistics.median(vals) if vals else None
+                s["windows"][k][m + "_worst"] = max(vals) if vals else None
+    acts = [r["action"] for r in ok if r.get("action")]
+    if acts:
+        def med_of(k):
+            v = [a[k] for a in acts if a.get(k) is not None]
+            return statistics.median(v) if v else None
+        s["actions"] = {"run": acts[0]["run"], "count": len(acts), "failed": sum(1 for a in acts if a.get("error")),
+                        "errors": [a["error"] for a in acts if a.get("error")],
+                        "started_s": med_of("started_s"), "ready_after_s": med_of("ready_after_s"),
+                        "old_exited_after_s": med_of("old_exited_after_s"),
+                        "took_s": statistics.median([a["ended_s"] - a["started_s"] for a in acts
+                                                     if "ended_s" in a and "started_s" in a] or [0])}
     return s
 
 
@@ -846,6 +1198,20 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                (t != "direct" and t in args.proxies)]
     if args.quick:
         duration, warmup, rounds = 3.0, 1.0, 1
+    action = sc.get("action")
+    # Variants: with an action, each proxy runs as `<proxy>` (the control, no action) and as
+    # `<proxy>+<action>` (the action in every round), each its own process, interleaved.
+    variants = {}
+    for tn in targets:
+        if action and tn != "direct":
+            if action["control"]:
+                variants[tn] = (tn, None)
+            variants[f"{tn}+{action['run']}"] = (tn, action)
+        else:
+            variants[tn] = (tn, None)
+    if action and action["at"] + 2 * action["window"] > duration:
+        raise HarnessError(f"{name}: action at {action['at']:g}s + 2 windows of {action['window']:g}s "
+                           f"do not fit in {duration:g}s of load")
     wd = os.path.join(workdir, name)
     os.makedirs(wd, exist_ok=True)
     script = os.path.join(wd, "wrk.lua")
@@ -860,13 +1226,16 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
     if kind == "auto":
         kind = upstream_kind
     log(f"== {name}: {load['mode']} loop, {rounds} round(s) x {duration:g}s (+{warmup:g}s warm-up), "
-        f"targets {', '.join(targets)}, upstream {kind}")
+        f"targets {', '.join(variants)}, upstream {kind}"
+        + (f", {action['run']} at {action['at']:g}s" if action else ""))
     doc = {"scenario": name, "file": sc["_file"], "description": sc.get("description", ""),
            "run_id": run_meta["run_id"], "started": datetime.datetime.now().isoformat(timespec="seconds"),
            "quick": args.quick, "pinned": args.pin, "load": dict(load, duration=duration, warmup=warmup, rounds=rounds),
            "requests": sc["requests"], "access_log": sc["access_log"],
            "load_generator": "oha" if load["mode"] == "open" else "wrk",
-           "order": targets, "targets": {}}
+           "order": list(variants), "targets": {}}
+    if action:
+        doc["action"] = action
     upstream = Upstream(kind, sc["upstream"]["body_size"], wd, pin)
     doc["upstream"] = {"kind": kind, "body_size": upstream.body_size, "cmd": upstream.cmd}
     tobjs = {}
@@ -876,8 +1245,13 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
             services.append(RedisService(wd, pin))
             sc["_service_values"] = {"redis_port": services[-1].port}
             doc["services"] = {"redis": {"cmd": services[-1].cmd}}
-        for tn in targets:
-            t = Target(tn, sc, upstream, wd, pin)
+        for tn, (proxy, act) in variants.items():
+            twd = wd
+            if action and tn != "direct":
+                # own pid file, upgrade socket, data dir and logs per variant
+                twd = os.path.join(wd, tn.replace("+", "-"))
+                os.makedirs(twd, exist_ok=True)
+            t = Target(proxy, sc, upstream, twd, pin, label=tn, action=act)
             tobjs[tn] = t
             doc["targets"][tn] = {"cmd": t.cmd, "config": t.config_text, "status": "ok" if not t.error else "failed",
                                   "error": t.error, "rounds": []}
@@ -888,12 +1262,12 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                 doc["targets"][tn]["rss_start_kib"] = st.get("VmRSS")
                 log(f"  {tn}: up on :{t.port} (pid {t.pid}, RSS {st.get('VmRSS', 0) / 1024:.1f} MiB)")
         for i in range(rounds):
-            for tn in targets:
+            for tn in variants:
                 t = tobjs[tn]
                 if t.error:
                     continue
                 if not t.alive():
-                    t.error = f"process exited (code {t.proc.returncode}) before round {i + 1}\n{tail(t.log)}"
+                    t.error = f"{t.exit_desc()} before round {i + 1}\n{tail(t.log)}"
                     doc["targets"][tn]["status"] = "failed"
                     doc["targets"][tn]["error"] = t.error
                     log(f"  {tn}: DIED before round {i + 1}")
@@ -931,23 +1305,37 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                     log(f"  {tn} round {i + 1}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
                         f" p99.9 {r['p999_ms']:.2f} ms, err {r['errors_status']}+{r['errors_socket']},"
                         f" peak RSS {(r['rss_peak_kib'] or 0) / 1024:.1f} MiB, CPU {r['cpu_s'] or 0:.2f}s{extra}")
-        for tn in targets:
+                    if r.get("windows"):
+                        log_windows(tn, i + 1, r)
+        for tn in variants:
             t = tobjs[tn]
             if t.alive() and tn != "direct" and t.name == "gatehouse":
-                doc["targets"][tn]["access_log_bytes"] = os.path.getsize(os.path.join(wd, "gatehouse-access.log")) \
-                    if os.path.exists(os.path.join(wd, "gatehouse-access.log")) else None
+                p = t.access_log_path
+                doc["targets"][tn]["access_log_bytes"] = os.path.getsize(p) if p and os.path.exists(p) else None
             doc["targets"][tn]["summary"] = summarize(doc["targets"][tn]["rounds"])
             if t.error and doc["targets"][tn]["status"] == "ok":
                 doc["targets"][tn]["status"] = "failed"
     finally:
         for t in tobjs.values():
-            if t.name != "direct" and t.proc:
-                PROCS.stop(t.proc)
+            t.stop()
         for svc in services:
             svc.stop()
         upstream.stop()
     doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     return doc
+
+
+def log_windows(tn, i, r):
+    w = r["windows"]
+    a = r.get("action")
+    msg = " | ".join(f"{k} [{v['start_s']:g},{v['end_s']:g})s: {v['answered']} answered, p99 {report.f_ms(v['p99_ms'])}"
+                     f" p99.9 {report.f_ms(v['p999_ms'])} ms" for k, v in w.items())
+    log(f"  {tn} round {i} windows: {msg}")
+    if a:
+        log(f"  {tn} round {i} {a['run']}: started {a.get('started_s', 0):.3f}s, took "
+            f"{(a.get('ended_s') or 0) - (a.get('started_s') or 0):.2f}s, pid {a.get('old_pid')} -> {a.get('new_pid')}, "
+            f"ready after {a.get('ready_after_s')}s, old exited after {a.get('old_exited_after_s')}s"
+            + (f"; ERROR {a['error']}" if a.get("error") else ""))
 
 
 def machine_info(args):
@@ -1066,6 +1454,9 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
+    # A process that an upgrade starts outlives its starter: as a child subreaper the harness
+    # adopts it (and can reap it) instead of init.
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     workdir = tempfile.mkdtemp(prefix="gh-loadtest-")
     run_meta = {"run_id": datetime.datetime.now().strftime("%Y%m%dT%H%M%S"),
                 "argv": ["loadtest/run.sh"] + sys.argv[1:], "pinned": args.pin,
@@ -1131,6 +1522,7 @@ def main():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)   # finish the cleanup even if signalled again
         PROCS.stop_all()
+        reap_orphans()
         if args.keep_workdir:
             log(f"workdir kept: {workdir}")
         else:

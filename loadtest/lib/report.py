@@ -6,7 +6,9 @@ import os
 import shlex
 
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "gatehouse": "#ef6c00",
-          "echo": "#6a1b9a"}
+          "echo": "#6a1b9a",
+          # variants that get a scenario's action (e.g. `gatehouse+upgrade`): a darker shade
+          "nginx+upgrade": "#1b5e20", "haproxy+upgrade": "#0d47a1", "gatehouse+upgrade": "#b71c1c"}
 ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
@@ -66,9 +68,10 @@ def svg_open(w, h, title, subtitle=""):
 
 
 def legend(out, series, x, y):
-    for i, s in enumerate(series):
-        out.append(f'<rect x="{x + i * 110}" y="{y - 10}" width="12" height="12" fill="{COLORS.get(s, "#777")}"/>')
-        out.append(f'<text x="{x + i * 110 + 17}" y="{y}">{esc(s)}</text>')
+    for s in series:
+        out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{COLORS.get(s, "#777")}"/>')
+        out.append(f'<text x="{x + 17}" y="{y}">{esc(s)}</text>')
+        x += max(110, 30 + 7 * len(s))
 
 
 def bar_chart(title, subtitle, groups, series, values, ranges=None, ylabel="", fmt=f_k):
@@ -160,10 +163,66 @@ def line_chart_log(title, subtitle, xcats, series, values, ylabel="latency (ms)"
     return "\n".join(out)
 
 
+def timeline_chart(title, subtitle, series, values, marks=(), span=None, ylabel="p99 latency (ms)"):
+    """values[s] -> [(second, ms)] (log y axis); marks: [(x, label)] vertical lines; span: (x0, x1)
+    shaded (e.g. from the upgrade command's start to the old process's exit)."""
+    left, right, top, bottom = 80, 30, 60, 80
+    w, h = 760, 440
+    plot_w, plot_h = w - left - right, h - top - bottom
+    allv = [v for s in series for _, v in values[s] if v]
+    xs = [x for s in series for x, _ in values[s]] or [0]
+    x_hi = max(xs) + 1
+    lo = 10 ** math.floor(math.log10(min(allv))) if allv else 0.1
+    hi = 10 ** math.ceil(math.log10(max(allv) * 1.05)) if allv else 1
+    if hi / lo < 10:
+        hi = lo * 10
+    y = lambda v: top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h  # noqa: E731
+    x = lambda t: left + t / x_hi * plot_w  # noqa: E731
+    out = svg_open(w, h, title, subtitle)
+    if span:
+        out.append(f'<rect x="{x(span[0]):.1f}" y="{top}" width="{max(x(span[1]) - x(span[0]), 1):.1f}" '
+                   f'height="{plot_h}" fill="#fde0dc"/>')
+    d = lo
+    while d <= hi * 1.0001:
+        for m in (1, 2, 5):
+            v = d * m
+            if v > hi * 1.0001:
+                break
+            out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                       f'stroke="{"#cfcfcf" if m == 1 else "#eeeeee"}"/>')
+            out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end" fill="#444">{v:g}</text>')
+        d *= 10
+    out.append(f'<text transform="translate(18,{top + plot_h / 2}) rotate(-90)" text-anchor="middle">{esc(ylabel)} — log scale</text>')
+    step = 2 if x_hi > 12 else 1
+    for t in range(0, int(x_hi) + 1, step):
+        out.append(f'<text x="{x(t):.1f}" y="{top + plot_h + 18}" text-anchor="middle" fill="#444">{t}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h + 38}" text-anchor="middle">seconds into the measured load '
+               f'(each point: requests scheduled in that second)</text>')
+    for mx, label in marks:
+        out.append(f'<line x1="{x(mx):.1f}" x2="{x(mx):.1f}" y1="{top}" y2="{top + plot_h}" stroke="#b71c1c" '
+                   f'stroke-dasharray="4,3"/>')
+        out.append(f'<text x="{x(mx) + 4:.1f}" y="{top + 14}" fill="#b71c1c" font-size="11">{esc(label)}</text>')
+    for s in series:
+        pts = [(x(t + 0.5), y(v)) for t, v in values[s] if v]
+        col = COLORS.get(s, "#777")
+        if len(pts) > 1:
+            out.append(f'<polyline fill="none" stroke="{col}" stroke-width="2" points="'
+                       + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        for (a, b), (t, v) in zip(pts, [(t, v) for t, v in values[s] if v]):
+            out.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{col}"><title>{esc(s)} second {t}: '
+                       f'{v:.3f} ms</title></circle>')
+    out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>')
+    legend(out, series, left, h - 22)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------- tables
 
 def targets_in(doc):
-    return [t for t in ORDER if t in doc["targets"]] + [t for t in doc["targets"] if t not in ORDER]
+    """ORDER, each proxy followed by its action variant (`gatehouse`, `gatehouse+upgrade`)."""
+    rank = lambda t: (ORDER.index(t.split("+")[0]) if t.split("+")[0] in ORDER else len(ORDER), "+" in t)  # noqa: E731
+    return sorted(doc["targets"], key=lambda t: (rank(t), list(doc["targets"]).index(t)))
 
 
 def scenario_table(doc):
@@ -208,6 +267,94 @@ def scenario_table(doc):
             cells.append(f"{s.get('idle_alive_after_load', 0):,} / {s.get('idle_opened', 0):,}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def window_label(doc, k):
+    a = doc["action"]
+    at, w = a["at"], a["window"]
+    return {"before": f"{w:g} s before", "w0": f"hand-over: first {w:g} s", "w1": f"next {w:g} s"}[k]
+
+
+def action_table(doc):
+    """Scenarios with an `action`: failures, whole-run and per-window percentiles per variant."""
+    a = doc["action"]
+    hdr = ["variant", "achieved req/s", "failures (socket errors + non-2xx)", "whole run p50 / p99 / p99.9 ms"]
+    for k in ("before", "w0", "w1"):
+        hdr.append(f"{window_label(doc, k)}: p99 / p99.9 ms (worst round)")
+    hdr.append(f"{a['run']}: new process ready / old process exited after (s)")
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for tn in targets_in(doc):
+        t = doc["targets"][tn]
+        s = t.get("summary")
+        label = f"**{tn}**" if "+" in tn else f"{tn} (control, no {a['run']})" if tn != "direct" else "direct (reference)"
+        if t["status"] != "ok" or not s:
+            err = (t.get("error") or "no completed round").splitlines()[0]
+            rows.append(f"| {label} | **{t['status']}**: {esc(err)} |" + " |" * (len(hdr) - 2))
+            continue
+        fails = s["errors_socket"] + s["errors_status"]
+        cells = [label, f"{f_rps(s['rps'])} ({s['rps'] / doc['load']['rate'] * 100:.1f}%)",
+                 f"**{fails:,}** of {s['requests']:,}" + (f" ({s['errors_socket']:,} socket, {s['errors_status']:,} non-2xx)" if fails else ""),
+                 f"{f_ms(s['p50_ms'])} / {f_ms(s['p99_ms'])} / {f_ms(s['p999_ms'])}"]
+        for k in ("before", "w0", "w1"):
+            w = (s.get("windows") or {}).get(k)
+            if not w:
+                cells.append("–")
+                continue
+            cells.append(f"{f_ms(w['p99_ms'])} / {f_ms(w['p999_ms'])} ({f_ms(w['p99_ms_worst'])} / {f_ms(w['p999_ms_worst'])})"
+                         + (f", {w['non_2xx']} non-2xx" if w["non_2xx"] else ""))
+        act = s.get("actions")
+        if act:
+            txt = f"{act['ready_after_s'] if act['ready_after_s'] is not None else '–'} / " \
+                  f"{act['old_exited_after_s'] if act['old_exited_after_s'] is not None else '–'}"
+            if act["failed"]:
+                txt += f"; **{act['failed']} of {act['count']} failed**"
+            cells.append(txt)
+        else:
+            cells.append("–")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def action_notes(doc):
+    """What the failures were, and how each round's windows and actions went."""
+    a = doc["action"]
+    out = []
+    kinds = {}
+    for tn in targets_in(doc):
+        for r in doc["targets"][tn]["rounds"]:
+            for msg, n in ((r.get("errors_detail") or {}).get("errors") or {}).items():
+                kinds.setdefault(tn, {}).setdefault(msg, 0)
+                kinds[tn][msg] += n
+            for code, n in ((r.get("errors_detail") or {}).get("status_codes") or {}).items():
+                if not code.startswith("2"):
+                    kinds.setdefault(tn, {}).setdefault(f"HTTP {code}", 0)
+                    kinds[tn][f"HTTP {code}"] += n
+    if kinds:
+        out.append("Failures by kind (oha's error messages; all rounds): " + "; ".join(
+            f"{tn}: " + ", ".join(f"{n:,} × `{m}`" for m, n in k.items()) for tn, k in kinds.items()) + ".")
+    else:
+        out.append("No failures in any variant: no connect error, reset or timeout in oha's summary, and every "
+                   "response 2xx.")
+    out += ["", "| round | variant | req/s | failures | " + " | ".join(
+        f"{window_label(doc, k)}: answered, p99 / p99.9 / max ms" for k in ("before", "w0", "w1"))
+        + f" | {a['run']} |", "|---|---|---|---|---|---|---|---|"]
+    allr = sorted([r for tn in doc["targets"] for r in doc["targets"][tn]["rounds"] if "rps" in r],
+                  key=lambda r: (r.get("round", 0), doc["order"].index(r["target"])))
+    for r in allr:
+        cells = [str(r["round"]), r["target"], f_rps(r["rps"]), str(r["errors_socket"] + r["errors_status"])]
+        for k in ("before", "w0", "w1"):
+            w = (r.get("windows") or {}).get(k)
+            cells.append("–" if not w else f"{w['answered']:,}, {f_ms(w['p99_ms'])} / {f_ms(w['p999_ms'])} / {f_ms(w['max_ms'])}")
+        act = r.get("action")
+        if act:
+            cells.append(f"at {act.get('started_s', 0):.3f} s, pid {act.get('old_pid')} → {act.get('new_pid')}, "
+                         f"ready {act.get('ready_after_s')} s, old exited {act.get('old_exited_after_s')} s"
+                         + (f", **error**: {esc(act['error'].splitlines()[0])}" if act.get("error") else ""))
+        else:
+            cells.append("–")
+        rows_txt = "| " + " | ".join(cells) + " |"
+        out.append(rows_txt)
+    return "\n".join(out)
 
 
 def rounds_table(doc):
@@ -269,6 +416,11 @@ def commands_section(doc):
         r = next((r for r in doc["targets"][tn]["rounds"] if r.get("loadgen_cmd")), None)
         if r:
             out.append(f"- load on {tn}: `{cmdline(r['loadgen_cmd'])}`")
+    for tn in targets_in(doc):
+        r = next((r for r in doc["targets"][tn]["rounds"] if (r.get("action") or {}).get("cmd")), None)
+        if r:
+            out.append(f"- {r['action']['run']} of {tn}, {r['action'].get('started_s', 0):.1f} s into the load: "
+                       f"`{cmdline(r['action']['cmd'])}`")
     if doc["load"].get("idle_connections"):
         out.append(f"- idle connections: `taskset -c 0 python3 loadtest/lib/idle_conns.py 127.0.0.1 PORT "
                    f"{doc['load']['idle_connections']} {doc['requests'][0]['path']}` (one request each, then idle)")
@@ -314,6 +466,34 @@ def write_charts(docs, results_dir):
             f.write(svg)
         charts.append((f"Latency percentiles under the fixed-rate profile ({d['scenario']})", p))
     for d in docs:
+        if not d.get("action"):
+            continue
+        a = d["action"]
+        series = [t for t in targets_in(d) if d["targets"][t].get("summary")]
+        vals = {}
+        for t in series:
+            rounds = [r for r in d["targets"][t]["rounds"] if r.get("timeline")]
+            per_sec = {}
+            for r in rounds:
+                for p in r["timeline"]:
+                    if p["p99_ms"] is not None:
+                        per_sec.setdefault(p["s"], []).append(p["p99_ms"])
+            vals[t] = [(sec, sorted(v)[len(v) // 2]) for sec, v in sorted(per_sec.items())]
+        acts = [(t["summary"] or {}).get("actions") for t in d["targets"].values() if t.get("summary")]
+        act = next((x for x in acts if x), None)
+        marks, span = [(a["at"], f"{a['run']} started")], None
+        if act and act.get("started_s") is not None:
+            marks = [(act["started_s"], f"{a['run']} started")]
+            if act.get("old_exited_after_s"):
+                span = (act["started_s"], act["started_s"] + act["old_exited_after_s"])
+        svg = timeline_chart(f"p99 latency per second, {a['run']} at {a['at']:g} s ({d['scenario']})",
+                             f"oha open loop at {d['load']['rate']:,} req/s, latency-corrected; median over rounds; "
+                             f"shaded: until the old process exited", series, vals, marks, span)
+        p = os.path.join(results_dir, f"timeline-{d['scenario']}.svg")
+        with open(p, "w") as f:
+            f.write(svg)
+        charts.append((f"p99 per second around the {a['run']} ({d['scenario']})", p))
+    for d in docs:
         if not d["load"].get("idle_connections"):
             continue
         series = [t for t in targets_in(d) if d["targets"][t].get("summary")]
@@ -342,7 +522,7 @@ def targets_check(by):
     rows = ["| target | bar | measured | met? |", "|---|---|---|---|"]
 
     def row(what, bar, measured, ok):
-        rows.append(f"| {what} | {bar} | {measured} | {'✅ yes' if ok else '❌ no' if ok is not None else '– not measured'} |")
+        rows.append(f"| {what} | {bar} | {measured} | {ok if isinstance(ok, str) else '✅ yes' if ok else '❌ no' if ok is not None else '– not measured'} |")
     g, n = s("proxy-small", "gatehouse"), s("proxy-small", "nginx")
     if g and n:
         row("`proxy-small` throughput", "≥ 1.0 × nginx", f"{g['rps']:,.0f} vs {n['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}×", g["rps"] >= n["rps"])
@@ -377,6 +557,25 @@ def targets_check(by):
             row(what, want, f"{a['rps']:,.0f} vs {base['rps']:,.0f} req/s = {ratio:.3f}×", ratio >= bar)
         else:
             row(what, want, "–", None)
+    # Issue 7: zero failed requests through an upgrade under load.
+    d = by.get("upgrade-under-load")
+    g = s("upgrade-under-load", "gatehouse+upgrade")
+    c = s("upgrade-under-load", "gatehouse")
+    what = "`upgrade-under-load` failures"
+    if g:
+        fails = g["errors_socket"] + g["errors_status"]
+        act = g.get("actions") or {}
+        row(what, "0 failed requests through `gatehouse upgrade` at 10,000 req/s",
+            f"{fails:,} of {g['requests']:,} in {act.get('count', 0)} upgrade(s)"
+            + (f", {act['failed']} upgrade(s) failed" if act.get("failed") else ""),
+            fails == 0 and not act.get("failed"))
+        w, cw = (g.get("windows") or {}).get("w0"), ((c or {}).get("windows") or {}).get("w0")
+        if w and cw:
+            row("`upgrade-under-load` hand-over second", "p99 / p99.9 reported against the control (no bar)",
+                f"{f_ms(w['p99_ms'])} / {f_ms(w['p999_ms'])} ms vs {f_ms(cw['p99_ms'])} / {f_ms(cw['p999_ms'])} ms "
+                f"(at {d['load']['rate']:,} req/s offered, {g['rps'] / d['load']['rate'] * 100:.0f}% achieved)", "– no bar")
+    else:
+        row(what, "0 failed requests through `gatehouse upgrade` at 10,000 req/s", "–", None)
     return "\n".join(rows)
 
 
@@ -464,7 +663,23 @@ def scenario_section(doc):
         rate = doc["load"]["rate"]
         out += [f"Offered rate {rate:,} req/s: the req/s column is the achieved rate; a target that cannot keep up "
                 "shows a lower rate and, with latency correction, the queueing delay in its percentiles.", ""]
+    if doc.get("action"):
+        a = doc["action"]
+        out += [f"**{a['run']} at {a['at']:g} s.** In every round of each `+{a['run']}` variant, {a['at']:g} s into the "
+                f"measured load, the harness runs the proxy's own zero-downtime {a['run']} (for Gatehouse `gatehouse "
+                f"upgrade -c FILE`, same binary and config, pinned to CPU 1 so that the new process is too); the "
+                f"control variant gets the same load without it. Windows: the requests *scheduled* (oha's "
+                f"latency-corrected start) in the {a['window']:g} s before the {a['run']} command started, in the "
+                f"{a['window']:g} s from its start, and in the {a['window']:g} s after that; the same offsets in the "
+                f"control. Window cells: median over rounds (worst round in brackets). Failures: oha's socket errors "
+                f"(connect, reset, timeout, …) plus non-2xx, whole run. In the `+{a['run']}` rows, CPU s and peak RSS "
+                f"follow the PID (old process until it exits plus the new one from its start; peak = the larger of "
+                f"the two processes' own peaks), and the upstream reuse ratio is not measured (the counters restart "
+                f"in the new process).", "", action_table(doc), ""]
     out += [scenario_table(doc), ""]
+    if doc.get("action"):
+        out += ["<details><summary>Failures and hand-over windows per round</summary>", "", action_notes(doc), "",
+                "</details>", ""]
     out += ["<details><summary>Per round (interleaved order), noise indicators</summary>", "", rounds_table(doc), "",
             "</details>", "", "<details><summary>Exact commands</summary>", "", commands_section(doc), "",
             "Rendered configs are in the raw JSON (`targets.*.config`).", "", "</details>", ""]
@@ -502,7 +717,7 @@ def write_full_report(results_dir, path):
     out = ["# Gatehouse load-test results", "",
            f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
            "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
-    out += ["## Targets (issues 3 and 4)", "", targets_check(by), ""]
+    out += ["## Targets (issues 3, 4 and 7)", "", targets_check(by), ""]
     out += ["## Charts", ""]
     for title, p in charts:
         out += [f"![{title}]({rel(p)})", ""]
