@@ -171,6 +171,10 @@ def _child_setup():
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _child_setup_no_deathsig():
+    os.setsid()
+
+
 class Procs:
     """Every child runs in its own process group, dies with the harness (PDEATHSIG), and
     is listed in $GH_LOADTEST_PIDS so run.sh's trap can kill it even after a SIGKILL."""
@@ -179,9 +183,12 @@ class Procs:
         self.live = []
         self.pidfile = os.environ.get("GH_LOADTEST_PIDS")
 
-    def start(self, cmd, stdout=None, stderr=None, stdin=None, cwd=None):
+    def start(self, cmd, stdout=None, stderr=None, stdin=None, cwd=None, deathsig=True):
+        # PDEATHSIG fires when the *thread* that started the child ends: a process started from
+        # a short-lived thread (an action's new proxy process) must go without it (deathsig=False;
+        # it is still listed for run.sh's trap and stopped by the harness).
         p = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=stdin, cwd=cwd,
-                             preexec_fn=_child_setup, text=True)
+                             preexec_fn=_child_setup if deathsig else _child_setup_no_deathsig, text=True)
         self.live.append(p)
         self.register(p.pid)
         return p
@@ -257,6 +264,16 @@ def pid_alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+def proc_gone(pid):
+    """Exited (zombie) or gone, without reaping it: a child reaped during a round would add its
+    whole life's CPU time to the harness's children (counted as load-generator CPU)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def stop_pid(pid, grace=5.0):
@@ -748,6 +765,7 @@ class Target:
                 self.error = f"gatehouse not built: {b}"
                 return
             self.cmd = pin(1) + [b, "run", "-c", conf]
+        self.stdout_path = stdout_path
         with open(stdout_path, "a") as out, open(self.log, "a") as err:
             self.proc = PROCS.start(self.cmd, stdout=out, stderr=err, cwd=workdir)
         e = wait_http(self.port, sc["requests"][0], self.proc, timeout=30)
@@ -831,9 +849,41 @@ def upgrade_gatehouse(t, pin):
     return out
 
 
+def upgrade_haproxy(t, pin):
+    """HAProxy's seamless reload: a new process with the same config takes the listening sockets
+    from the old one over its stats socket (`-x`, needs `stats socket … expose-fd listeners`),
+    then tells it to finish (`-sf OLDPID`: soft stop, it serves its connections to the end, at
+    most `hard-stop-after`). Returns once the old process has exited."""
+    m = re.search(r"^\s*stats socket (\S+)[^\n]*expose-fd listeners", t.config_text, re.M)
+    m2 = re.search(r"^\s*hard-stop-after (\S+)", t.config_text, re.M)
+    old = t.proc
+    cmd = pin(1) + [haproxy_bin(), "-db", "-f", t.conf] + (["-x", m.group(1)] if m else []) + ["-sf", str(old.pid)]
+    out = {"cmd": cmd, "old_pid": old.pid, "ready_after_s": None}
+    t0 = time.monotonic()
+    with open(t.stdout_path, "a") as so, open(t.log, "a") as se:
+        new = PROCS.start(cmd, stdout=so, stderr=se, cwd=t.workdir, deathsig=False)
+    t.proc = new
+    out["new_pid"] = new.pid
+    limit = (parse_duration(m2.group(1)) if m2 else 30) + 10
+    while time.monotonic() - t0 < limit:
+        if new.poll() is not None:
+            out["error"] = f"the new haproxy exited {new.returncode}: {tail(t.log, 5)}"
+            return out
+        if proc_gone(old.pid):   # reaped at the end of the run (PROCS.stop_all)
+            out["old_exited_after_s"] = round(time.monotonic() - t0, 2)
+            break
+        time.sleep(0.02)
+    else:
+        out["old_exited_after_s"] = None
+        out["error"] = f"the old haproxy {old.pid} was still running after {limit:g} s"
+        PROCS.stop(old)
+    return out
+
+
 # (action, proxy) -> function(target, pin) -> dict; what `run: upgrade` means for each proxy.
 ACTION_SUPPORT = {
     ("upgrade", "gatehouse"): upgrade_gatehouse,
+    ("upgrade", "haproxy"): upgrade_haproxy,
 }
 
 
@@ -1107,6 +1157,8 @@ def summarize(rounds):
         s["cpu1_other_s"] = statistics.median(cpu1_other)
     steal = [r.get("cpu1_steal_s", 0) + r.get("cpu0_steal_s", 0) for r in ok]
     s["steal_s"] = statistics.median(steal) if steal else 0
+    s["discarded_failures"] = sum((a.get("errors_socket") or 0) + (a.get("errors_status") or 0)
+                                  for r in ok for a in r.get("discarded", []))
     wins = [r["windows"] for r in ok if r.get("windows")]
     if wins:
         # Per window: median over rounds (and the worst round) of its percentiles.
@@ -1290,7 +1342,10 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                 if attempts:
                     r = min(attempts, key=lambda a: a.get("noise", 0))
                     r["attempts"] = len(attempts)
-                    r["discarded"] = [{k: a.get(k) for k in ("rps", "p99_ms", "noise", "started")}
+                    # (failures and the action's outcome too: a discarded upgrade still happened)
+                    r["discarded"] = [dict({k: a.get(k) for k in ("rps", "p99_ms", "noise", "started",
+                                                                   "errors_socket", "errors_status")},
+                                           action_error=(a.get("action") or {}).get("error"))
                                       for a in attempts if a is not r]
                 r["round"] = i + 1
                 doc["targets"][tn]["rounds"].append(r)
@@ -1334,7 +1389,8 @@ def log_windows(tn, i, r):
     if a:
         log(f"  {tn} round {i} {a['run']}: started {a.get('started_s', 0):.3f}s, took "
             f"{(a.get('ended_s') or 0) - (a.get('started_s') or 0):.2f}s, pid {a.get('old_pid')} -> {a.get('new_pid')}, "
-            f"ready after {a.get('ready_after_s')}s, old exited after {a.get('old_exited_after_s')}s"
+            f"ready after {a.get('ready_after_s') if a.get('ready_after_s') is not None else '–'} s, "
+        f"old exited after {a.get('old_exited_after_s')} s"
             + (f"; ERROR {a['error']}" if a.get("error") else ""))
 
 
