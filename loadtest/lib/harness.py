@@ -266,6 +266,21 @@ def pid_alive(pid):
         return False
 
 
+def tree_pids(pid):
+    """pid and its descendants (from /proc/PID/task/TID/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def proc_gone(pid):
     """Exited (zombie) or gone, without reaping it: a child reaped during a round would add its
     whole life's CPU time to the harness's children (counted as load-generator CPU)."""
@@ -278,17 +293,17 @@ def proc_gone(pid):
 
 def stop_pid(pid, grace=5.0):
     """SIGTERM the process group `pid` leads (a gatehouse started by `gatehouse upgrade` is in
-    its own group), then SIGKILL it after `grace` seconds."""
+    its own group) or, if it leads none (a new nginx master stays in the old one's group), the
+    process and its descendants; SIGKILL them after `grace` seconds."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        except (ProcessLookupError, PermissionError):
+            for p in (tree_pids(pid) if sig == signal.SIGKILL else [pid]):
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not pid_alive(pid):
@@ -708,6 +723,7 @@ class Target:
         self.cur_pid = None      # after a hand-over: the process now serving (not our child)
         self.pid_file = None
         self.access_log_path = None
+        self.daemon = False      # nginx with `daemon on;` (its binary upgrade needs it)
         if name == "direct":
             self.port, self.proc, self.cmd = upstream.port, upstream.proc, upstream.cmd
             return
@@ -754,6 +770,18 @@ class Target:
             os.makedirs(os.path.join(workdir, "nginx-tmp"), exist_ok=True)
             self.cmd = pin(1) + [nginx_bin(), "-p", workdir, "-e", os.path.join(workdir, "nginx.error.log"),
                                  "-c", conf]
+            if re.search(r"^\s*daemon\s+on\s*;", self.config_text, re.M):
+                # A daemon (master + worker): found through its pid file. Started from a shell
+                # that outlives the fork: nginx ignores USR2 (binary upgrade) while its parent
+                # is the process that was its parent at start, and the harness, a subreaper,
+                # adopts the daemon.
+                self.daemon = True
+                m = re.search(r"^\s*pid\s+([^;\s]+)\s*;", self.config_text, re.M)
+                if not m:
+                    self.error = "nginx with `daemon on` needs a `pid` file in its template"
+                    return
+                self.pid_file = m.group(1)
+                self.cmd = ["sh", "-c", '"$@"; rc=$?; sleep 0.2; exit $rc', "sh"] + self.cmd
         elif name == "haproxy":
             # HAProxy logs to stdout ("log stdout"), which goes to the access log file.
             if access_log == "file":
@@ -768,7 +796,18 @@ class Target:
         self.stdout_path = stdout_path
         with open(stdout_path, "a") as out, open(self.log, "a") as err:
             self.proc = PROCS.start(self.cmd, stdout=out, stderr=err, cwd=workdir)
-        e = wait_http(self.port, sc["requests"][0], self.proc, timeout=30)
+        if self.daemon:
+            try:
+                rc = self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                rc = "still running after 15 s"
+            master = read_pid(self.pid_file)
+            if rc != 0 or not master:
+                self.error = f"nginx daemon did not start ({rc})\n{tail(os.path.join(workdir, 'nginx.error.log'))}"
+                return
+            self.cur_pid = master
+            PROCS.register(master)   # its own session and group (daemon)
+        e = wait_http(self.port, sc["requests"][0], None if self.daemon else self.proc, timeout=30)
         if e:
             self.error = f"did not start: {e}\n{tail(self.log)}" + (
                 tail(os.path.join(workdir, "nginx.error.log")) if name == "nginx" else "")
@@ -788,6 +827,26 @@ class Target:
         if self.cur_pid:
             return pid_alive(self.cur_pid)
         return self.proc is not None and self.proc.poll() is None
+
+    def pids(self):
+        """The process under test, and for a daemon (nginx master) its workers too."""
+        return tree_pids(self.pid) if self.daemon else [self.pid]
+
+    def cpu(self):
+        v = [cpu_seconds(p) for p in self.pids()]
+        return sum(x for x in v if x is not None) if v and v[0] is not None else None
+
+    def status(self):
+        """read_status; for a master + workers: the largest process's RSS/HWM (the worker's)."""
+        sts = [read_status(p) for p in self.pids()]
+        if len(sts) == 1:
+            return sts[0]
+        out = {k: max(st.get(k, 0) for st in sts) for k in ("VmHWM", "VmRSS")}
+        out["Threads"] = sum(st.get("Threads", 0) for st in sts)
+        return out
+
+    def reset_hwm(self):
+        return all([reset_hwm(p) for p in self.pids()])
 
     def exit_desc(self):
         if self.cur_pid:
@@ -880,10 +939,47 @@ def upgrade_haproxy(t, pin):
     return out
 
 
+def upgrade_nginx(t, pin):
+    """nginx's binary upgrade (same binary): USR2 to the master starts a new master (with the
+    listening sockets) and its workers; once the new master has written the pid file and has
+    a worker, QUIT to the old master: its workers finish their requests, close idle keep-alive
+    connections, and exit. The new processes inherit the CPU pinning from the old master."""
+    if not t.daemon:
+        raise HarnessError("nginx's binary upgrade needs `daemon on; master_process on;` in the template")
+    old = t.pid
+    out = {"cmd": ["kill", "-USR2", str(old), "&&", "kill", "-QUIT", str(old)], "old_pid": old}
+    t0 = time.monotonic()
+    os.kill(old, signal.SIGUSR2)
+    new = None
+    while time.monotonic() - t0 < 10:
+        p = read_pid(t.pid_file)
+        if p and p != old and pid_alive(p) and len(tree_pids(p)) > 1:
+            new = p
+            break
+        time.sleep(0.01)
+    if not new:
+        out["error"] = f"no new nginx master with a worker within 10 s: {tail(t.log, 3)}"
+        return out
+    out["new_pid"], out["ready_after_s"] = new, round(time.monotonic() - t0, 2)
+    os.kill(old, signal.SIGQUIT)
+    t.cur_pid = new
+    PROCS.register(new)
+    while time.monotonic() - t0 < 40:
+        if proc_gone(old):
+            out["old_exited_after_s"] = round(time.monotonic() - t0, 2)
+            break
+        time.sleep(0.02)
+    else:
+        out["old_exited_after_s"] = None
+        out["error"] = f"the old nginx master {old} was still running after 40 s"
+    return out
+
+
 # (action, proxy) -> function(target, pin) -> dict; what `run: upgrade` means for each proxy.
 ACTION_SUPPORT = {
     ("upgrade", "gatehouse"): upgrade_gatehouse,
     ("upgrade", "haproxy"): upgrade_haproxy,
+    ("upgrade", "nginx"): upgrade_nginx,
 }
 
 
@@ -928,16 +1024,16 @@ class PidSampler(threading.Thread):
     def __init__(self, t, interval=0.1):
         super().__init__(name="pid-sampler", daemon=True)
         self.t, self.interval = t, interval
-        self.base = {t.pid: cpu_seconds(t.pid) or 0.0}
+        self.base = {p: cpu_seconds(p) or 0.0 for p in t.pids()}
         self.last, self.hwm = dict(self.base), {}
         self.halt = threading.Event()
 
     def sample(self):
-        pids = set(self.last) | {self.t.pid}
+        pids = set(self.last) | set(self.t.pids())
         if self.t.pid_file:
             p = read_pid(self.t.pid_file)
             if p:
-                pids.add(p)
+                pids |= set(tree_pids(p))
         for pid in pids:
             c = cpu_seconds(pid)
             if c is None:
@@ -1071,8 +1167,8 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
     try:
         if warmup > 0:
             gen(warmup)
-        m0, c0, up0 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
-        res["hwm_reset"] = reset_hwm(t.pid)
+        m0, c0, up0 = t.metrics(), t.cpu(), cpu_seconds(upstream.proc.pid)
+        res["hwm_reset"] = t.reset_hwm()
         sampler = PidSampler(t) if t.action else None
         if sampler:
             sampler.start()
@@ -1082,8 +1178,8 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         finally:
             followed = sampler.finish() if sampler else None
         st1, (lg1, me1) = cpu_times(), children_cpu()
-        m1, c1, up1 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
-        status = read_status(t.pid)
+        m1, c1, up1 = t.metrics(), t.cpu(), cpu_seconds(upstream.proc.pid)
+        status = t.status()
         res.update(r)
         res["loadgen_cmd"] = cmd
         res["rss_peak_kib"] = status.get("VmHWM")

@@ -656,10 +656,14 @@ def upstream_section(meta):
         f"measured {ch['measured']}):", "", *rows])
 
 
-def scenario_section(doc):
+def scenario_section(doc, meta=None):
     out = [f"### {doc['scenario']}", ""]
     if doc.get("description"):
         out += [doc["description"].strip(), ""]
+    own = (doc.get("meta") or {}).get("argv")
+    if meta and own and doc["run_id"] != meta.get("run_id"):
+        # a scenario run on its own, after the run the report's header describes
+        out += [f"- produced by `{' '.join(own)}`"]
     out += [f"- file: `{doc['file']}`; run `{doc['run_id']}`, {doc['started']} → {doc['finished']}",
             f"- load: {load_desc(doc)}",
             f"- requests: {request_mix(doc)}; upstream `{doc['upstream']['kind']}` answering {doc['upstream']['body_size']} B bodies",
@@ -730,7 +734,7 @@ def write_full_report(results_dir, path):
             "### Machine and versions", "", machine_section(meta), ""]
     out += ["## Scenarios", "", "Ratios are to nginx (req/s: higher is better; p99: lower is better).", ""]
     for d in docs:
-        out.append(scenario_section(d))
+        out.append(scenario_section(d, meta))
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
 
