@@ -568,10 +568,12 @@ def targets_check(by):
     c = s("upgrade-under-load", "gatehouse")
     what = "`upgrade-under-load` failures"
     if g:
-        fails = g["errors_socket"] + g["errors_status"]
+        # (noisy attempts that were discarded and repeated still had an upgrade: count them too)
+        fails = g["errors_socket"] + g["errors_status"] + g.get("discarded_failures", 0)
         act = g.get("actions") or {}
         row(what, "0 failed requests through `gatehouse upgrade` at 10,000 req/s",
             f"{fails:,} of {g['requests']:,} in {act.get('count', 0)} upgrade(s)"
+            + (" (discarded noisy attempts included)" if g.get("discarded_failures") else "")
             + (f", {act['failed']} upgrade(s) failed" if act.get("failed") else ""),
             fails == 0 and not act.get("failed"))
         w, cw = (g.get("windows") or {}).get("w0"), ((c or {}).get("windows") or {}).get("w0")
