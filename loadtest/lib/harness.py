@@ -1141,7 +1141,10 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             # the control; both in seconds from oha's spawn.
             at = box["started_s"] if box and "started_s" in box else sc_action["at"]
             r.update(parse_oha_db(db, secs, at, sc_action["window"]))
-            os.remove(db)
+            if sc.get("_keep_workdir"):   # --keep-workdir: keep every round's per-request data
+                os.rename(db, os.path.join(t.workdir, f"oha-requests-{datetime.datetime.now():%H%M%S}.db"))
+            else:
+                os.remove(db)
             if r["db_rows"] + r["errors_socket"] != r["requests"]:
                 log(f"  {t.label}: oha's sqlite has {r['db_rows']} answered requests, its summary "
                     f"{r['requests'] - r['errors_socket']}")
@@ -1362,6 +1365,7 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                            f"do not fit in {duration:g}s of load")
     wd = os.path.join(workdir, name)
     os.makedirs(wd, exist_ok=True)
+    sc["_keep_workdir"] = args.keep_workdir
     script = os.path.join(wd, "wrk.lua")
     wrk_script(sc, script)
     bodyfile = None
