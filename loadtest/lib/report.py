@@ -353,7 +353,7 @@ def action_notes(doc):
         act = r.get("action")
         if act:
             cells.append(f"at {act.get('started_s', 0):.3f} s, pid {act.get('old_pid')} → {act.get('new_pid')}, "
-                         f"ready {act.get('ready_after_s')} s, old exited {act.get('old_exited_after_s')} s"
+                         f"ready {act.get('ready_after_s') if act.get('ready_after_s') is not None else 'n/a'} s, old exited {act.get('old_exited_after_s')} s"
                          + (f", **error**: {esc(act['error'].splitlines()[0])}" if act.get("error") else ""))
         else:
             cells.append("–")
