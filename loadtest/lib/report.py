@@ -5,9 +5,10 @@ import math
 import os
 import shlex
 
-COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "gatehouse": "#ef6c00",
+COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "pingora": "#c62828",
+          "gatehouse": "#ef6c00",
           "echo": "#6a1b9a"}
-ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
+ORDER = ["direct", "nginx", "haproxy", "pingora", "gatehouse"]
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
 
