@@ -74,6 +74,7 @@ install_oha() {
 build_gatehouse() {
   local bins=(--bin gatehouse-echo)
   [[ " $NEEDS " == *" gatehouse "* ]] && bins+=(--bin gatehouse)
+  [[ " $NEEDS " == *" pingora "* ]] && bins+=(--example bare_pingora)
   log "cargo build --release ${bins[*]}"
   (cd "$REPO" && cargo build --release "${bins[@]}") || { log "cargo build failed"; exit 1; }
 }

@@ -108,8 +108,38 @@ pub fn flush() {
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    rfc3339_into(&mut s, t);
+    s
+}
+
+/// Appends the RFC 3339 timestamp (`2026-11-22T09:19:14.932Z`) to a line.
+/// The date and time up to the second are computed once per second per thread.
+pub fn rfc3339_into(out: &mut String, t: std::time::SystemTime) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != d.as_secs() {
+            let text = seconds_text(d.as_secs());
+            *c = (d.as_secs(), text);
+        }
+        out.push_str(&c.1);
+    });
+    let ms = d.subsec_millis();
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
+fn seconds_text(secs: u64) -> String {
+    let secs = secs as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -122,11 +152,10 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60,
-        d.subsec_millis()
     )
 }
 

@@ -158,3 +158,42 @@ pub fn render() -> String {
     let _ = enc.encode(&prometheus::gather(), &mut buf);
     String::from_utf8(buf).unwrap_or_default()
 }
+
+/// `gatehouse_http_requests_total` handles of one route, resolved once per (method,
+/// status) and then reused: `with_label_values` hashes every label string and takes the
+/// vector's lock on each call, which is measurable per request (issue 3's profile).
+pub struct RequestCounters {
+    route: String,
+    handles: parking_lot::RwLock<std::collections::HashMap<(http::Method, u16), IntCounter>>,
+}
+
+impl RequestCounters {
+    /// At most this many distinct (method, status) pairs are cached per route; past it
+    /// (clients inventing methods) the vector is asked directly, as before.
+    const MAX: usize = 256;
+
+    pub fn new(route: &str) -> Self {
+        RequestCounters {
+            route: route.to_string(),
+            handles: Default::default(),
+        }
+    }
+
+    pub fn inc(&self, method: &http::Method, status: u16) {
+        if let Some(c) = self.handles.read().get(&(method.clone(), status)) {
+            c.inc();
+            return;
+        }
+        let mut buf = itoa::Buffer::new();
+        let c = metrics().http_requests.with_label_values(&[
+            self.route.as_str(),
+            method.as_str(),
+            buf.format(status),
+        ]);
+        c.inc();
+        let mut w = self.handles.write();
+        if w.len() < Self::MAX {
+            w.insert((method.clone(), status), c);
+        }
+    }
+}

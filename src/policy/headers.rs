@@ -71,8 +71,13 @@ pub fn well_formed_request_id(v: &[u8]) -> bool {
 
 /// 128 random bits as 32 hex characters.
 pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    format!("{n:032x}")
+    let mut s = String::with_capacity(32);
+    for i in (0..32).rev() {
+        s.push(char::from(HEX[((n >> (i * 4)) & 0xf) as usize]));
+    }
+    s
 }
 
 pub fn strip_identity(h: &mut RequestHeader) {
@@ -97,14 +102,18 @@ pub fn set_identity(h: &mut RequestHeader, id: &super::Identity) {
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto`.
 pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, https: bool) {
     if let Some(ip) = client_ip {
-        let value = match h
+        use std::fmt::Write;
+        let mut value = String::with_capacity(48);
+        if let Some(prev) = h
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
+            .filter(|p| !p.trim().is_empty())
         {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
+            value.push_str(prev);
+            value.push_str(", ");
+        }
+        let _ = write!(value, "{ip}");
         let _ = h.insert_header("x-forwarded-for", value);
     }
     let _ = h.insert_header("x-forwarded-proto", if https { "https" } else { "http" });

@@ -26,6 +26,7 @@ pub struct Route {
     pub read_timeout: Option<Duration>,
     pub server_timing: bool,
     pub duration: Histogram,
+    pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
     pub policies: Vec<Arc<dyn Policy>>,
 }
@@ -39,6 +40,7 @@ pub struct Snapshot {
     /// Listener addresses with `server_timing: true`.
     pub server_timing_listeners: HashSet<SocketAddr>,
     pub unmatched_duration: Histogram,
+    pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
     /// The top-level `cache:` section, when present.
     pub cache: Option<crate::cache::Settings>,
@@ -129,6 +131,7 @@ impl Snapshot {
                 read_timeout: r.timeouts.as_ref().and_then(|t| t.read).map(|d| d.0),
                 server_timing: r.server_timing,
                 duration: m.http_duration.with_label_values(&[&r.name]),
+                requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
             };
             entries.push(Entry {
@@ -161,6 +164,7 @@ impl Snapshot {
             server_timing_listeners,
             loaded_at: SystemTime::now(),
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
+            unmatched_requests: crate::metrics::RequestCounters::new("unmatched"),
             policies,
             cache: cfg.cache.as_ref().map(crate::cache::Settings::from_config),
             loaded,
