@@ -563,6 +563,22 @@ def targets_check(by):
             row(what, want, f"{a['rps']:,.0f} vs {base['rps']:,.0f} req/s = {ratio:.3f}×", ratio >= bar)
         else:
             row(what, want, "–", None)
+    # Issue 5: limits cost little next to auth alone; Redis little next to local.
+    for sc, base_sc, bar in (("limits-local", "auth-apikey", 0.97), ("limits-redis", "limits-local", 0.9)):
+        a, b = s(sc, "gatehouse"), s(base_sc, "gatehouse")
+        what, want = f"`{sc}` throughput", f"≥ {bar} × Gatehouse `{base_sc}`"
+        if a and b:
+            ratio = a["rps"] / b["rps"]
+            row(what, want, f"{a['rps']:,.0f} vs {b['rps']:,.0f} req/s = {ratio:.3f}×", ratio >= bar)
+        else:
+            row(what, want, "–", None)
+    # Issue 6: cache hits at least as fast as nginx's proxy_cache hits.
+    g, n = s("cache-hit-1k", "gatehouse"), s("cache-hit-1k", "nginx")
+    if g and n:
+        row("`cache-hit-1k` throughput", "≥ 1.0 × nginx `proxy_cache` hits",
+            f"{g['rps']:,.0f} vs {n['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}×", g["rps"] >= n["rps"])
+    else:
+        row("`cache-hit-1k` throughput", "≥ 1.0 × nginx `proxy_cache` hits", "–", None)
     # Issue 7: zero failed requests through an upgrade under load.
     d = by.get("upgrade-under-load")
     g = s("upgrade-under-load", "gatehouse+upgrade")
@@ -585,6 +601,31 @@ def targets_check(by):
     else:
         row(what, "0 failed requests through `gatehouse upgrade` at 10,000 req/s", "–", None)
     return "\n".join(rows)
+
+
+def pingora_floor(by):
+    """How much of the gap to nginx is Pingora's own (its bare proxy, same run) and how much
+    is ours (see loadtest/PROFILE.md)."""
+    lines = []
+    for sc in ("proxy-small", "proxy-1k-post", "proxy-idle-conns"):
+        t = (by.get(sc) or {}).get("targets", {})
+        n, p, g = ((t.get(x) or {}).get("summary") for x in ("nginx", "pingora", "gatehouse"))
+        if not (n and p and g and n.get("rps") and p.get("rps")):
+            continue
+        line = (f"- `{sc}`: Pingora's bare proxy reaches **{p['rps'] / n['rps']:.2f}× nginx**; Gatehouse reaches "
+                f"{g['rps'] / n['rps']:.2f}× nginx = **{g['rps'] / p['rps']:.2f}× the bare Pingora proxy**")
+        cpu = [x.get("cpu_us_per_req") for x in (n, p, g)]
+        if all(cpu):
+            line += f" (CPU per request: nginx {cpu[0]:.1f} µs, Pingora {cpu[1]:.1f} µs, Gatehouse {cpu[2]:.1f} µs)"
+        if sc == "proxy-idle-conns" and p.get("rss_idle_kib") and g.get("rss_idle_kib") and n.get("rss_idle_kib"):
+            line += (f"; RSS with the idle connections: nginx {f_mib(n['rss_idle_kib'])} MiB, Pingora "
+                     f"{f_mib(p['rss_idle_kib'])} MiB, Gatehouse {f_mib(g['rss_idle_kib'])} MiB")
+        lines.append(line + ".")
+    if not lines:
+        return ""
+    return "\n".join(["**Pingora's floor.** The `pingora` target is Pingora 0.9's bare proxy "
+                      "(`examples/bare_pingora.rs`, one upstream, nothing else), measured in the same run:", ""]
+                     + lines + ["", "Where the time and memory go, and what we changed: [PROFILE.md](PROFILE.md)."])
 
 
 # ----------------------------------------------------------------------------- documents
@@ -729,7 +770,10 @@ def write_full_report(results_dir, path):
     out = ["# Gatehouse load-test results", "",
            f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
            "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
-    out += ["## Targets (issues 3, 4 and 7)", "", targets_check(by), ""]
+    out += ["## Targets (issues 3–7)", "", targets_check(by), ""]
+    floor = pingora_floor(by)
+    if floor:
+        out += [floor, ""]
     out += ["## Charts", ""]
     for title, p in charts:
         out += [f"![{title}]({rel(p)})", ""]
