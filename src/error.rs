@@ -4,9 +4,49 @@
 
 use std::fmt;
 
+/// An authentication method, as a challenge names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+}
+
+/// What a 401 asks for: one `WWW-Authenticate` challenge per method of the route, the
+/// refused method's with an `error` parameter (RFC 6750 §3 for bearer tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge {
+    pub bearer: bool,
+    pub api_key: bool,
+    /// The method whose credential was presented and refused (none: nothing presented).
+    pub refused: Option<AuthMethod>,
+}
+
+impl Challenge {
+    pub fn header_value(&self) -> String {
+        let mut parts = Vec::with_capacity(2);
+        if self.bearer {
+            parts.push(match self.refused {
+                Some(AuthMethod::Jwt) => r#"Bearer realm="gatehouse", error="invalid_token""#,
+                _ => r#"Bearer realm="gatehouse""#,
+            });
+        }
+        if self.api_key {
+            parts.push(match self.refused {
+                Some(AuthMethod::ApiKey) => r#"ApiKey realm="gatehouse", error="invalid_key""#,
+                _ => r#"ApiKey realm="gatehouse""#,
+            });
+        }
+        parts.join(", ")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     BadRequest(String),
+    /// 401: no credential, or one that was refused.
+    Unauthorized(Challenge),
+    /// 403: a valid credential without the route's scopes (space-separated).
+    Forbidden(String),
     NotFound,
     PayloadTooLarge(u64),
     HeadersTooLarge,
@@ -14,6 +54,8 @@ pub enum Reject {
     Overloaded(String),
     BadGateway(String),
     GatewayTimeout(String),
+    /// The request said `only-if-cached` and the cache had nothing usable (RFC 9111 §5.2.1.7).
+    NotCached,
     Internal,
     /// 429 from a tier limit, a route's rate limit or its quota.
     Limited(Box<Limited>),
@@ -39,12 +81,14 @@ impl Reject {
     pub fn status(&self) -> u16 {
         match self {
             Reject::BadRequest(_) => 400,
+            Reject::Unauthorized(_) => 401,
+            Reject::Forbidden(_) => 403,
             Reject::NotFound => 404,
             Reject::PayloadTooLarge(_) => 413,
             Reject::HeadersTooLarge => 431,
             Reject::NoHealthyTarget(_) | Reject::Overloaded(_) => 503,
             Reject::BadGateway(_) => 502,
-            Reject::GatewayTimeout(_) => 504,
+            Reject::GatewayTimeout(_) | Reject::NotCached => 504,
             Reject::Internal => 500,
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
@@ -55,6 +99,8 @@ impl Reject {
     pub fn slug(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "bad-request",
+            Reject::Unauthorized(_) => "unauthorized",
+            Reject::Forbidden(_) => "insufficient-scope",
             Reject::NotFound => "no-route",
             Reject::PayloadTooLarge(_) => "body-too-large",
             Reject::HeadersTooLarge => "headers-too-large",
@@ -62,6 +108,7 @@ impl Reject {
             Reject::Overloaded(_) => "upstream-overloaded",
             Reject::BadGateway(_) => "bad-gateway",
             Reject::GatewayTimeout(_) => "gateway-timeout",
+            Reject::NotCached => "not-cached",
             Reject::Internal => "internal-error",
             Reject::Limited(l) if l.quota => "quota-exceeded",
             Reject::Limited(_) => "rate-limited",
@@ -72,13 +119,15 @@ impl Reject {
     pub fn title(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "Bad Request",
+            Reject::Unauthorized(_) => "Unauthorized",
+            Reject::Forbidden(_) => "Forbidden",
             Reject::NotFound => "Not Found",
             Reject::PayloadTooLarge(_) => "Content Too Large",
             Reject::HeadersTooLarge => "Request Header Fields Too Large",
             Reject::NoHealthyTarget(_) => "Service Unavailable",
             Reject::Overloaded(_) => "Service Unavailable",
             Reject::BadGateway(_) => "Bad Gateway",
-            Reject::GatewayTimeout(_) => "Gateway Timeout",
+            Reject::GatewayTimeout(_) | Reject::NotCached => "Gateway Timeout",
             Reject::Internal => "Internal Server Error",
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
@@ -88,6 +137,14 @@ impl Reject {
     pub fn detail(&self) -> String {
         match self {
             Reject::BadRequest(d) => d.clone(),
+            // Generic on purpose: never the credential, never which check failed.
+            Reject::Unauthorized(c) if c.refused.is_some() => {
+                "the credential was not accepted".into()
+            }
+            Reject::Unauthorized(_) => "this route requires a credential".into(),
+            Reject::Forbidden(scopes) => {
+                format!("the credential lacks a scope this route requires ({scopes})")
+            }
             Reject::NotFound => "no route matches this request".into(),
             Reject::PayloadTooLarge(max) => {
                 format!("the request body exceeds the limit of {max} bytes")
@@ -99,6 +156,9 @@ impl Reject {
             }
             Reject::BadGateway(u) => format!("upstream {u:?} failed"),
             Reject::GatewayTimeout(u) => format!("upstream {u:?} did not answer in time"),
+            Reject::NotCached => {
+                "only-if-cached was requested and no stored response can be used".into()
+            }
             Reject::Internal => "internal error".into(),
             Reject::Limited(l) => format!("{} exceeded; retry in {} s", l.label, l.retry_after),
             Reject::LimitStoreUnavailable => {
@@ -138,7 +198,20 @@ impl Reject {
 impl Reject {
     /// Headers a rejection carries besides `Retry-After` (e.g. `WWW-Authenticate`).
     pub fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
-        Vec::new()
+        let www = |v: String| {
+            http::HeaderValue::from_str(&v)
+                .ok()
+                .map(|v| (http::header::WWW_AUTHENTICATE, v))
+        };
+        match self {
+            Reject::Unauthorized(c) => www(c.header_value()).into_iter().collect(),
+            Reject::Forbidden(scopes) => www(format!(
+                r#"Bearer realm="gatehouse", error="insufficient_scope", scope="{scopes}""#
+            ))
+            .into_iter()
+            .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 

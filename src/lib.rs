@@ -3,6 +3,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -137,6 +138,10 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         None => None,
     };
     accesslog::init(&cfg.access_log.path).map_err(StartError::Other)?;
+    cache::clock::init_from_env();
+    if let Some(c) = &snapshot.cache {
+        cache::configure(c);
+    }
     let shared = Shared::new(snapshot, opts.config_path.clone());
 
     let grace = cfg.server.grace_period.0;

@@ -39,12 +39,14 @@ impl Control {
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
+        // JWKS from jwks_url are fetched once before the process reports ready, and the
+        // limit store's sync thread starts here (after a daemon fork: threads started
+        // before it would not exist in this process).
+        let policies = self.shared.snapshot.load().policies.clone();
+        policies.start().await;
         for up in self.shared.snapshot.load().upstreams.values() {
             crate::upstream::health::spawn(up);
         }
-        // The limit store's sync thread, started here (after a daemon fork: threads
-        // started before it would not exist in this process).
-        self.shared.snapshot.load().policies.start();
         let admin = self.admin.lock().ok().and_then(|mut a| a.take());
         if let Some(l) = admin {
             tokio::spawn(crate::admin::serve(l, self.shared.clone()));

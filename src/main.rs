@@ -64,11 +64,7 @@ fn main() -> ExitCode {
             }
         },
         Command::HashKey { key } => {
-            use sha2::Digest;
-            println!(
-                "sha256:{}",
-                hex::encode(sha2::Sha256::digest(key.as_bytes()))
-            );
+            println!("{}", gatehouse::policy::consumers::hash_key(&key));
             ExitCode::SUCCESS
         }
         Command::Upgrade { config, log } => {

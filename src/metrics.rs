@@ -3,8 +3,8 @@
 //! Hot-path users keep pre-resolved handles (see `runtime::Route` and `upstream`).
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
-    IntCounterVec, IntGaugeVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 use std::sync::OnceLock;
 
@@ -18,6 +18,12 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub ratelimit_rejections: IntCounterVec,
     pub cache_lookups: IntCounterVec,
+    /// Bytes the cache storage holds (bodies, headers and per-entry overhead).
+    pub cache_stored_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    pub cache_memory_limit: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub cache_evicted_bytes: IntCounter,
     pub config_reloads: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
     /// Requests the gateway refused itself, by reason (bad_path, header_too_large, ...).
@@ -82,6 +88,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_cache_lookups_total",
             "Cache lookups by result",
             &["route", "result"]
+        )?,
+        cache_stored_bytes: register_int_gauge!(
+            "gatehouse_cache_stored_bytes",
+            "Bytes held by the response cache, overhead included (bounded by cache.memory)"
+        )?,
+        cache_entries: register_int_gauge!(
+            "gatehouse_cache_entries",
+            "Responses held by the response cache"
+        )?,
+        cache_memory_limit: register_int_gauge!(
+            "gatehouse_cache_memory_limit_bytes",
+            "The cache.memory bound in force"
+        )?,
+        cache_evictions: register_int_counter!(
+            "gatehouse_cache_evictions_total",
+            "Cached responses evicted to stay within cache.memory"
+        )?,
+        cache_evicted_bytes: register_int_counter!(
+            "gatehouse_cache_evicted_bytes_total",
+            "Bytes freed by evictions"
         )?,
         config_reloads: register_int_counter_vec!(
             "gatehouse_config_reloads_total",

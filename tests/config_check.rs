@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::gateway::check;
-use common::{certs_dir, dedent, Gateway};
+use common::{certs_dir, dedent};
 
 const HEAD: &str = r#"
 version: 1
@@ -152,47 +150,117 @@ fn tls_certificate_key_mismatch_and_missing_file() {
     );
 }
 
-const NOT_SUPPORTED: &str = "not supported yet";
+const AUTH_OK: &str = r#"
+auth:
+  api_key: { header: X-API-Key, query: api_key }
+  jwt:
+    - { name: corp, issuer: "https://id.test/", audiences: [api], algorithms: [HS256], hmac_secret: "0123456789abcdef0123456789abcdef" }
+consumers:
+  - { id: acme, api_keys: ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], scopes: [orders:read] }
+  - { id: env, api_keys: ["${GH_TEST_API_KEY}"] }
+routes:
+  - { name: r0, match: { path_prefix: / }, upstream: u, auth: [jwt, api_key], scopes: [orders:read] }
+"#;
 
 #[test]
-fn sections_of_later_features_are_refused() {
-    // Limits (tiers, store, rate_limit, quota) are built: see tests/limits.rs.
-    let cases: [(&str, &str); 3] = [
-        (
-            "auth: { api_key: { header: X-API-Key } }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, auth: [api_key] }\n",
-            "routes[0].auth",
-        ),
-        (
-            "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n",
-            "routes[0].cache",
-        ),
-        (
-            "tiers: { free: { rate: 10/s, burst: 20, quota: 1000/day } }\nconsumers:\n  - { id: acme, tier: free, api_keys: [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"] }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u }\n",
-            "consumers",
-        ),
-    ];
-    for (rest, path) in cases {
-        assert_refused(&cfg(rest), &[], &[NOT_SUPPORTED, path]);
-    }
+fn auth_config_is_accepted() {
+    let (code, out) = check(&cfg(AUTH_OK), &[("GH_TEST_API_KEY", "plain-from-env")]);
+    assert_eq!(code, Some(0), "valid auth config refused:\n{out}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_refuses_an_unsupported_config() {
-    let yaml = cfg(
-        "routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n",
-    )
-    .replace("18080", &common::free_port().to_string())
-    .replace("19901", &common::free_port().to_string());
-    let mut gw = Gateway::spawn(&yaml);
-    let st = gw.wait_exit(Duration::from_secs(10)).await;
-    assert!(
-        st.is_some(),
-        "gatehouse run served a config with an unsupported section"
+#[test]
+fn auth_config_errors_name_their_paths_all_at_once() {
+    let bad = cfg(r#"
+        auth:
+          jwt:
+            - { name: nokeys, issuer: "https://a.test/", audiences: [api], algorithms: [RS256] }
+            - { name: badalg, issuer: "https://b.test/", audiences: [api], algorithms: [RS256, XS999, none], jwks_url: "http://127.0.0.1:1/jwks" }
+        consumers:
+          - { id: acme, api_keys: ["sha256:1234", "plain-key-in-the-file"] }
+        routes:
+          - { name: r0, match: { path_prefix: / }, upstream: u, auth: [jwt, api_key] }
+          - { name: r1, match: { path_prefix: /x }, upstream: u, auth: [saml] }
+          - { name: r2, match: { path_prefix: /y }, upstream: u, scopes: [a] }
+        "#);
+    assert_refused(
+        &bad,
+        &[],
+        &[
+            "auth.jwt[0]: an issuer needs keys",
+            "auth.jwt[1].algorithms[1]: unknown algorithm \"XS999\"",
+            "auth.jwt[1].algorithms[2]: `none` is never accepted",
+            "routes[0].auth[1]: auth method \"api_key\" is not configured",
+            "routes[1].auth[0]: unknown auth method \"saml\"",
+            "routes[2].scopes: scopes need authentication",
+            "consumers[0].api_keys[0]: must be sha256:<64 hex digits>",
+            "consumers[0].api_keys[1]: must be sha256:<64 hex digits>",
+        ],
     );
-    assert_eq!(st.unwrap().code(), Some(1));
-    let out = format!("{}{}", gw.stdout(), gw.stderr());
-    assert!(
-        out.contains(NOT_SUPPORTED) && out.contains("routes[0].cache"),
-        "output:\n{out}"
+}
+
+#[test]
+fn jwks_files_and_secrets_are_checked() {
+    let dir = common::TestDir::new();
+    let empty = dir.write("empty.json", r#"{"keys": []}"#);
+    let not_jwks = dir.write("bad.json", "[1, 2]");
+    let yaml = cfg(&format!(
+        r#"
+        auth:
+          jwt:
+            - {{ name: a, issuer: "https://a.test/", audiences: [api], algorithms: [ES256], jwks_file: "{}" }}
+            - {{ name: b, issuer: "https://b.test/", audiences: [api], algorithms: [ES256], jwks_file: "{}" }}
+            - {{ name: c, issuer: "https://c.test/", audiences: [], algorithms: [HS256], hmac_secret: short }}
+        routes:
+          - {{ name: r0, match: {{ path_prefix: / }}, upstream: u, auth: [jwt] }}
+        "#,
+        empty.display(),
+        not_jwks.display()
+    ));
+    assert_refused(
+        &yaml,
+        &[],
+        &[
+            "auth.jwt[0].jwks_file",
+            "no key usable",
+            "auth.jwt[1].jwks_file",
+            "not a JWKS",
+            "auth.jwt[2].hmac_secret: too short",
+            "auth.jwt[2].audiences",
+        ],
     );
+}
+
+#[test]
+fn cache_sections_are_checked() {
+    // A route cache needs the top-level section; bad values name their path.
+    assert_refused(
+        &cfg("routes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s } }\n"),
+        &[],
+        &["routes[0].cache", "needs the top-level cache: section"],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1KiB, max_object_size: 2KiB, lock_timeout: 0s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { vary: [\"bad header\"] } }\n"),
+        &[],
+        &[
+            "cache.memory",
+            "cache.max_object_size",
+            "cache.lock_timeout",
+            "routes[0].cache.vary[0]",
+        ],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: soon } }\n"),
+        &[],
+        &["routes[0].cache.ttl"],
+    );
+    assert_refused(
+        &cfg("cache: { memory: 1MiB }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { stor_set_cookie: true } }\n"),
+        &[],
+        &["routes[0].cache.stor_set_cookie"],
+    );
+    let (code, out) = common::gateway::check(
+        &cfg("cache: { memory: 1MiB, max_object_size: 64KiB, lock_timeout: 1s }\nroutes:\n  - { name: r0, match: { path_prefix: / }, upstream: u, cache: { ttl: 30s, vary: [Accept-Language], store_set_cookie: true } }\n"),
+        &[],
+    );
+    assert_eq!(code, Some(0), "a valid cache config was refused:\n{out}");
 }

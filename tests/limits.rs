@@ -377,7 +377,7 @@ async fn reload_keeps_counts_of_unchanged_limits() {
     // Same file but route b's rate changes.
     let new = yaml.replace(&route("1/min"), &route("2/min"));
     std::fs::write(&gw.config_path, new).expect("rewrite config");
-    let r = gw.admin_post("/admin/reload", serde_json::json!({})).await;
+    let r = gw.admin_post("/admin/reload", &serde_json::json!({})).await;
     assert_eq!(r.status(), 200, "reload");
     assert_eq!(
         get_h(&http, &gw.url("/a"), &[]).await.status,

@@ -88,13 +88,22 @@ async fn sigterm_drains_an_inflight_request_then_exits_0() {
 
     gw.signal("TERM");
     let t_term = Instant::now();
-    let ready = http
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16());
-    assert_eq!(ready.ok(), Some(503), "/readyz right after SIGTERM");
-    assert!(t_term.elapsed() < Duration::from_millis(500));
+    // kill(1) returns before the process has handled the signal: allow it a moment.
+    let turned = common::eventually(Duration::from_millis(500), || {
+        let (http, url) = (http.clone(), gw.admin_url("/readyz"));
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 503)
+        }
+    })
+    .await;
+    assert!(
+        turned.is_some(),
+        "/readyz did not turn 503 right after SIGTERM"
+    );
+    assert!(t_term.elapsed() < Duration::from_millis(1000));
 
     let status = slow.await.unwrap();
     assert_eq!(status.ok(), Some(200), "in-flight request during drain");
@@ -195,6 +204,21 @@ async fn metrics_have_the_contract_names_and_labels() {
     }
     let r = http.post(gw.url("/r1/p")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A request is counted in the logging phase, just after its response went out.
+    let counted = common::eventually(Duration::from_secs(3), || {
+        let gw = &gw;
+        async move {
+            gw.metrics()
+                .await
+                .get(
+                    "gatehouse_http_requests_total",
+                    &[("route", "r1"), ("method", "POST"), ("status", "200")],
+                )
+                .is_some()
+        }
+    })
+    .await;
+    assert!(counted.is_some(), "the POST was never counted");
 
     let m = gw.metrics().await;
     let req = |route: &str, method: &str, status: &str| {

@@ -191,6 +191,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             for up in shared.snapshot.load().upstreams.values() {
                 up.refresh_gauges();
             }
+            crate::cache::refresh_gauges();
             crate::store::refresh_gauges();
             text(
                 StatusCode::OK,
@@ -243,15 +244,72 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 )
             }
         },
+        (Method::POST, "/admin/cache/purge") => purge(req, shared).await,
         (Method::GET, "/admin/clock") | (Method::POST, "/admin/clock") => clock(req).await,
-        (Method::POST, "/admin/cache/purge") => {
-            // Drain the body so keep-alive stays usable, then say why nothing happened.
-            let _ = req.into_body().collect().await;
-            problem(
-                StatusCode::NOT_IMPLEMENTED,
-                "response caching is not supported yet by this gatehouse version",
-            )
+        (Method::POST, "/admin/test/clock") if crate::cache::clock::drivable() => {
+            test_clock(req).await
         }
         _ => problem(StatusCode::NOT_FOUND, "unknown admin path"),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read",
+            ))
+        }
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+}
+
+/// `POST /admin/cache/purge`: `{"route": R}`, `{"route": R, "path": P}`, `{"path": P}`
+/// or `{"prefix": P}` (optionally with a route).
+async fn purge(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
+    let body: crate::cache::purge::PurgeRequest = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let snap = shared.snapshot.load();
+    let known = |name: &str| snap.loaded.config.routes.iter().any(|r| r.name == name);
+    let selector = match body.check(known) {
+        Ok(s) => s,
+        Err((code, detail)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+            return problem(status, &detail);
+        }
+    };
+    let Some(storage) = crate::cache::storage() else {
+        return problem(
+            StatusCode::CONFLICT,
+            "no cache is configured (cache: section)",
+        );
+    };
+    let (entries, bytes) = selector.run(storage);
+    json(serde_json::json!({ "purged": entries, "bytes": bytes }))
+}
+
+/// `POST /admin/test/clock` `{"advance": "30s"}`: only with `GATEHOUSE_TEST_CLOCK=1`.
+async fn test_clock(req: Request<Incoming>) -> Resp {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Advance {
+        advance: String,
+    }
+    let body: Advance = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let by = match crate::config::units::parse_duration(&body.advance) {
+        Ok(d) => d,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+    };
+    match crate::cache::clock::advance(by) {
+        Some(offset) => json(serde_json::json!({ "offset_ms": offset.as_millis() as u64 })),
+        None => problem(StatusCode::NOT_FOUND, "unknown admin path"),
     }
 }

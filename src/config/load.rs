@@ -208,6 +208,51 @@ fn map<T: DeserializeOwned>(
     }
 }
 
+/// `consumers[i].api_keys[k]` entries written as exactly `${VAR}` (or `${VAR:-x}`):
+/// the one way a plain API key may enter the config.
+fn env_api_keys(root: &Value) -> Vec<(usize, usize)> {
+    let Some(Value::Sequence(consumers)) = root.get("consumers") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, c) in consumers.iter().enumerate() {
+        if let Some(Value::Sequence(keys)) = c.get("api_keys") {
+            for (k, key) in keys.iter().enumerate() {
+                let whole_ref = key.as_str().is_some_and(|s| {
+                    s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3)
+                });
+                if whole_ref {
+                    out.push((i, k));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Replaces the plain keys that came from the environment by their `sha256:` form, so
+/// the secret itself is never kept (nor shown by `/admin/config`).
+fn hash_env_api_keys(root: &mut Value, at: &[(usize, usize)], errs: &mut Vec<ConfigError>) {
+    for &(i, k) in at {
+        let Some(Value::String(s)) = root
+            .get_mut("consumers")
+            .and_then(|c| c.get_mut(i))
+            .and_then(|c| c.get_mut("api_keys"))
+            .and_then(|keys| keys.get_mut(k))
+        else {
+            continue;
+        };
+        if s.is_empty() {
+            errs.push(ConfigError::new(
+                format!("consumers[{i}].api_keys[{k}]"),
+                "the environment variable holding this key is empty",
+            ));
+        } else if !s.starts_with("sha256:") {
+            *s = crate::policy::consumers::hash_key(s);
+        }
+    }
+}
+
 /// Parses the text of a config file. The environment is read through `lookup`.
 pub fn parse(
     text: &str,
@@ -235,7 +280,9 @@ pub fn parse_partial(
             )
         }
     };
+    let env_keys = env_api_keys(&root);
     interpolate_value(&mut root, "", lookup, &mut errs);
+    hash_env_api_keys(&mut root, &env_keys, &mut errs);
     let Value::Mapping(top) = root else {
         return (None, vec![ConfigError::new(
             "(file)",
@@ -339,6 +386,30 @@ bogus: 1
         assert!(all.contains("routes[2].rate_limt"), "{all}");
         assert!(all.contains("bogus: unknown field"), "{all}");
         assert_eq!(errs.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn plain_api_keys_only_from_the_environment() {
+        let lookup = |n: &str| match n {
+            "ACME_KEY" => Some("s3cret".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text = r#"
+listeners: [ { name: a, address: "127.0.0.1:1" } ]
+consumers:
+  - { id: a, api_keys: ["${ACME_KEY}", "plain-in-file", "x${ACME_KEY}"] }
+"#;
+        let (cfg, errs) = parse_partial(text, &lookup);
+        assert!(errs.is_empty(), "{errs:?}");
+        let keys = &cfg.unwrap().consumers[0].api_keys;
+        assert_eq!(keys[0], crate::policy::consumers::hash_key("s3cret"));
+        // Written in the file (even partly): kept as is, and validation refuses it.
+        assert_eq!(keys[1], "plain-in-file");
+        assert_eq!(keys[2], "xs3cret");
+        let empty = "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\nconsumers: [ { id: b, api_keys: [\"${EMPTY}\"] } ]\n";
+        let errs = parse(empty, &lookup).unwrap_err();
+        assert_eq!(errs[0].path, "consumers[0].api_keys[0]");
     }
 
     #[test]

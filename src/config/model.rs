@@ -402,6 +402,10 @@ pub struct RouteCache {
     pub ttl: Option<Dur>,
     #[serde(default)]
     pub vary: Vec<String>,
+    /// Extension: store responses that carry `Set-Cookie` (refused by default, since the
+    /// cookie would be handed to every client the entry is served to).
+    #[serde(default)]
+    pub store_set_cookie: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -428,6 +432,10 @@ pub struct Route {
     pub auth: Option<Vec<String>>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Extension: pass the credential (API key header or query parameter, bearer token)
+    /// on to the upstream instead of removing it.
+    #[serde(default)]
+    pub auth_forward_credential: bool,
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimit>,
     #[serde(default)]

@@ -7,11 +7,6 @@ use super::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 
-const KNOWN_ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
-
 struct V {
     errs: Vec<ConfigError>,
 }
@@ -40,7 +35,6 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     auth(&mut v, cfg);
     limits(&mut v, cfg);
     routes(&mut v, cfg);
-    not_supported_yet(&mut v, cfg);
     v.errs
 }
 
@@ -206,59 +200,45 @@ fn auth(v: &mut V, cfg: &Config) {
     let mut tier_refs = Vec::new();
     if let Some(a) = &cfg.auth {
         let mut names = HashSet::new();
+        let mut issuers = HashSet::new();
         for (i, j) in a.jwt.iter().enumerate() {
             let p = format!("auth.jwt[{i}]");
-            if !names.insert(j.name.as_str()) {
+            if j.name.is_empty() || !names.insert(j.name.as_str()) {
                 v.err(
                     format!("{p}.name"),
-                    format!("duplicate issuer name {:?}", j.name),
+                    format!("issuer names must be unique and non-empty ({:?})", j.name),
                 );
             }
-            if j.algorithms.is_empty() {
-                v.err(format!("{p}.algorithms"), "list at least one algorithm");
-            }
-            for (k, alg) in j.algorithms.iter().enumerate() {
-                if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
-                    v.err(
-                        format!("{p}.algorithms[{k}]"),
-                        format!(
-                            "unknown algorithm {alg:?} (one of {})",
-                            KNOWN_ALGORITHMS.join(", ")
-                        ),
-                    );
-                }
-            }
-            let has_hmac = j.hmac_secret.as_deref().is_some_and(|s| !s.is_empty());
-            if j.jwks_url.is_none() && j.jwks_file.is_none() && !has_hmac {
+            if j.issuer.is_empty() {
+                v.err(format!("{p}.issuer"), "the exact `iss` value is required");
+            } else if !issuers.insert(j.issuer.as_str()) {
                 v.err(
-                    &p,
-                    "an issuer needs keys: jwks_url, jwks_file or hmac_secret",
+                    format!("{p}.issuer"),
+                    format!("issuer {:?} is configured twice", j.issuer),
                 );
             }
-            if let Some(f) = &j.jwks_file {
-                match std::fs::read(f) {
-                    Err(e) => v.err(format!("{p}.jwks_file"), format!("cannot read {f:?}: {e}")),
-                    Ok(bytes) => {
-                        let ok = serde_json::from_slice::<serde_json::Value>(&bytes)
-                            .ok()
-                            .is_some_and(|j| j.get("keys").is_some_and(|k| k.is_array()));
-                        if !ok {
-                            v.err(
-                                format!("{p}.jwks_file"),
-                                format!(
-                                    "{f:?} is not a JWKS (a JSON object with a \"keys\" array)"
-                                ),
-                            );
-                        }
-                    }
-                }
+            jwt_issuer(v, &p, j);
+        }
+        if let Some(k) = &a.api_key {
+            if http::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                v.err("auth.api_key.header", "invalid header name");
+            }
+            if k.query.as_deref() == Some("") {
+                v.err("auth.api_key.query", "must not be empty (omit it instead)");
             }
         }
     }
     let mut ids = HashSet::new();
+    let mut keys: HashMap<&str, String> = HashMap::new();
+    let mut subjects: HashMap<&str, String> = HashMap::new();
     for (i, c) in cfg.consumers.iter().enumerate() {
         let p = format!("consumers[{i}]");
-        if !ids.insert(c.id.as_str()) {
+        if c.id.is_empty() || http::HeaderValue::from_str(&c.id).is_err() {
+            v.err(
+                format!("{p}.id"),
+                "a consumer id is required (printable, it becomes X-Consumer-ID)",
+            );
+        } else if !ids.insert(c.id.as_str()) {
             v.err(
                 format!("{p}.id"),
                 format!("duplicate consumer id {:?}", c.id),
@@ -268,16 +248,23 @@ fn auth(v: &mut V, cfg: &Config) {
             tier_refs.push((format!("{p}.tier"), t.clone()));
         }
         for (k, key) in c.api_keys.iter().enumerate() {
-            let ok = key
-                .strip_prefix("sha256:")
-                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-            if !ok {
+            let kp = format!("{p}.api_keys[{k}]");
+            if crate::policy::consumers::parse_digest(key).is_none() {
                 v.err(
-                    format!("{p}.api_keys[{k}]"),
-                    "must be sha256:<64 hex digits> (use `gatehouse hash-key KEY`)",
+                    kp,
+                    "must be sha256:<64 hex digits> (use `gatehouse hash-key KEY`), or ${VAR} naming an environment variable that holds the key",
                 );
+            } else if let Some(first) = keys.insert(key, kp.clone()) {
+                v.err(kp, format!("the same key is also {first}"));
             }
         }
+        for (k, sub) in c.jwt_subjects.iter().enumerate() {
+            let sp = format!("{p}.jwt_subjects[{k}]");
+            if let Some(first) = subjects.insert(sub, sp.clone()) {
+                v.err(sp, format!("subject {sub:?} is also {first}"));
+            }
+        }
+        scope_list(v, &format!("{p}.scopes"), &c.scopes);
     }
     for (path, t) in tier_refs {
         if !cfg.tiers.contains_key(&t) {
@@ -285,10 +272,117 @@ fn auth(v: &mut V, cfg: &Config) {
         }
     }
     if let Some(c) = &cfg.cache {
+        if c.memory.0 < 64 * 1024 {
+            v.err("cache.memory", "must be at least 64KiB");
+        }
+        if c.lock_timeout.is_some_and(|t| t.0.is_zero()) {
+            v.err("cache.lock_timeout", "must be more than 0");
+        }
+        if c.max_object_size.is_some_and(|m| m.0 == 0) {
+            v.err("cache.max_object_size", "must be more than 0");
+        }
         if let Some(m) = c.max_object_size {
             if m.0 > c.memory.0 {
                 v.err("cache.max_object_size", "is larger than cache.memory");
             }
+        }
+    }
+}
+
+/// One `auth.jwt[]` entry: algorithms, keys and claim settings.
+fn jwt_issuer(v: &mut V, p: &str, j: &JwtIssuer) {
+    use crate::policy::jwt::keys::{Alg, ALL_ALGS};
+    if j.algorithms.is_empty() {
+        v.err(format!("{p}.algorithms"), "list at least one algorithm");
+    }
+    let mut algs = Vec::new();
+    for (k, alg) in j.algorithms.iter().enumerate() {
+        match Alg::parse(alg) {
+            Some(a) => algs.push(a),
+            None if alg.eq_ignore_ascii_case("none") => v.err(
+                format!("{p}.algorithms[{k}]"),
+                "`none` is never accepted: tokens must be signed",
+            ),
+            None => v.err(
+                format!("{p}.algorithms[{k}]"),
+                format!(
+                    "unknown algorithm {alg:?} (one of {})",
+                    ALL_ALGS.map(|a| a.name()).join(", ")
+                ),
+            ),
+        }
+    }
+    if j.audiences.is_empty() {
+        v.err(
+            format!("{p}.audiences"),
+            "list at least one audience: a token must be meant for this API",
+        );
+    }
+    let hmac = j.hmac_secret.as_deref().filter(|s| !s.is_empty());
+    if j.jwks_url.is_none() && j.jwks_file.is_none() && hmac.is_none() {
+        v.err(
+            p,
+            "an issuer needs keys: jwks_url, jwks_file or hmac_secret",
+        );
+    }
+    let wants_hmac = algs.iter().any(|a| a.is_hmac());
+    match hmac {
+        Some(_) if !wants_hmac => v.err(
+            format!("{p}.hmac_secret"),
+            "set, but no HS256/HS384/HS512 is listed in algorithms",
+        ),
+        Some(s) if algs.iter().any(|a| a.is_hmac() && s.len() < a.min_secret_len()) => v.err(
+            format!("{p}.hmac_secret"),
+            "too short: at least as long as the hash (32 bytes for HS256, 48 for HS384, 64 for HS512; RFC 7518 §3.2)",
+        ),
+        None if wants_hmac && j.jwks_file.is_none() => v.err(
+            format!("{p}.hmac_secret"),
+            "HS256/HS384/HS512 need hmac_secret (or oct keys in jwks_file; a jwks_url never supplies secrets)",
+        ),
+        _ => {}
+    }
+    if let Some(u) = &j.jwks_url {
+        let ok = reqwest::Url::parse(u)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            v.err(
+                format!("{p}.jwks_url"),
+                format!("{u:?} is not an http(s) URL"),
+            );
+        }
+    }
+    if j.jwks_file.is_some() && !algs.is_empty() {
+        if let Err(e) = crate::policy::jwt::fixed_keys(p, j, &algs) {
+            v.errs.push(e);
+        }
+    }
+    for (key, val) in [
+        ("consumer_claim", &j.consumer_claim),
+        ("scope_claim", &j.scope_claim),
+    ] {
+        if val.as_deref() == Some("") {
+            v.err(
+                format!("{p}.{key}"),
+                "must not be empty (omit it for the default)",
+            );
+        }
+    }
+    if j.leeway.is_some_and(|l| l.0.as_secs() > 600) {
+        v.err(format!("{p}.leeway"), "at most 10m");
+    }
+}
+
+/// Scope names as RFC 6749 §3.3 allows them (they go into a quoted challenge).
+fn scope_list(v: &mut V, p: &str, scopes: &[String]) {
+    for (k, s) in scopes.iter().enumerate() {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
+        if !ok {
+            v.err(
+                format!("{p}[{k}]"),
+                format!("{s:?} is not a scope (printable ASCII, no space, quote or backslash)"),
+            );
         }
     }
 }
@@ -405,9 +499,23 @@ fn routes(v: &mut V, cfg: &Config) {
                 }
             }
         }
+        scope_list(v, &format!("{p}.scopes"), &r.scopes);
+        if !r.scopes.is_empty() && r.auth.as_ref().is_none_or(|a| a.is_empty()) {
+            v.err(
+                format!("{p}.scopes"),
+                "scopes need authentication: set auth on this route",
+            );
+        }
         route_limits(v, cfg, &p, r);
-        if r.cache.is_some() && cfg.cache.is_none() {
-            v.err(format!("{p}.cache"), "needs the top-level cache: section");
+        if let Some(c) = &r.cache {
+            if cfg.cache.is_none() {
+                v.err(format!("{p}.cache"), "needs the top-level cache: section");
+            }
+            for (k, name) in c.vary.iter().enumerate() {
+                if name == "*" || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    v.err(format!("{p}.cache.vary[{k}]"), "must be a header name");
+                }
+            }
         }
     }
 }
@@ -526,33 +634,6 @@ fn header_ops(v: &mut V, p: &str, ops: &HeaderOps) {
     for (k, name) in ops.remove.iter().enumerate() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             v.err(format!("{p}.remove[{k}]"), "invalid header name");
-        }
-    }
-}
-
-/// Sections whose features land in later issues parse and validate now, but a config
-/// that uses them is refused: a route must never run with its auth or limits ignored.
-fn not_supported_yet(v: &mut V, cfg: &Config) {
-    const MSG: &str = "not supported yet by this gatehouse version; remove it to run this config";
-    if cfg.auth.is_some() {
-        v.err("auth", MSG);
-    }
-    if !cfg.consumers.is_empty() {
-        v.err("consumers", MSG);
-    }
-    if cfg.cache.is_some() {
-        v.err("cache", MSG);
-    }
-    for (i, r) in cfg.routes.iter().enumerate() {
-        let p = format!("routes[{i}]");
-        if r.auth.as_ref().is_some_and(|a| !a.is_empty()) {
-            v.err(format!("{p}.auth"), MSG);
-        }
-        if !r.scopes.is_empty() {
-            v.err(format!("{p}.scopes"), MSG);
-        }
-        if r.cache.is_some() {
-            v.err(format!("{p}.cache"), MSG);
         }
     }
 }

@@ -40,8 +40,9 @@ pub struct Ctx {
     pub snapshot: Option<Arc<Snapshot>>,
     pub route: Option<Arc<Route>>,
     pub request_id: String,
-    /// Path (and query) to send upstream when it differs from the client's.
-    pub upstream_uri: Option<String>,
+    /// Path to send upstream when it differs from the client's. The query is taken from
+    /// the request as the policies left it (an API key parameter may be removed).
+    pub upstream_path: Option<String>,
     pub tried: Vec<usize>,
     pub target: Option<usize>,
     pub upstream_slot: Option<UpstreamSlot>,
@@ -58,6 +59,8 @@ pub struct Ctx {
     pub identity: Option<Arc<crate::policy::Identity>>,
     /// Added to the response, whatever it is (see `policy::PolicyCtx::response_headers`).
     pub extra_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// What the response cache did for this request.
+    pub cache: crate::cache::status::CacheCtx,
 }
 
 impl Ctx {
@@ -69,7 +72,7 @@ impl Ctx {
             snapshot: None,
             route: None,
             request_id: String::new(),
-            upstream_uri: None,
+            upstream_path: None,
             tried: Vec::new(),
             target: None,
             upstream_slot: None,
@@ -84,6 +87,7 @@ impl Ctx {
             server_timing: false,
             identity: None,
             extra_response_headers: Vec::new(),
+            cache: Default::default(),
         }
     }
 

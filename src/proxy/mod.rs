@@ -5,12 +5,15 @@
 mod ctx;
 mod log;
 
+use crate::cache;
 use crate::error::Reject;
 use crate::policy::headers;
 use crate::runtime::{path, router::host_of, Shared};
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use ctx::Ctx;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -138,7 +141,13 @@ impl Gateway {
             ctx.snapshot = Some(snap);
             return Some(Reject::NotFound);
         };
-        // Path sent upstream: normalised, then strip_prefix; the query is kept as sent.
+        if crate::cache::storage().is_some() {
+            // Keys and unsafe-method invalidation name the URL the client asked for.
+            ctx.cache.host = host.into_owned();
+            ctx.cache.path = normalized.to_string();
+        }
+        // Path sent upstream: normalised, then strip_prefix; the query is kept as the
+        // policies leave it (upstream_request_filter).
         let mut up_path: std::borrow::Cow<str> = normalized;
         if let Some(sp) = &route.strip_prefix {
             if let Some(rest) = up_path.strip_prefix(sp.as_str()) {
@@ -152,11 +161,7 @@ impl Gateway {
             }
         }
         if up_path != raw_path {
-            let uri = match req.uri.query() {
-                Some(q) => format!("{up_path}?{q}"),
-                None => up_path.into_owned(),
-            };
-            ctx.upstream_uri = Some(uri);
+            ctx.upstream_path = Some(up_path.into_owned());
         }
         if let Some(max) = route.max_body {
             let declared = req
@@ -230,7 +235,12 @@ impl Gateway {
                 .map(|v| v.as_bytes().to_vec())
                 .unwrap_or_default(),
             Some(HashOn::Path) => session.req_header().uri.path().as_bytes().to_vec(),
-            // Until consumers exist (auth issue) the consumer is the client address.
+            Some(HashOn::Consumer) if ctx.identity.is_some() => ctx
+                .identity
+                .as_ref()
+                .map(|id| id.consumer_id.as_bytes().to_vec())
+                .unwrap_or_default(),
+            // An anonymous caller's "consumer" is its address.
             Some(HashOn::Ip) | Some(HashOn::Consumer) => session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -311,6 +321,65 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        cache::phases::enable(session, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        cache::phases::cache_key(session, ctx)
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+        cache::phases::on_miss(session, ctx);
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(cache::phases::hit_freshness(session, meta, is_fresh, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Ctx,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::phases::variance(meta, ctx, req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        Ok(cache::phases::response_cacheable(session, resp, ctx))
+    }
+
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::phases::serve_stale(session, ctx, error)
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.cache.active && ctx.cache.directives.only_if_cached {
+            respond(session, ctx, Reject::NotCached).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -432,7 +501,11 @@ impl ProxyHttp for Gateway {
         req: &mut pingora::http::RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(uri) = &ctx.upstream_uri {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = match req.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
             if let Ok(u) = uri.parse::<http::Uri>() {
                 req.set_uri(u);
             }
@@ -449,15 +522,19 @@ impl ProxyHttp for Gateway {
         if let Some(route) = &ctx.route {
             route.request_headers.apply_request(req);
         }
+        if ctx.cache.active {
+            ctx.cache.request_time = Some(cache::clock::now());
+        }
         Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::phases::on_upstream_response(session, resp, ctx);
         let now = Instant::now();
         ctx.upstream_header_at = Some(now);
         let status = resp.status.as_u16();
@@ -491,6 +568,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        cache::phases::on_response(session, resp, ctx)?;
         // While draining (SIGTERM, or an upgrade hand-over), tell HTTP/1 clients to reconnect
         // now, so they move to the new process instead of waiting for the grace period.
         if self.shared.draining.load(Relaxed)

@@ -53,6 +53,8 @@ impl Shared {
         });
         match result {
             Ok(next) => {
+                // New JWKS sources are fetched before the snapshot serves.
+                next.policies.start().await;
                 let current = self.snapshot.load_full();
                 for (name, up) in &next.upstreams {
                     let reused = current
@@ -63,8 +65,14 @@ impl Shared {
                         crate::upstream::health::spawn(up);
                     }
                 }
+                match &next.cache {
+                    Some(c) => {
+                        crate::cache::configure(c);
+                    }
+                    // No cache any more: free what the old config stored.
+                    None => crate::cache::clear(),
+                }
                 let hash = next.loaded.version_hash.clone();
-                next.policies.start();
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(version = %hash, "config reloaded");

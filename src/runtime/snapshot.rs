@@ -14,6 +14,10 @@ use std::time::{Duration, SystemTime};
 
 pub struct Route {
     pub name: String,
+    /// The name again, shared with the cache entries it tags.
+    pub name_arc: Arc<str>,
+    /// `cache:` of the route, when it caches.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
     pub upstream: Arc<Upstream>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
@@ -36,6 +40,8 @@ pub struct Snapshot {
     pub server_timing_listeners: HashSet<SocketAddr>,
     pub unmatched_duration: Histogram,
     pub policies: Arc<PolicySet>,
+    /// The top-level `cache:` section, when present.
+    pub cache: Option<crate::cache::Settings>,
 }
 
 impl Snapshot {
@@ -60,7 +66,7 @@ impl Snapshot {
                 Err(e) => errs.push(ConfigError::new(format!("upstreams.{name}"), e)),
             }
         }
-        let policies = match PolicySet::build(cfg) {
+        let policies = match PolicySet::build(cfg, previous.map(|p| &*p.policies)) {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 errs.extend(e);
@@ -110,6 +116,11 @@ impl Snapshot {
             };
             let route = Route {
                 name: r.name.clone(),
+                name_arc: Arc::from(r.name.as_str()),
+                cache: r
+                    .cache
+                    .as_ref()
+                    .map(|c| Arc::new(crate::cache::RouteCache::compile(&r.name, c))),
                 upstream,
                 strip_prefix: r.strip_prefix.clone().filter(|s| s != "/"),
                 request_headers: HeaderOps::compile(&r.request_headers),
@@ -151,6 +162,7 @@ impl Snapshot {
             loaded_at: SystemTime::now(),
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
             policies,
+            cache: cfg.cache.as_ref().map(crate::cache::Settings::from_config),
             loaded,
         })
     }

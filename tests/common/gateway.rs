@@ -32,12 +32,22 @@ impl Gateway {
     /// Starts `gatehouse run -c FILE` and waits (up to 20 s) until the
     /// admin `/readyz` answers 200. Panics with the process output otherwise.
     pub async fn start(yaml: &str) -> Gateway {
-        Gateway::start_env(yaml, &[]).await
+        Gateway::start_with_env(yaml, &[]).await
     }
 
-    /// `start` with extra environment variables (e.g. `GATEHOUSE_TEST_CLOCK`).
+    /// Same as `start_with_env` (the name the limits tests use).
     pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut gw = Gateway::spawn_env(yaml, env);
+        Gateway::start_with_env(yaml, env).await
+    }
+
+    /// Same as `spawn_with_env`.
+    pub fn spawn_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn_with_env(yaml, env)
+    }
+
+    /// `start` with extra environment variables for the process.
+    pub async fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut gw = Gateway::spawn_with_env(yaml, env);
         if let Err(e) = gw.wait_ready(Duration::from_secs(20)).await {
             panic!("gateway did not become ready: {e}\n{}", gw.logs_tail());
         }
@@ -46,11 +56,11 @@ impl Gateway {
 
     /// Spawns the process without waiting for anything.
     pub fn spawn(yaml: &str) -> Gateway {
-        Gateway::spawn_env(yaml, &[])
+        Gateway::spawn_with_env(yaml, &[])
     }
 
-    /// `spawn` with extra environment variables.
-    pub fn spawn_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
+    /// `spawn` with extra environment variables for the process.
+    pub fn spawn_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("test config is YAML");
         let listeners = doc
             .get("listeners")
@@ -71,6 +81,7 @@ impl Gateway {
         let stdout = std::fs::File::create(dir.join("stdout.log")).expect("stdout log");
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr log");
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .arg("run")
             .arg("-c")
             .arg(&config_path)
@@ -142,6 +153,17 @@ impl Gateway {
         req.send()
             .await
             .unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
+    }
+
+    /// POST a JSON body on the admin listener with the bearer token.
+    pub async fn admin_post(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        let mut req = self.http.post(self.admin_url(path)).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+            .await
+            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
     }
 
     /// `GET /admin/upstreams` as JSON.
@@ -224,21 +246,10 @@ impl Gateway {
         metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
     }
 
-    /// POST on the admin listener with the bearer token and a JSON body.
-    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        let mut req = self.http.post(self.admin_url(path)).json(&body);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        req.send()
-            .await
-            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
-    }
-
     /// Moves the test clock (the process must run with `GATEHOUSE_TEST_CLOCK`).
     pub async fn advance_clock(&self, by: &str) {
         let r = self
-            .admin_post("/admin/clock", serde_json::json!({ "advance": by }))
+            .admin_post("/admin/clock", &serde_json::json!({ "advance": by }))
             .await;
         assert_eq!(r.status(), 200, "POST /admin/clock advance {by}");
     }

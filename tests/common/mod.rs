@@ -6,15 +6,21 @@
 //! - `gateway`: the gateway process (start, readiness, admin, signals, logs);
 //! - `upstream`: hyper upstreams that count, record, slow down, stop and restart;
 //! - `raw`: a raw HTTP/1.1 client for requests reqwest would not send;
-//! - `metrics`: a Prometheus text-format parser.
+//! - `metrics`: a Prometheus text-format parser;
+//! - `origin`: a scriptable origin (per-path replies, counts, `Date` clock) for cache tests;
+//! - `jwks`: a JWKS server that rotates, breaks and goes down on demand;
+//! - `tokens`: JWT minting with the keys in tests/keys/.
 #![allow(dead_code, unused_imports)]
 
 pub mod gateway;
+pub mod jwks;
 pub mod load;
 pub mod metrics;
+pub mod origin;
 pub mod ratelimit;
 pub mod raw;
 pub mod redis_server;
+pub mod tokens;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

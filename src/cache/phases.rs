@@ -1,0 +1,278 @@
+//! The cache's part of each Pingora proxy phase. `proxy::Gateway`'s cache hooks are
+//! one-line calls into these functions.
+//!
+//! What Pingora does for us once caching is enabled: the lookup, the cache lock
+//! (coalescing), `HEAD` from a `GET` entry, `Range` from a full entry, conditional
+//! requests against a stored response (304), revalidation requests with the stored
+//! validators, serving stale while a background subrequest refreshes, and stale on
+//! upstream error. What it does not, and is done here: the key and variants (it ignores
+//! `Vary`), every storing and freshness rule (its own ignore `Age`, `Date` and the
+//! request's directives), the full header update after a 304, `Cache-Status`, `Age` on
+//! every response served from cache, and unsafe-method invalidation.
+
+use super::rules::{self, Reuse, StoreDecision, StoreInput};
+use super::status::{report, Found, Outcome};
+use super::{clock, key, storage};
+use crate::proxy::Ctx;
+use http::{header, Method};
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
+    RespCacheable,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::time::{Duration, SystemTime};
+
+fn secs_between(later: SystemTime, earlier: SystemTime) -> i64 {
+    match later.duration_since(earlier) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64) - i64::from(e.duration().subsec_nanos() > 0),
+    }
+}
+
+/// `request_cache_filter`: enables the cache for a cacheable request on a caching route.
+pub fn enable(session: &mut Session, ctx: &mut Ctx) {
+    if ctx.route.as_ref().and_then(|r| r.cache.as_ref()).is_none() {
+        return;
+    }
+    let (Some(settings), Some(storage)) = (ctx.snapshot.as_ref().and_then(|s| s.cache), storage())
+    else {
+        return;
+    };
+    let req = session.req_header();
+    if !matches!(req.method, Method::GET | Method::HEAD) {
+        ctx.cache.bypass = Some("method");
+        return;
+    }
+    ctx.cache.directives = rules::RequestDirectives::from_headers(&req.headers);
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(settings.lock_timeout);
+    session.cache.enable(
+        storage,
+        None, // the storage evicts by itself (storage.rs)
+        None,
+        Some(settings.lock),
+        Some(overrides),
+    );
+    session
+        .cache
+        .set_max_file_size_bytes(settings.max_object as usize);
+    ctx.cache.active = true;
+}
+
+/// `cache_key_callback`.
+pub fn cache_key(session: &Session, ctx: &Ctx) -> Result<CacheKey> {
+    let Some(route) = &ctx.route else {
+        return Error::e_explain(ErrorType::InternalError, "cache key without a route");
+    };
+    Ok(key::cache_key(
+        ctx.https,
+        &ctx.cache.host,
+        &ctx.cache.path,
+        session.req_header().uri.query(),
+        &route.name_arc,
+    ))
+}
+
+/// `cache_miss`: records whether the URL had another variant stored.
+pub fn on_miss(session: &mut Session, ctx: &mut Ctx) {
+    if session
+        .cache
+        .maybe_cache_key()
+        .is_some_and(|k| k.variance_bin().is_some())
+    {
+        ctx.cache.vary_miss = true;
+    }
+    session.cache.cache_miss();
+}
+
+/// `cache_hit_filter`: re-decides freshness on our clock and applies the request's
+/// directives (no-cache, max-age, min-fresh, max-stale).
+pub fn hit_freshness(
+    session: &mut Session,
+    meta: &CacheMeta,
+    pingora_fresh: bool,
+    ctx: &mut Ctx,
+) -> Option<ForcedFreshness> {
+    let now = clock::now();
+    let fresh = meta.is_fresh(now);
+    ctx.cache.found = if fresh { Found::Fresh } else { Found::Stale };
+    match rules::reuse(
+        &ctx.cache.directives,
+        meta.headers(),
+        now,
+        meta.epoch(),
+        meta.fresh_until(),
+    ) {
+        Reuse::Revalidate => {
+            ctx.cache.forced = fresh;
+            // Each such request must reach the origin itself: waiting on another one's
+            // revalidation would add latency and save no origin request.
+            session.cache.set_cache_lock(None, None);
+            Some(ForcedFreshness::ForceExpired)
+        }
+        Reuse::ServeStale => Some(ForcedFreshness::ForceFresh),
+        // Pingora judged on the wall clock; ours may be ahead (tests advance it). Stale it
+        // is, with the stored deadline kept: Pingora's own stale-window checks (wall clock)
+        // are then never stricter than ours, and `serve_stale` decides on our clock.
+        Reuse::AsStored if pingora_fresh && !fresh => {
+            Some(ForcedFreshness::ForceExpiredServeStale { expired_at: None })
+        }
+        Reuse::AsStored => None,
+    }
+}
+
+/// `cache_vary_filter`: the variance of this request against `meta`.
+pub fn variance(meta: &CacheMeta, ctx: &Ctx, req: &RequestHeader) -> Option<HashBinary> {
+    let route = ctx.route.as_ref()?;
+    let rc = route.cache.as_ref()?;
+    key::variance(
+        &route.name,
+        meta.headers(),
+        &rc.vary,
+        &req.headers,
+        ctx.identity.as_ref().map(|i| i.consumer_id.as_str()),
+    )
+}
+
+/// `response_cache_filter`: RFC 9111 §3 and §4.2 on the response (or, after a 304, on
+/// the stored response updated with the 304's fields).
+pub fn response_cacheable(
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut Ctx,
+) -> RespCacheable {
+    let Some(rc) = ctx.route.as_ref().and_then(|r| r.cache.clone()) else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    let merged;
+    let header = match (
+        ctx.cache.not_modified.take(),
+        session.cache.maybe_cache_meta(),
+    ) {
+        (Some(nm), Some(stored)) => {
+            merged = rules::merge_not_modified(stored.response_header(), &nm);
+            &merged
+        }
+        _ => resp,
+    };
+    let response_time = clock::now();
+    let req = session.req_header();
+    let input = StoreInput {
+        status: header.status.as_u16(),
+        headers: &header.headers,
+        request_time: ctx.cache.request_time.unwrap_or(response_time),
+        response_time,
+        authorization: ctx.identity.is_none() && req.headers.contains_key(header::AUTHORIZATION),
+        request_no_store: ctx.cache.directives.no_store,
+        route_ttl: rc.ttl,
+        store_set_cookie: rc.store_set_cookie,
+    };
+    match rules::decide(&input) {
+        StoreDecision::Store(f) => {
+            let stored = rules::storable_header(header);
+            let mut meta = CacheMeta::new(
+                f.fresh_until,
+                response_time,
+                f.stale_while_revalidate,
+                f.stale_if_error,
+                stored,
+            );
+            meta.set_epoch_override(f.epoch);
+            ctx.cache.stored_ttl = Some(secs_between(f.fresh_until, response_time));
+            ctx.cache.not_stored = None;
+            RespCacheable::Cacheable(meta)
+        }
+        StoreDecision::Refuse(why) => {
+            ctx.cache.not_stored = Some(why);
+            ctx.cache.stored_ttl = None;
+            RespCacheable::Uncacheable(NoCacheReason::Custom(why))
+        }
+    }
+}
+
+/// `should_serve_stale`: the stale windows, on our clock. `error` is `None` for
+/// stale-while-revalidate.
+pub fn serve_stale(session: &Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    let Some(meta) = session.cache.maybe_cache_meta() else {
+        return false;
+    };
+    let now = clock::now();
+    let within =
+        |secs: u32| secs > 0 && meta.fresh_until() + Duration::from_secs(secs.into()) >= now;
+    match error {
+        None => !ctx.cache.forced && within(meta.stale_while_revalidate_sec()),
+        Some(e) => {
+            if let ErrorType::HTTPStatus(s) = e.etype() {
+                ctx.cache.fwd_status = Some(*s);
+            }
+            let upstream_failed = e.esource() == &ErrorSource::Upstream
+                || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
+            let ok = upstream_failed && within(meta.stale_if_error_sec());
+            ctx.cache.stale_on_error = ok;
+            ok
+        }
+    }
+}
+
+/// `response_filter`: `Cache-Status`, `Age` on responses served from cache, and the
+/// lookup metric.
+pub fn on_response(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    let Some(rc) = ctx.route.as_ref().and_then(|r| r.cache.clone()) else {
+        return Ok(());
+    };
+    let phase = session.cache.phase();
+    let now = clock::now();
+    let meta = session.cache.maybe_cache_meta();
+    let ttl = match (meta, ctx.cache.found) {
+        (Some(m), _) if !matches!(phase, CachePhase::Miss | CachePhase::Expired) => {
+            Some(secs_between(m.fresh_until(), now))
+        }
+        _ => ctx.cache.stored_ttl,
+    };
+    let collapsed = ctx.cache.active && session.cache.lock_duration().is_some();
+    let fwd_status = ctx.upstream_status.or(ctx.cache.fwd_status);
+    let r = report(&ctx.cache, phase, ttl, fwd_status, collapsed);
+    if r.from_cache {
+        if let Some(m) = meta {
+            let age = now.duration_since(m.epoch()).unwrap_or_default().as_secs();
+            resp.insert_header(header::AGE, age.to_string())?;
+        }
+    }
+    resp.insert_header("cache-status", r.value)?;
+    if session.subrequest_ctx.is_none() {
+        match r.outcome {
+            Outcome::Hit => rc.lookups.hit.inc(),
+            Outcome::Miss => rc.lookups.miss.inc(),
+            Outcome::Stale => rc.lookups.stale.inc(),
+            Outcome::Bypass => rc.lookups.bypass.inc(),
+        }
+    }
+    Ok(())
+}
+
+/// `upstream_response_filter`: keeps a revalidation's 304 for `response_cacheable`, and
+/// invalidates the URL after a successful unsafe request (RFC 9111 §4.4).
+pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+    let status = resp.status.as_u16();
+    if status == 304 && ctx.cache.active && session.cache.phase() == CachePhase::Stale {
+        ctx.cache.not_modified = Some(Box::new(resp.clone()));
+    }
+    let method = &session.req_header().method;
+    if method.is_safe() || !(200..400).contains(&status) {
+        return;
+    }
+    let Some(storage) = storage() else {
+        return;
+    };
+    let host = ctx.cache.host.as_str();
+    let query = session.req_header().uri.query();
+    super::purge::invalidate_url(storage, host, &ctx.cache.path, query);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(v) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) {
+            super::purge::invalidate_reference(storage, host, v);
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! Verification keys: JWK and JWKS parsing into ready-to-use verifiers, one per
+//! (key, algorithm) pair the issuer accepts.
+//!
+//! `jsonwebtoken` does the cryptography and reads the key material of a JWK. On top of
+//! it, this file adds what it leaves to the caller:
+//! - the key type must match the algorithm (an RSA key is never an HMAC secret), and a
+//!   JWK's own `alg`, `use` and `key_ops` restrict it further (RFC 7517 §4.2–4.4);
+//! - one bad key in a JWKS skips that key, not the whole set;
+//! - ES512 (P-521), which `jsonwebtoken` does not implement, is verified with aws-lc
+//!   directly (the library `jsonwebtoken`'s backend uses);
+//! - verifiers are built once per key, when the JWKS is loaded, not per request.
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
+use jsonwebtoken::DecodingKey;
+use std::fmt;
+use std::sync::Arc;
+
+/// A JWS algorithm we can verify. `none` is not one of them, by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    /// An extension: `jsonwebtoken` has no P-521; see `Verifier::Es512`.
+    ES512,
+    EdDSA,
+}
+
+pub const ALL_ALGS: [Alg; 13] = [
+    Alg::HS256,
+    Alg::HS384,
+    Alg::HS512,
+    Alg::RS256,
+    Alg::RS384,
+    Alg::RS512,
+    Alg::PS256,
+    Alg::PS384,
+    Alg::PS512,
+    Alg::ES256,
+    Alg::ES384,
+    Alg::ES512,
+    Alg::EdDSA,
+];
+
+impl Alg {
+    /// The exact, case-sensitive JWA name (RFC 7518 §3.1); anything else is refused.
+    pub fn parse(name: &str) -> Option<Alg> {
+        ALL_ALGS.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
+    }
+
+    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+    pub fn min_secret_len(self) -> usize {
+        match self {
+            Alg::HS384 => 48,
+            Alg::HS512 => 64,
+            _ => 32,
+        }
+    }
+
+    fn to_jwt(self) -> Option<jsonwebtoken::Algorithm> {
+        use jsonwebtoken::Algorithm as A;
+        Some(match self {
+            Alg::HS256 => A::HS256,
+            Alg::HS384 => A::HS384,
+            Alg::HS512 => A::HS512,
+            Alg::RS256 => A::RS256,
+            Alg::RS384 => A::RS384,
+            Alg::RS512 => A::RS512,
+            Alg::PS256 => A::PS256,
+            Alg::PS384 => A::PS384,
+            Alg::PS512 => A::PS512,
+            Alg::ES256 => A::ES256,
+            Alg::ES384 => A::ES384,
+            Alg::EdDSA => A::EdDSA,
+            Alg::ES512 => return None,
+        })
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+enum Verifier {
+    /// `jsonwebtoken`'s verifier objects are not `Send`, so the key is kept and the
+    /// (cheap) verifier is made per check; building one at load time proved the key usable.
+    Jwt(jsonwebtoken::Algorithm, DecodingKey),
+    Es512(aws_lc_rs::signature::ParsedPublicKey),
+}
+
+/// One key, able to verify the algorithms listed in `verifiers`.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    verifiers: Vec<(Alg, Verifier)>,
+}
+
+impl fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let algs: Vec<Alg> = self.verifiers.iter().map(|(a, _)| *a).collect();
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("algs", &algs)
+            .finish()
+    }
+}
+
+impl VerifyKey {
+    pub fn supports(&self, alg: Alg) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// Checks `signature` (already base64url-decoded) over `message` (the ASCII
+    /// `header.payload` exactly as received).
+    pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
+        let Some((_, v)) = self.verifiers.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        match v {
+            Verifier::Jwt(alg, key) => (PROVIDER.verifier_factory)(alg, key)
+                .is_ok_and(|v| v.verify(message, &signature.to_vec()).is_ok()),
+            // ECDSA_P521_SHA512_FIXED: JWS signatures are the fixed-size R || S
+            // (RFC 7518 §3.4), not DER.
+            Verifier::Es512(key) => key.verify_sig(message, signature).is_ok(),
+        }
+    }
+
+    /// An HMAC key from a configured secret (`hmac_secret`), for the HS algorithms in `algs`.
+    pub fn hmac(secret: &[u8], algs: &[Alg]) -> Option<VerifyKey> {
+        let key = DecodingKey::from_secret(secret);
+        let verifiers = build(
+            &key,
+            algs.iter()
+                .copied()
+                .filter(|a| a.is_hmac() && secret.len() >= a.min_secret_len()),
+        );
+        (!verifiers.is_empty()).then_some(VerifyKey {
+            kid: None,
+            verifiers,
+        })
+    }
+
+    /// A key from one JWK (JSON), for the algorithms in `algs` that its type, curve and
+    /// own `alg` allow. `Err` says why the key is not usable.
+    pub fn from_jwk(
+        v: &serde_json::Value,
+        algs: &[Alg],
+        allow_symmetric: bool,
+    ) -> Result<VerifyKey, String> {
+        let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|_| "unknown key type")?;
+        if let Some(u) = &jwk.common.public_key_use {
+            if *u != PublicKeyUse::Signature {
+                return Err("its `use` is not \"sig\"".into());
+            }
+        }
+        if let Some(ops) = &jwk.common.key_operations {
+            if !ops.contains(&KeyOperations::Verify) {
+                return Err("its `key_ops` do not include \"verify\"".into());
+            }
+        }
+        // Read from the JSON: jsonwebtoken's `KeyAlgorithm` has no ES512.
+        let own_alg = match v.get("alg") {
+            None => None,
+            Some(a) => Some(
+                a.as_str()
+                    .and_then(Alg::parse)
+                    .ok_or_else(|| format!("unsupported alg {a}"))?,
+            ),
+        };
+        let by_type: &[Alg] = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => &[
+                Alg::RS256,
+                Alg::RS384,
+                Alg::RS512,
+                Alg::PS256,
+                Alg::PS384,
+                Alg::PS512,
+            ],
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => &[Alg::ES256],
+                EllipticCurve::P384 => &[Alg::ES384],
+                EllipticCurve::P521 => &[Alg::ES512],
+                EllipticCurve::Ed25519 => return Err("an EC key on Ed25519".into()),
+            },
+            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+                EllipticCurve::Ed25519 => &[Alg::EdDSA],
+                _ => return Err("an OKP key that is not Ed25519".into()),
+            },
+            AlgorithmParameters::OctetKey(_) if !allow_symmetric => {
+                return Err("a symmetric (oct) key in a published JWKS".into())
+            }
+            AlgorithmParameters::OctetKey(_) => &[Alg::HS256, Alg::HS384, Alg::HS512],
+        };
+        let secret_len = match &jwk.algorithm {
+            AlgorithmParameters::OctetKey(p) => {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&p.value)
+                    .map_err(|_| "bad oct key encoding".to_string())?
+                    .len()
+            }
+            _ => usize::MAX,
+        };
+        let wanted: Vec<Alg> = by_type
+            .iter()
+            .copied()
+            .filter(|a| algs.contains(a) && own_alg.is_none_or(|o| o == *a))
+            .filter(|a| !a.is_hmac() || secret_len >= a.min_secret_len())
+            .collect();
+        if wanted.is_empty() {
+            return Err("no accepted algorithm fits this key".into());
+        }
+        let verifiers = if wanted == [Alg::ES512] {
+            match &jwk.algorithm {
+                AlgorithmParameters::EllipticCurve(p) => vec![(Alg::ES512, es512(&p.x, &p.y)?)],
+                _ => Vec::new(),
+            }
+        } else {
+            match &jwk.algorithm {
+                AlgorithmParameters::RSA(p) => check_rsa_size(&p.n)?,
+                AlgorithmParameters::EllipticCurve(p) => {
+                    check_point(wanted[0], &ec_point(&p.x, &p.y, wanted[0])?)?
+                }
+                AlgorithmParameters::OctetKeyPair(p) => check_point(Alg::EdDSA, &b64url(&p.x)?)?,
+                AlgorithmParameters::OctetKey(_) => {}
+            }
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+            build(&key, wanted.into_iter())
+        };
+        if verifiers.is_empty() {
+            return Err("bad key material".into());
+        }
+        Ok(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            verifiers,
+        })
+    }
+}
+
+static PROVIDER: &jsonwebtoken::crypto::CryptoProvider =
+    &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
+
+/// One verifier per algorithm that this key material really supports.
+fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifier)> {
+    algs.filter_map(|a| {
+        let jwt_alg = a.to_jwt()?;
+        (PROVIDER.verifier_factory)(&jwt_alg, key).ok()?;
+        Some((a, Verifier::Jwt(jwt_alg, key.clone())))
+    })
+    .collect()
+}
+
+/// RFC 7518 §3.3: RSA keys of 2048 bits or more.
+fn check_rsa_size(n_b64: &str) -> Result<(), String> {
+    use base64::Engine;
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(n_b64)
+        .map_err(|_| "bad RSA modulus encoding".to_string())?;
+    let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+    let bits = (n.len() - first) * 8;
+    if bits < 2048 {
+        return Err(format!("an RSA key of {bits} bits (2048 or more needed)"));
+    }
+    Ok(())
+}
+
+fn b64url(s: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| "bad base64url in the key".to_string())
+}
+
+/// The uncompressed SEC1 point of an EC JWK, with coordinates of the curve's size.
+fn ec_point(x: &str, y: &str, alg: Alg) -> Result<Vec<u8>, String> {
+    let size = match alg {
+        Alg::ES256 => 32,
+        Alg::ES384 => 48,
+        _ => 66,
+    };
+    let (x, y) = (b64url(x)?, b64url(y)?);
+    if x.len() != size || y.len() != size {
+        return Err("EC coordinates of the wrong size".into());
+    }
+    Ok([&[4u8][..], &x, &y].concat())
+}
+
+fn aws_lc_alg(alg: Alg) -> Option<&'static aws_lc_rs::signature::EcdsaVerificationAlgorithm> {
+    use aws_lc_rs::signature as sig;
+    Some(match alg {
+        Alg::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        Alg::ES512 => &sig::ECDSA_P521_SHA512_FIXED,
+        _ => return None,
+    })
+}
+
+/// Refuses a public key that is not a valid point at load time, rather than at each
+/// verification (jsonwebtoken's backend only parses it when verifying).
+fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::signature::{ParsedPublicKey, ED25519};
+    let ok = match aws_lc_alg(alg) {
+        Some(a) => ParsedPublicKey::new(a, bytes).is_ok(),
+        None => ParsedPublicKey::new(&ED25519, bytes).is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("the public key is not a valid point".into())
+    }
+}
+
+fn es512(x: &str, y: &str) -> Result<Verifier, String> {
+    let point = ec_point(x, y, Alg::ES512)?;
+    aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+        &point,
+    )
+    .map(Verifier::Es512)
+    .map_err(|_| "the public key is not a valid point".into())
+}
+
+/// The keys of one issuer at one moment. Immutable; a refresh builds a new one.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    pub keys: Vec<Arc<VerifyKey>>,
+}
+
+impl KeySet {
+    /// The keys that may have signed a token with this `kid` and `alg`: the keys with that
+    /// kid, plus keys that have no kid at all (an `hmac_secret`, a kid-less JWK). Without
+    /// a kid in the token, every key of a matching type.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Alg,
+    ) -> impl Iterator<Item = &'a Arc<VerifyKey>> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.supports(alg)
+                && match (kid, k.kid.as_deref()) {
+                    (Some(want), Some(have)) => want == have,
+                    _ => true,
+                }
+        })
+    }
+
+    /// True when some key carries this kid (whatever its type).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+/// What `parse_jwks` found: the usable keys, and why each other key was skipped.
+pub struct Parsed {
+    pub keys: Vec<Arc<VerifyKey>>,
+    pub skipped: Vec<String>,
+}
+
+/// Parses a JWKS document (`{"keys": [...]}`). The document itself must be well formed;
+/// a key that cannot be used is skipped with its reason.
+pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<Parsed, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let list = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("not a JWKS (a JSON object with a \"keys\" array)")?;
+    let mut out = Parsed {
+        keys: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for (i, v) in list.iter().enumerate() {
+        let label = v
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .map(|k| format!("key {k:?}"))
+            .unwrap_or_else(|| format!("key #{i}"));
+        match VerifyKey::from_jwk(v, algs, allow_symmetric) {
+            Ok(k) => out.keys.push(Arc::new(k)),
+            Err(e) => out.skipped.push(format!("{label}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwk(v: serde_json::Value) -> serde_json::Value {
+        v
+    }
+
+    const EC: &str = r#"{"kty":"EC","crv":"P-256","x":"9M_iHTaJqbz-LQN5ARRNtLY-b_d-7w-uk-snX7G64CI","y":"UDtD_pQoFyTLbnyuao2Jqdr9rJIO5qIlrTlXXzRv4qY"}"#;
+
+    #[test]
+    fn key_type_decides_the_algorithms() {
+        let ec = jwk(serde_json::from_str(EC).unwrap());
+        let k = VerifyKey::from_jwk(&ec, &ALL_ALGS, false).unwrap();
+        assert!(k.supports(Alg::ES256));
+        assert!(!k.supports(Alg::HS256) && !k.supports(Alg::ES384));
+        // An issuer that only accepts RS256 cannot use an EC key at all.
+        assert!(VerifyKey::from_jwk(&ec, &[Alg::RS256], false).is_err());
+    }
+
+    #[test]
+    fn use_key_ops_and_alg_restrict_a_key() {
+        let mut v: serde_json::Value = serde_json::from_str(EC).unwrap();
+        v["use"] = "enc".into();
+        assert!(VerifyKey::from_jwk(&jwk(v.clone()), &ALL_ALGS, false).is_err());
+        v.as_object_mut().unwrap().remove("use");
+        v["key_ops"] = serde_json::json!(["encrypt"]);
+        assert!(VerifyKey::from_jwk(&jwk(v.clone()), &ALL_ALGS, false).is_err());
+        v["key_ops"] = serde_json::json!(["verify"]);
+        assert!(VerifyKey::from_jwk(&jwk(v.clone()), &ALL_ALGS, false).is_ok());
+        v["alg"] = "ES384".into();
+        assert!(VerifyKey::from_jwk(&jwk(v), &ALL_ALGS, false).is_err());
+    }
+
+    #[test]
+    fn symmetric_keys_only_where_allowed() {
+        let oct = jwk(
+            serde_json::json!({"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}),
+        );
+        assert!(VerifyKey::from_jwk(&oct, &ALL_ALGS, false).is_err());
+        assert!(VerifyKey::from_jwk(&oct, &ALL_ALGS, true)
+            .unwrap()
+            .supports(Alg::HS256));
+    }
+
+    #[test]
+    fn one_bad_key_does_not_spoil_the_set() {
+        let doc = format!(
+            r#"{{"keys":[{EC},{{"kty":"XYZ"}},{{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}}]}}"#
+        );
+        let p = parse_jwks(doc.as_bytes(), &ALL_ALGS, false).unwrap();
+        assert_eq!(p.keys.len(), 1);
+        assert_eq!(p.skipped.len(), 2, "{:?}", p.skipped);
+        assert!(parse_jwks(b"{\"nokeys\":1}", &ALL_ALGS, false).is_err());
+        assert!(parse_jwks(b"garbage", &ALL_ALGS, false).is_err());
+    }
+
+    #[test]
+    fn alg_names_are_exact() {
+        assert_eq!(Alg::parse("ES256"), Some(Alg::ES256));
+        assert_eq!(Alg::parse("es256"), None);
+        assert_eq!(Alg::parse("none"), None);
+        assert_eq!(Alg::parse("NONE"), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! A scriptable origin for cache tests: each path answers what the test scripted
+//! (status, header fields, body, delay, chunked framing), as a function of the request
+//! and of how many times that path was asked. It counts requests per path, records
+//! them, can be killed and restarted on its port, and stamps `Date` from a clock the
+//! test moves together with the gateway's test clock.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{HeaderMap, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+    /// Sent without Content-Length, in two chunks.
+    pub chunked: bool,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+            chunked: false,
+        }
+    }
+
+    /// 200 with `Cache-Control: cc` (none when empty).
+    pub fn ok(cc: &str, body: impl Into<Vec<u8>>) -> Reply {
+        let r = Reply::new(200, body);
+        if cc.is_empty() {
+            r
+        } else {
+            r.header("cache-control", cc)
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+
+    pub fn chunked(mut self) -> Reply {
+        self.chunked = true;
+        self
+    }
+}
+
+/// A request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The origin's `Date` clock when the request arrived.
+    pub now: SystemTime,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// `(request, n)` → reply, where `n` counts this path's requests from 1.
+pub type Script = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+struct State {
+    scripts: Mutex<HashMap<String, Script>>,
+    hits: Mutex<HashMap<String, usize>>,
+    seen: Mutex<Vec<Seen>>,
+    date_offset_ms: AtomicU64,
+}
+
+pub struct Origin {
+    state: Arc<State>,
+    pub port: u16,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let state = Arc::new(State {
+            scripts: Mutex::new(HashMap::new()),
+            hits: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Vec::new()),
+            date_offset_ms: AtomicU64::new(0),
+        });
+        let listener = bind(0).await;
+        let port = listener.local_addr().expect("local addr").port();
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Origin {
+            state,
+            port,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Scripts a path (exact path, query ignored).
+    pub fn script(&self, path: &str, f: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) {
+        self.state
+            .scripts
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), Arc::new(f));
+    }
+
+    /// Scripts a path with a fixed reply; the body gets `#n` appended so tests can tell
+    /// which origin response they were served.
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.script(path, move |_, n| {
+            let mut r = reply.clone();
+            r.body.extend_from_slice(format!("#{n}").as_bytes());
+            r
+        });
+    }
+
+    /// Requests received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn seen(&self, path: &str) -> Vec<Seen> {
+        let all = self.state.seen.lock().unwrap();
+        all.iter().filter(|s| s.path == path).cloned().collect()
+    }
+
+    /// Moves the origin's `Date` clock, as the gateway's test clock is moved.
+    pub fn advance_date(&self, by: Duration) {
+        self.state
+            .date_offset_ms
+            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> SystemTime {
+        SystemTime::now() + Duration::from_millis(self.state.date_offset_ms.load(Ordering::SeqCst))
+    }
+
+    /// Kills the listener and every connection; the port then refuses connections.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    pub async fn restart(&self) {
+        self.stop().await;
+        let listener = bind(self.port).await;
+        let task = tokio::spawn(accept_loop(listener, self.state.clone()));
+        *self.task.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(port: u16) -> TcpListener {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..100 {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
+        if let Ok(l) = sock.bind(addr).and_then(|_| sock.listen(1024)) {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("origin cannot bind {addr}");
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let _ = body.collect().await;
+    let seen = Seen {
+        now: SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst)),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+    };
+    let n = {
+        let mut hits = state.hits.lock().unwrap();
+        let n = hits.entry(seen.path.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    state.seen.lock().unwrap().push(seen.clone());
+    let script = state.scripts.lock().unwrap().get(&seen.path).cloned();
+    let reply = match script {
+        Some(f) => f(&seen, n),
+        None => Reply::new(404, "no script for this path"),
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let body: Body = if reply.chunked {
+        let half = reply.body.len() / 2;
+        let (a, b) = reply.body.split_at(half);
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::copy_from_slice(a))),
+            Ok(Frame::data(Bytes::copy_from_slice(b))),
+        ];
+        StreamBody::new(futures::stream::iter(frames)).boxed()
+    } else {
+        Full::new(Bytes::from(reply.body.clone())).boxed()
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    let now =
+        SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst));
+    let h = r.headers_mut();
+    h.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
+    for (k, v) in &reply.headers {
+        let name = hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        if name == hyper::header::DATE {
+            h.insert(name, v.parse().unwrap());
+        } else {
+            h.append(name, v.parse().unwrap());
+        }
+    }
+    Ok(r)
+}
+
+/// A gateway with `cache:` (memory `memory`, the rest given) in front of `origin`, its
+/// clock drivable. `routes` is the `routes:` list, one flow-style route per line, each on
+/// upstream `o`.
+pub async fn cache_gateway(origin: &Origin, cache: &str, routes: &str) -> super::Gateway {
+    let yaml = super::config(&format!(
+        "cache: {cache}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n{}",
+        origin.address(),
+        routes
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    ));
+    super::Gateway::start_with_env(&yaml, &[("GATEHOUSE_TEST_CLOCK", "1")]).await
+}
+
+/// Moves the gateway's cache clock and the origin's `Date` clock forward together.
+pub async fn advance(gw: &super::Gateway, origin: &Origin, secs: u64) {
+    let r = gw
+        .admin_post(
+            "/admin/test/clock",
+            &serde_json::json!({ "advance": format!("{secs}s") }),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "advancing the test clock");
+    origin.advance_date(Duration::from_secs(secs));
+}
+
+/// Sends `method url` with extra request headers, reduced to a `Resp`.
+pub async fn send(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> super::Resp {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = http.request(m, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    super::Resp::from_reqwest(r).await
+}
+
+/// The `Cache-Status` of a response ("" when absent).
+pub fn cache_status(r: &super::Resp) -> String {
+    r.header("cache-status").unwrap_or("").to_owned()
+}
