@@ -39,11 +39,6 @@ impl Control {
 #[async_trait]
 impl BackgroundService for Control {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        // JWKS from jwks_url are fetched once before the process reports ready, and the
-        // limit store's sync thread starts here (after a daemon fork: threads started
-        // before it would not exist in this process).
-        let policies = self.shared.snapshot.load().policies.clone();
-        policies.start().await;
         for up in self.shared.snapshot.load().upstreams.values() {
             crate::upstream::health::spawn(up);
         }
@@ -51,6 +46,12 @@ impl BackgroundService for Control {
         if let Some(l) = admin {
             tokio::spawn(crate::admin::serve(l, self.shared.clone()));
         }
+        // JWKS from jwks_url are fetched once before the process reports ready, with the
+        // admin listener already up (each fetch has a 5 s timeout; a failure leaves the
+        // issuer with its other keys). This also starts the limit store's sync thread
+        // (here, after a daemon fork: threads started before it would not exist).
+        let policies = self.shared.snapshot.load().policies.clone();
+        policies.start().await;
         // Ready once every listener accepts connections.
         let deadline = Instant::now() + Duration::from_secs(40);
         for addr in &self.listeners {

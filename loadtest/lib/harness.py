@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -130,8 +131,14 @@ def cpu_times():
                 idle = v[3] + (v[4] if len(v) > 4 else 0)
                 steal = v[7] if len(v) > 7 else 0
                 busy = sum(v[:8]) - idle - steal
-                out[p[0]] = (busy / CLK_TCK, steal / CLK_TCK)
+                out[p[0]] = (busy / CLK_TCK, steal / CLK_TCK, (v[0] + v[1] + v[2]) / CLK_TCK)
     return out
+
+
+def children_cpu():
+    """CPU seconds of reaped children (the load generators) and of the harness itself."""
+    c, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return c.ru_utime + c.ru_stime, me.ru_utime + me.ru_stime
 
 
 def tail(path, n=25):
@@ -543,6 +550,8 @@ class Target:
             "listen_port": self.port, "admin_port": self.admin_port,
             "upstream": upstream.addr, "upstream_host": "127.0.0.1", "upstream_port": upstream.port,
             "workdir": workdir,
+            # Files a scenario ships beside its YAML (e.g. the JWKS of auth-jwt-es256).
+            "scenario_dir": SCENARIO_DIR,
             "access_log": log_path if access_log == "file" else "off",
             # nginx buffers like Gatehouse's writer thread does (64 KiB); HAProxy can only log
             # to stdout/syslog: one write per line to stdout, redirected to the file.
@@ -696,10 +705,12 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
     try:
         if warmup > 0:
             gen(warmup)
-        m0, c0, up0, st0 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid), cpu_times()
+        m0, c0, up0 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
         res["hwm_reset"] = reset_hwm(t.pid)
+        (lg0, me0), st0 = children_cpu(), cpu_times()
         cmd, r = gen(duration)
-        m1, c1, up1, st1 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid), cpu_times()
+        st1, (lg1, me1) = cpu_times(), children_cpu()
+        m1, c1, up1 = t.metrics(), cpu_seconds(t.pid), cpu_seconds(upstream.proc.pid)
         status = read_status(t.pid)
         res.update(r)
         res["loadgen_cmd"] = cmd
@@ -712,6 +723,15 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         for cpu in st1:
             res[f"{cpu}_busy_s"] = st1[cpu][0] - st0[cpu][0]
             res[f"{cpu}_steal_s"] = st1[cpu][1] - st0[cpu][1]
+        # Noise: busy CPU time on the machine that was none of ours (load generator, upstream,
+        # proxy under test, harness), as a share of one CPU over the measured time. (Process
+        # times include the softirq work done on their behalf, so compare with all busy time.)
+        ours = (lg1 - lg0) + (me1 - me0) + (res["upstream_cpu_s"] or 0) + \
+            (0 if t.name == "direct" else (res["cpu_s"] or 0))
+        total_busy = sum(st1[c][0] - st0[c][0] for c in st1)
+        res["loadgen_cpu_s"] = lg1 - lg0
+        res["other_cpu_s"] = total_busy - ours
+        res["noise"] = max(0.0, total_busy - ours) / r["seconds"] if r["seconds"] else 0.0
         if m0 is not None and m1 is not None:
             new, reused = m1["false"] - m0["false"], m1["true"] - m0["true"]
             res["upstream_conns_new"], res["upstream_conns_reused"] = new, reused
@@ -784,6 +804,8 @@ def choose_upstream(args, workdir, pin, results_dir):
         for i in range(args.calib_rounds):
             for k in kinds:
                 u = ups[k]
+                if args.quiet_wait > 0:
+                    wait_quiet(args.quiet_wait)
                 PROCS.run(wrk_cmd(sc, u.port, 1, script, pin), timeout=60)
                 c0 = cpu_seconds(u.proc.pid)
                 cmd = wrk_cmd(sc, u.port, 5, script, pin)
@@ -876,12 +898,25 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                     doc["targets"][tn]["error"] = t.error
                     log(f"  {tn}: DIED before round {i + 1}")
                     continue
-                try:
-                    r = run_round(sc, t, upstream, wd, pin, duration, warmup, bodyfile, script,
-                                  quiet_wait=0 if args.quick else args.quiet_wait)
-                except HarnessError as e:
-                    r = {"target": tn, "error": str(e)}
-                    log(f"  {tn} round {i + 1}: ERROR {e}")
+                attempts = []
+                for attempt in range(1 + (0 if args.quick else args.noisy_retries)):
+                    try:
+                        r = run_round(sc, t, upstream, wd, pin, duration, warmup, bodyfile, script,
+                                      quiet_wait=0 if args.quick else args.quiet_wait)
+                    except HarnessError as e:
+                        r = {"target": tn, "error": str(e)}
+                        log(f"  {tn} round {i + 1}: ERROR {e}")
+                        break
+                    attempts.append(r)
+                    if r.get("noise", 0) <= args.noise_limit or not t.alive():
+                        break
+                    log(f"  {tn} round {i + 1}: noisy ({r['noise'] * 100:.0f}% of a CPU went to other "
+                        f"processes; {r['rps']:.0f} req/s) - discarded, retrying")
+                if attempts:
+                    r = min(attempts, key=lambda a: a.get("noise", 0))
+                    r["attempts"] = len(attempts)
+                    r["discarded"] = [{k: a.get(k) for k in ("rps", "p99_ms", "noise", "started")}
+                                      for a in attempts if a is not r]
                 r["round"] = i + 1
                 doc["targets"][tn]["rounds"].append(r)
                 if "rps" in r:
@@ -891,6 +926,7 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                     if "rss_idle_kib" in r:
                         extra += (f", idle {r['idle_opened']} conns RSS {r['rss_idle_kib'] / 1024:.1f} MiB"
                                   f" (alive after load {r['idle_alive_after_load']})")
+                    extra += f", noise {r.get('noise', 0) * 100:.0f}%"
                     log(f"  {tn} round {i + 1}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
                         f" p99.9 {r['p999_ms']:.2f} ms, err {r['errors_status']}+{r['errors_socket']},"
                         f" peak RSS {(r['rss_peak_kib'] or 0) / 1024:.1f} MiB, CPU {r['cpu_s'] or 0:.2f}s{extra}")
@@ -925,7 +961,7 @@ def machine_info(args):
         "lscpu": sh("lscpu | grep -E '^(Architecture|CPU\\(s\\)|Model name|Thread|Core|Socket|Hypervisor|L2|L3)'"),
         "nproc": sh("nproc --all"), "kernel": sh("uname -r"),
         "os": sh(". /etc/os-release && echo \"$PRETTY_NAME\""),
-        "memory": sh("grep MemTotal /proc/meminfo"),
+        "memory": sh("awk '/MemTotal/ {printf \"%.1f GiB RAM\", $2/1048576}' /proc/meminfo"),
         "versions": {
             "nginx": sh(f"{nginx_bin()} -v"),
             "haproxy": sh(f"{haproxy_bin()} -v | head -1"),
@@ -956,6 +992,10 @@ def main():
     ap.add_argument("--calib-rounds", type=int, default=3, help="rounds of the echo-vs-nginx upstream choice")
     ap.add_argument("--quiet-wait", type=float, default=60, help="before each round, wait up to this many "
                     "seconds for the machine to be quiet (no CPU > 15%% busy); 0 = don't (default %(default)s)")
+    ap.add_argument("--noise-limit", type=float, default=0.08, help="a round in which other processes used more "
+                    "than this share of a CPU is noisy (default %(default)s)")
+    ap.add_argument("--noisy-retries", type=int, default=2, help="repeat a noisy round up to N times, keeping "
+                    "the least noisy attempt (default %(default)s)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin with taskset")
     ap.add_argument("--results-dir", default=DEFAULT_RESULTS)
     ap.add_argument("--report", help="report path (default loadtest/RESULTS.md; --quick: results/smoke.md)")

@@ -198,65 +198,42 @@ impl VerifyKey {
                     .ok_or_else(|| format!("unsupported alg {a}"))?,
             ),
         };
-        let by_type: &[Alg] = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => &[
-                Alg::RS256,
-                Alg::RS384,
-                Alg::RS512,
-                Alg::PS256,
-                Alg::PS384,
-                Alg::PS512,
-            ],
-            AlgorithmParameters::EllipticCurve(p) => match p.curve {
-                EllipticCurve::P256 => &[Alg::ES256],
-                EllipticCurve::P384 => &[Alg::ES384],
-                EllipticCurve::P521 => &[Alg::ES512],
-                EllipticCurve::Ed25519 => return Err("an EC key on Ed25519".into()),
-            },
-            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-                EllipticCurve::Ed25519 => &[Alg::EdDSA],
-                _ => return Err("an OKP key that is not Ed25519".into()),
-            },
-            AlgorithmParameters::OctetKey(_) if !allow_symmetric => {
-                return Err("a symmetric (oct) key in a published JWKS".into())
-            }
-            AlgorithmParameters::OctetKey(_) => &[Alg::HS256, Alg::HS384, Alg::HS512],
-        };
         let secret_len = match &jwk.algorithm {
-            AlgorithmParameters::OctetKey(p) => {
-                use base64::Engine;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(&p.value)
-                    .map_err(|_| "bad oct key encoding".to_string())?
-                    .len()
-            }
+            AlgorithmParameters::OctetKey(p) => b64url(&p.value)?.len(),
             _ => usize::MAX,
         };
-        let wanted: Vec<Alg> = by_type
+        let wanted: Vec<Alg> = algs_of_type(&jwk.algorithm, allow_symmetric)?
             .iter()
             .copied()
             .filter(|a| algs.contains(a) && own_alg.is_none_or(|o| o == *a))
             .filter(|a| !a.is_hmac() || secret_len >= a.min_secret_len())
             .collect();
-        if wanted.is_empty() {
+        let Some(&first) = wanted.first() else {
             return Err("no accepted algorithm fits this key".into());
-        }
-        let verifiers = if wanted == [Alg::ES512] {
-            match &jwk.algorithm {
-                AlgorithmParameters::EllipticCurve(p) => vec![(Alg::ES512, es512(&p.x, &p.y)?)],
-                _ => Vec::new(),
+        };
+        let verifiers = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(p) if first == Alg::ES512 => {
+                let point = ec_point(&p.x, &p.y, first)?;
+                let key = aws_lc_rs::signature::ParsedPublicKey::new(
+                    &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
+                    &point,
+                )
+                .map_err(|_| "the public key is not a valid point")?;
+                vec![(Alg::ES512, Verifier::Es512(key))]
             }
-        } else {
-            match &jwk.algorithm {
-                AlgorithmParameters::RSA(p) => check_rsa_size(&p.n)?,
-                AlgorithmParameters::EllipticCurve(p) => {
-                    check_point(wanted[0], &ec_point(&p.x, &p.y, wanted[0])?)?
+            other => {
+                match other {
+                    AlgorithmParameters::RSA(p) => check_rsa_size(&p.n)?,
+                    AlgorithmParameters::EllipticCurve(p) => {
+                        check_point(first, &ec_point(&p.x, &p.y, first)?)?
+                    }
+                    AlgorithmParameters::OctetKeyPair(p) => check_point(first, &b64url(&p.x)?)?,
+                    AlgorithmParameters::OctetKey(_) => {}
                 }
-                AlgorithmParameters::OctetKeyPair(p) => check_point(Alg::EdDSA, &b64url(&p.x)?)?,
-                AlgorithmParameters::OctetKey(_) => {}
+                let key =
+                    DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+                build(&key, wanted.into_iter())
             }
-            let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
-            build(&key, wanted.into_iter())
         };
         if verifiers.is_empty() {
             return Err("bad key material".into());
@@ -266,6 +243,37 @@ impl VerifyKey {
             verifiers,
         })
     }
+}
+
+/// The algorithms a key of this type and curve can serve at all.
+fn algs_of_type(
+    params: &AlgorithmParameters,
+    allow_symmetric: bool,
+) -> Result<&'static [Alg], String> {
+    Ok(match params {
+        AlgorithmParameters::RSA(_) => &[
+            Alg::RS256,
+            Alg::RS384,
+            Alg::RS512,
+            Alg::PS256,
+            Alg::PS384,
+            Alg::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(p) => match p.curve {
+            EllipticCurve::P256 => &[Alg::ES256],
+            EllipticCurve::P384 => &[Alg::ES384],
+            EllipticCurve::P521 => &[Alg::ES512],
+            EllipticCurve::Ed25519 => return Err("an EC key on Ed25519".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => &[Alg::EdDSA],
+            _ => return Err("an OKP key that is not Ed25519".into()),
+        },
+        AlgorithmParameters::OctetKey(_) if !allow_symmetric => {
+            return Err("a symmetric (oct) key in a published JWKS".into())
+        }
+        AlgorithmParameters::OctetKey(_) => &[Alg::HS256, Alg::HS384, Alg::HS512],
+    })
 }
 
 static PROVIDER: &jsonwebtoken::crypto::CryptoProvider =
@@ -283,10 +291,7 @@ fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifi
 
 /// RFC 7518 §3.3: RSA keys of 2048 bits or more.
 fn check_rsa_size(n_b64: &str) -> Result<(), String> {
-    use base64::Engine;
-    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(n_b64)
-        .map_err(|_| "bad RSA modulus encoding".to_string())?;
+    let n = b64url(n_b64)?;
     let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
     let bits = (n.len() - first) * 8;
     if bits < 2048 {
@@ -339,16 +344,6 @@ fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), String> {
     } else {
         Err("the public key is not a valid point".into())
     }
-}
-
-fn es512(x: &str, y: &str) -> Result<Verifier, String> {
-    let point = ec_point(x, y, Alg::ES512)?;
-    aws_lc_rs::signature::ParsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
-        &point,
-    )
-    .map(Verifier::Es512)
-    .map_err(|_| "the public key is not a valid point".into())
 }
 
 /// The keys of one issuer at one moment. Immutable; a refresh builds a new one.
