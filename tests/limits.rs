@@ -388,3 +388,63 @@ async fn reload_keeps_counts_of_unchanged_limits() {
     assert_eq!(b.status, 200, "b is a new limit");
     assert_eq!(Fields::of(&b).policy("route.b.rate").get("q"), 2);
 }
+
+/// Per-consumer tiers through the real gateway (API keys from the auth stage): on the
+/// same route a free consumer is limited and a pro one is not; each consumer has its own
+/// bucket; the refusal names the tier limit and is counted under `limit="tier"`.
+#[tokio::test(flavor = "multi_thread")]
+async fn tiers_limit_free_consumers_and_not_pro_ones() {
+    use sha2::Digest;
+    let up = Upstream::start("app").await;
+    let hash = |k: &str| format!("sha256:{}", hex::encode(sha2::Sha256::digest(k.as_bytes())));
+    let gw = Gateway::start_env(
+        &config(&format!(
+            "{}auth: {{ api_key: {{ header: X-API-Key }} }}\n\
+             tiers:\n  free: {{ rate: 1/min, burst: 2, quota: 100/day }}\n  pro: {{ rate: 1000/s, burst: 1000 }}\n\
+             consumers:\n  - {{ id: free-1, tier: free, api_keys: [\"{}\"] }}\n  \
+             - {{ id: free-2, tier: free, api_keys: [\"{}\"] }}\n  \
+             - {{ id: pro-1, tier: pro, api_keys: [\"{}\"] }}\n\
+             routes:\n  - name: api\n    match: {{ path_prefix: / }}\n    upstream: app\n    auth: [api_key]\n",
+            upstream_cfg(&up),
+            hash("free-key-1"),
+            hash("free-key-2"),
+            hash("pro-key-1"),
+        )),
+        &[CLOCK],
+    )
+    .await;
+    let http = client();
+    let url = gw.url("/");
+    let key = |k: &'static str| [("x-api-key", k)];
+    for i in 1..=2 {
+        let r = get_h(&http, &url, &key("free-key-1")).await;
+        assert_eq!(r.status, 200, "free request {i}: {}", r.text());
+        let f = Fields::of(&r);
+        assert_eq!(f.remaining("tier.free.rate"), 2 - i);
+        assert_eq!(f.remaining("tier.free.quota"), 100 - i);
+    }
+    let r = get_h(&http, &url, &key("free-key-1")).await;
+    assert_problem(&r, 429);
+    assert_eq!(r.json()["limit"], "tier");
+    assert_eq!(r.json()["violated-policies"][0], "tier.free.rate");
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert_eq!(
+        get_h(&http, &url, &key("free-key-2")).await.status,
+        200,
+        "another free consumer has its own bucket"
+    );
+    for _ in 0..50 {
+        let r = get_h(&http, &url, &key("pro-key-1")).await;
+        assert_eq!(r.status, 200, "pro is not limited here");
+        assert!(Fields::of(&r).policy("tier.pro.rate").get("q") == 1000);
+    }
+    // Unauthenticated requests are refused by auth before any limit counts them.
+    assert_eq!(get_h(&http, &url, &[]).await.status, 401);
+    assert_eq!(up.hits(), 2 + 1 + 50);
+    let m = gw.metrics().await;
+    let tier = [("route", "api"), ("limit", "tier")];
+    assert_eq!(
+        m.get("gatehouse_ratelimit_rejections_total", &tier),
+        Some(1.0)
+    );
+}

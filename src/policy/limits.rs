@@ -16,7 +16,7 @@ use crate::config::model;
 use crate::error::{Limited, Reject};
 use crate::store::Store;
 use async_trait::async_trait;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -123,6 +123,9 @@ pub struct Limits {
     quota: Option<(Quota, KeyFrom)>,
     /// `gatehouse_ratelimit_rejections_total{route, limit=tier|rate|quota}`.
     rejected: [IntCounter; 3],
+    /// The `RateLimit-Policy` value when every limit applied, per tier ("" = no tier);
+    /// absent when a month quota makes it change over time.
+    policy_values: HashMap<String, HeaderValue>,
 }
 
 impl Limits {
@@ -163,12 +166,59 @@ impl Limits {
         };
         let m = &crate::metrics::metrics().ratelimit_rejections;
         let rejected = ["tier", "rate", "quota"].map(|l| m.with_label_values(&[&route.name, l]));
-        Ok(Some(Limits {
+        let mut limits = Limits {
             shared: shared.clone(),
             rate,
             quota,
             rejected,
-        }))
+            policy_values: HashMap::new(),
+        };
+        limits.policy_values = limits.fixed_policy_values();
+        Ok(Some(limits))
+    }
+
+    /// `RateLimit-Policy` depends only on which limits apply, except for month quotas
+    /// (a month's length varies): computed once per tier here.
+    fn fixed_policy_values(&self) -> HashMap<String, HeaderValue> {
+        let tiers = self.shared.tiers.iter().map(|(n, t)| (n.as_str(), Some(t)));
+        let mut out = HashMap::new();
+        for (name, tier) in std::iter::once(("", None)).chain(tiers) {
+            let mut applied = Vec::new();
+            for (item, _) in self.plan(tier) {
+                use crate::config::units::RateUnit;
+                let (name, quota, burst, window_secs) = match item {
+                    Item::Rate(r, _) => (&r.name, r.count, Some(r.burst), Some(r.window_secs)),
+                    Item::Quota(q, _) => match q.limiter.table.unit {
+                        RateUnit::Month => (&q.name, q.limit, None, None),
+                        u => {
+                            let secs = crate::store::window::unit_nanos(u) / 1_000_000_000;
+                            (&q.name, q.limit, None, Some(secs))
+                        }
+                    },
+                };
+                let Some(window_secs) = window_secs else {
+                    applied.clear();
+                    break;
+                };
+                applied.push(Applied {
+                    name: name.clone(),
+                    quota,
+                    window_secs,
+                    burst,
+                    remaining: 0,
+                    reset_secs: 0,
+                });
+            }
+            if applied.is_empty() {
+                continue;
+            }
+            // Cloning a stored value is then a reference count, not a copy.
+            let bytes = bytes::Bytes::from(ratelimit_headers::policy_field(&applied));
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes) {
+                out.insert(name.to_string(), v);
+            }
+        }
+        out
     }
 }
 
@@ -278,13 +328,16 @@ impl Policy for Limits {
             applied.push(step.applied);
             counted.push((taken, key));
         }
-        if outcome.is_err() {
+        let policy = if outcome.is_err() {
             give_back(counted, &mut applied);
+            None
         } else {
             drop(counted);
-        }
-        cx.response_headers
-            .extend(ratelimit_headers::fields(&applied));
+            let tier_name = cx.identity.as_ref().and_then(|id| id.tier.as_deref());
+            self.policy_values
+                .get(tier_name.filter(|_| tier.is_some()).unwrap_or(""))
+        };
+        ratelimit_headers::fields(&applied, policy, cx.response_headers);
         outcome
     }
 }

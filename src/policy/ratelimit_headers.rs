@@ -15,6 +15,7 @@
 //! restrictive item: the smallest `r`, then the longest `t`.
 
 use http::{HeaderName, HeaderValue};
+use std::fmt::Write;
 
 /// One applied limit as the fields report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,26 +48,26 @@ pub fn sf_string(s: &str) -> String {
 }
 
 pub fn policy_field(applied: &[Applied]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(64 * applied.len());
     for (i, a) in applied.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        out.push_str(&format!("{};q={};w={}", a.name, a.quota, a.window_secs));
+        let _ = write!(out, "{};q={};w={}", a.name, a.quota, a.window_secs);
         if let Some(b) = a.burst {
-            out.push_str(&format!(";gatehouse-burst={b}"));
+            let _ = write!(out, ";gatehouse-burst={b}");
         }
     }
     out
 }
 
 pub fn limit_field(applied: &[Applied]) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(48 * applied.len());
     for (i, a) in applied.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        out.push_str(&format!("{};r={};t={}", a.name, a.remaining, a.reset_secs));
+        let _ = write!(out, "{};r={};t={}", a.name, a.remaining, a.reset_secs);
     }
     out
 }
@@ -78,23 +79,36 @@ pub fn most_restrictive(applied: &[Applied]) -> Option<&Applied> {
         .min_by(|a, b| (a.remaining, b.reset_secs).cmp(&(b.remaining, a.reset_secs)))
 }
 
-/// All five fields, ready for `PolicyCtx::response_headers`.
-pub fn fields(applied: &[Applied]) -> Vec<(HeaderName, HeaderValue)> {
+/// Appends all five fields to `out` (`PolicyCtx::response_headers`). `policy` is the
+/// `RateLimit-Policy` value when the caller has it already (it is the same on every
+/// response that applied the same limits).
+pub fn fields(
+    applied: &[Applied],
+    policy: Option<&HeaderValue>,
+    out: &mut Vec<(HeaderName, HeaderValue)>,
+) {
     let Some(m) = most_restrictive(applied) else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::with_capacity(5);
-    let mut push = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            out.push((HeaderName::from_static(name), v));
-        }
+    let policy = match policy {
+        Some(v) => Some(v.clone()),
+        None => HeaderValue::try_from(policy_field(applied)).ok(),
     };
-    push("ratelimit-policy", policy_field(applied));
-    push("ratelimit", limit_field(applied));
-    push("x-ratelimit-limit", m.quota.to_string());
-    push("x-ratelimit-remaining", m.remaining.to_string());
-    push("x-ratelimit-reset", m.reset_secs.to_string());
-    out
+    if let Some(v) = policy {
+        out.push((HeaderName::from_static("ratelimit-policy"), v));
+    }
+    if let Ok(v) = HeaderValue::try_from(limit_field(applied)) {
+        out.push((HeaderName::from_static("ratelimit"), v));
+    }
+    out.push((HeaderName::from_static("x-ratelimit-limit"), m.quota.into()));
+    out.push((
+        HeaderName::from_static("x-ratelimit-remaining"),
+        m.remaining.into(),
+    ));
+    out.push((
+        HeaderName::from_static("x-ratelimit-reset"),
+        m.reset_secs.into(),
+    ));
 }
 
 #[cfg(test)]
@@ -131,9 +145,14 @@ mod tests {
             100,
             "tie on r: longer t"
         );
-        let f = fields(&v);
+        let mut f = Vec::new();
+        fields(&v, None, &mut f);
         assert_eq!(f.len(), 5);
         assert_eq!(f[4].1, "30");
+        let cached = HeaderValue::from_static("cached");
+        let mut f = Vec::new();
+        fields(&v, Some(&cached), &mut f);
+        assert_eq!(f[0].1, "cached");
         assert_eq!(sf_string("é\\"), r#""_\\""#);
     }
 }

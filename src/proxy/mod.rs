@@ -581,8 +581,15 @@ impl ProxyHttp for Gateway {
             route.response_headers.apply_response(resp);
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-        for (name, value) in &ctx.extra_response_headers {
-            resp.insert_header(name.clone(), value.clone())?;
+        if resp.status.is_informational() {
+            for (name, value) in &ctx.extra_response_headers {
+                resp.insert_header(name.clone(), value.clone())?;
+            }
+        } else {
+            // The final response: taken rather than cloned (they are not needed after it).
+            for (name, value) in std::mem::take(&mut ctx.extra_response_headers) {
+                resp.insert_header(name, value)?;
+            }
         }
         if ctx.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
