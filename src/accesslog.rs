@@ -108,9 +108,8 @@ pub fn flush() {
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let mut s = String::with_capacity(24);
-    rfc3339_into(&mut s, t);
-    s
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    crate::clock::format_instant(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Appends the RFC 3339 timestamp (`2026-11-22T09:19:14.932Z`) to a line.
@@ -137,20 +136,11 @@ pub fn rfc3339_into(out: &mut String, t: std::time::SystemTime) {
     out.push('Z');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix time.
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix time (the calendar math is `clock::civil_from_days`).
 fn seconds_text(secs: u64) -> String {
     let secs = secs as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::clock::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
@@ -175,5 +165,15 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn the_cached_line_timestamp_matches() {
+        for t in [0u64, 1_795_000_000_123, 951_782_400_999, 1_795_000_000_124] {
+            let at = UNIX_EPOCH + Duration::from_millis(t);
+            let mut s = String::new();
+            rfc3339_into(&mut s, at);
+            assert_eq!(s, rfc3339(at));
+        }
     }
 }
