@@ -184,16 +184,25 @@ impl RequestCounters {
             c.inc();
             return;
         }
-        let mut buf = itoa::Buffer::new();
-        let c = metrics().http_requests.with_label_values(&[
-            self.route.as_str(),
-            method.as_str(),
-            buf.format(status),
-        ]);
+        let c = http_requests(&self.route, method.as_str(), status);
         c.inc();
         let mut w = self.handles.write();
         if w.len() < Self::MAX {
             w.insert((method.clone(), status), c);
         }
     }
+}
+
+/// The `gatehouse_http_requests_total` handle of one (route, method, status); a request
+/// that got no response at all (status 0) is labelled `000`.
+pub fn http_requests(route: &str, method: &str, status: u16) -> IntCounter {
+    let mut buf = itoa::Buffer::new();
+    let status = if status == 0 {
+        "000"
+    } else {
+        buf.format(status)
+    };
+    metrics()
+        .http_requests
+        .with_label_values(&[route, method, status])
 }

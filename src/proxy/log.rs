@@ -54,11 +54,7 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
             s.unmatched_duration.observe(elapsed.as_secs_f64());
         }
         (None, None) => {
-            let mut status_buf = itoa_buf(status);
-            crate::metrics::metrics()
-                .http_requests
-                .with_label_values(&[route, method, status_str(&mut status_buf)])
-                .inc();
+            crate::metrics::http_requests(route, method, status).inc();
         }
     }
     if crate::accesslog::enabled() {
@@ -121,19 +117,6 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
     // Release the in-flight slots now rather than when the context is dropped.
     ctx.target_slot = None;
     ctx.upstream_slot = None;
-}
-
-fn itoa_buf(n: u16) -> [u8; 3] {
-    let n = n.min(999);
-    [
-        b'0' + (n / 100) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]
-}
-
-fn status_str(b: &mut [u8; 3]) -> &str {
-    std::str::from_utf8(b).unwrap_or("000")
 }
 
 /// A flat JSON object written straight into a `String`.
