@@ -43,8 +43,8 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
         .route
         .insert(find_route(snap, &host, &normalized, req)?);
     remember_url_for_cache(&mut ctx.cache, host, &normalized);
-    ctx.routing.upstream_path = rewrite_path(route, normalized, raw_path);
-    check_declared_body(route, req)?;
+    ctx.routing.upstream_path = rewrite_path(route.strip_prefix.as_deref(), normalized, raw_path);
+    check_declared_body(route.max_body, req)?;
     take_upstream_slot(&route.upstream, &mut ctx.attempt)?;
     ctx.request.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     ctx.timing.server_timing = wants_server_timing(snap, session, route);
@@ -151,10 +151,10 @@ fn remember_url_for_cache(cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) 
 /// The path to send upstream when it differs from the client's: normalised, then the
 /// route's `strip_prefix` taken off at a segment boundary. The query is added later
 /// (`upstream_request_filter`), as the policies leave it.
-fn rewrite_path(route: &Route, normalized: Cow<'_, str>, raw: &str) -> Option<String> {
+fn rewrite_path(strip_prefix: Option<&str>, normalized: Cow<'_, str>, raw: &str) -> Option<String> {
     let mut up_path = normalized;
-    if let Some(sp) = &route.strip_prefix {
-        if let Some(rest) = up_path.strip_prefix(sp.as_str()) {
+    if let Some(sp) = strip_prefix {
+        if let Some(rest) = up_path.strip_prefix(sp) {
             if rest.is_empty() || rest.starts_with('/') {
                 up_path = if rest.is_empty() {
                     "/".to_string().into()
@@ -169,8 +169,8 @@ fn rewrite_path(route: &Route, normalized: Cow<'_, str>, raw: &str) -> Option<St
 
 /// 413 at once when a declared `Content-Length` is over the route's `max_body` (a body
 /// without one is counted as it arrives, in `request_body_filter`).
-fn check_declared_body(route: &Route, req: &RequestHeader) -> Result<(), Reject> {
-    let Some(max) = route.max_body else {
+fn check_declared_body(max_body: Option<u64>, req: &RequestHeader) -> Result<(), Reject> {
+    let Some(max) = max_body else {
         return Ok(());
     };
     let declared = req
@@ -208,4 +208,70 @@ fn wants_server_timing(snap: &Snapshot, session: &Session, route: &Route) -> boo
                 .server_addr()
                 .and_then(|a| a.as_inet())
                 .is_some_and(|a| snap.server_timing_listeners.contains(a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn request_id_is_kept_only_when_well_formed() {
+        assert_eq!(
+            assign_request_id(&req("/", &[("x-request-id", "abc-1")])),
+            "abc-1"
+        );
+        let fresh = assign_request_id(&req("/", &[("x-request-id", "a b")]));
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, "a b");
+        assert_eq!(assign_request_id(&req("/", &[])).len(), 32);
+    }
+
+    #[test]
+    fn header_bytes_count_names_values_and_target() {
+        // "a" + "bc" + 4, and "/x?y" (4).
+        assert_eq!(header_bytes(&req("/x?y", &[("a", "bc")])), 7 + 4);
+    }
+
+    #[test]
+    fn content_length_is_found_in_the_raw_block_only_after_the_request_line() {
+        let raw =
+            b"POST /content-length: HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!raw_has_content_length(raw));
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nCONTENT-LENGTH: 3\r\n\r\n";
+        assert!(raw_has_content_length(raw));
+    }
+
+    #[test]
+    fn strip_prefix_applies_at_a_segment_boundary() {
+        let up = |sp, norm: &'static str, raw| rewrite_path(sp, Cow::Borrowed(norm), raw);
+        assert_eq!(
+            up(Some("/api"), "/api/users", "/api/users"),
+            Some("/users".into())
+        );
+        assert_eq!(up(Some("/api"), "/api", "/api"), Some("/".into()));
+        assert_eq!(up(Some("/api"), "/apix", "/apix"), None);
+        assert_eq!(up(None, "/a", "/a"), None);
+        // Normalisation alone changes what is sent.
+        assert_eq!(up(None, "/a/b", "/a/./b"), Some("/a/b".into()));
+    }
+
+    #[test]
+    fn declared_body_over_max_is_refused() {
+        let r = req("/", &[("content-length", " 11 ")]);
+        assert!(matches!(
+            check_declared_body(Some(10), &r),
+            Err(Reject::PayloadTooLarge(10))
+        ));
+        assert!(check_declared_body(Some(11), &r).is_ok());
+        assert!(check_declared_body(None, &r).is_ok());
+        assert!(check_declared_body(Some(0), &req("/", &[])).is_ok());
+    }
 }
