@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;

@@ -1,6 +1,11 @@
 //! Response caching: the storage engine, keys and variants, the RFC 9111 rules, the
-//! `Cache-Status` field, purge and invalidation. The proxy's cache phases
-//! (`proxy::Gateway`) call into `phases`; nothing else in the gateway knows about caching.
+//! `Cache-Status` field, purge and invalidation. The caching rules are all here: the
+//! proxy's cache phases (`proxy::Gateway`) are one-line calls into `phases`. Outside this
+//! module the cache is only wired in: `runtime` compiles each route's `RouteCache` and
+//! the `Settings` and applies them on reload (`configure`, `clear`), `context::Ctx`
+//! carries the per-request `status::CacheCtx`, `proxy::admit` records the URL the client
+//! asked for (for keys and invalidation), `Gateway::proxy_upstream_filter` answers
+//! `only-if-cached`, and `admin` purges and refreshes the gauges.
 //!
 //! One engine (storage + cache lock) exists per process, because Pingora's
 //! `session.cache.enable` wants `&'static` references; it is created when a config with a

@@ -45,6 +45,13 @@ impl HashOn {
     }
 }
 
+/// One target of one upstream: what `Upstream::select` returns and what a request's
+/// attempts remember. Only `Upstream` makes them, so an id always names a target of the
+/// upstream that chose it (the request keeps that upstream, through its route, across a
+/// reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetId(usize);
+
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
@@ -201,16 +208,21 @@ impl Upstream {
         self.targets.iter().position(|t| t.addr == *a)
     }
 
-    /// Chooses a target index, skipping `tried` ones and those out of service.
+    /// Chooses a target, skipping `tried` ones and those out of service.
     /// `key` feeds `consistent_hash`.
-    pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+    pub fn select(&self, key: &[u8], tried: &[TargetId]) -> Option<TargetId> {
+        self.select_index(key, tried).map(TargetId)
+    }
+
+    fn select_index(&self, key: &[u8], tried: &[TargetId]) -> Option<usize> {
         let now = target::now_ms();
         let unknown_ok = self.active.is_none()
             || self
                 .targets
                 .iter()
                 .all(|t| t.active_state() == target::UNKNOWN);
-        let ok = |i: usize| !tried.contains(&i) && self.targets[i].usable(now, unknown_ok);
+        let ok =
+            |i: usize| !tried.contains(&TargetId(i)) && self.targets[i].usable(now, unknown_ok);
         let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         let n = self.targets.len();
         match &self.selector {
@@ -251,8 +263,19 @@ impl Upstream {
         }
     }
 
-    pub fn peer(&self, idx: usize) -> HttpPeer {
-        self.peers[idx].clone()
+    /// The ready-made peer of `id`.
+    pub fn peer(&self, id: TargetId) -> HttpPeer {
+        self.peers[id.0].clone()
+    }
+
+    /// The target `id` names.
+    pub fn target(&self, id: TargetId) -> &Arc<Target> {
+        &self.targets[id.0]
+    }
+
+    /// Every target's id, in config order.
+    pub fn target_ids(&self) -> impl Iterator<Item = TargetId> {
+        (0..self.targets.len()).map(TargetId)
     }
 
     /// Sets `gatehouse_upstream_target_healthy` from the current state (called before
