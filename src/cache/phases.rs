@@ -9,10 +9,29 @@
 //! `Vary`), every storing and freshness rule (its own ignore `Age`, `Date` and the
 //! request's directives), the full header update after a 304, `Cache-Status`, `Age` on
 //! every response served from cache, and unsafe-method invalidation.
+//!
+//! **The clock.** Every decision here reads the snapshot's `Cache::clock`, the process's
+//! one `Clock`: the system clock in production, or a test clock that stands still at an
+//! instant that may be before or after the wall clock. Stored metadata (`fresh_until`,
+//! the epoch) is on that clock. Pingora also reads `SystemTime::now()` on its own, in
+//! three places, and each is made to follow our clock:
+//!
+//! - at lookup it computes `is_fresh` on the wall clock and passes it to
+//!   `cache_hit_filter`: `hit_freshness` re-decides on our clock and forces the answer
+//!   either way (`ForceFresh` when Pingora's wall clock is past a deadline ours is not,
+//!   `ForceExpiredServeStale` in the other direction);
+//! - before serving stale it checks the stale-while-revalidate and stale-if-error windows
+//!   on the wall clock, then asks `should_serve_stale`: the storage hands those windows
+//!   over as unbounded (`storage::StaleWindows`), so Pingora's gate only says whether a
+//!   window exists, and `serve_stale` decides with the real windows on our clock;
+//! - it writes `Age` from the wall clock on a hit: `on_response` overwrites it from ours.
+//!
+//! With the system clock these agree with what Pingora would decide alone.
 
 use super::rules::{self, Reuse, StoreDecision, StoreInput};
 use super::status::{report, Found, Outcome};
-use super::{clock, key, storage};
+use super::storage::StaleWindows;
+use super::{key, Cache};
 use crate::proxy::Ctx;
 use http::{header, Method};
 use pingora::cache::key::{CacheHashKey, HashBinary};
@@ -32,12 +51,22 @@ fn secs_between(later: SystemTime, earlier: SystemTime) -> i64 {
     }
 }
 
+/// The snapshot's cache (the request's snapshot is set before any cache phase runs).
+fn cache_of(ctx: &Ctx) -> Option<&Cache> {
+    ctx.snapshot.as_deref()?.cache.as_ref()
+}
+
+/// Now, on the process clock.
+fn now(ctx: &Ctx) -> SystemTime {
+    cache_of(ctx).map_or_else(SystemTime::now, |c| c.clock.now())
+}
+
 /// `request_cache_filter`: enables the cache for a cacheable request on a caching route.
 pub fn enable(session: &mut Session, ctx: &mut Ctx) {
     if ctx.route.as_ref().and_then(|r| r.cache.as_ref()).is_none() {
         return;
     }
-    let (Some(settings), Some(storage)) = (ctx.snapshot.as_ref().and_then(|s| s.cache), storage())
+    let Some((storage, settings, lock)) = cache_of(ctx).map(|c| (c.storage, c.settings, c.lock))
     else {
         return;
     };
@@ -53,7 +82,7 @@ pub fn enable(session: &mut Session, ctx: &mut Ctx) {
         storage,
         None, // the storage evicts by itself (storage.rs)
         None,
-        Some(settings.lock),
+        Some(lock),
         Some(overrides),
     );
     session
@@ -88,6 +117,14 @@ pub fn on_miss(session: &mut Session, ctx: &mut Ctx) {
     session.cache.cache_miss();
 }
 
+/// `upstream_request_filter`: when the request leaves for the origin (the `request_time`
+/// of RFC 9111 §4.2.3).
+pub fn on_upstream_request(ctx: &mut Ctx) {
+    if ctx.cache.active {
+        ctx.cache.request_time = Some(now(ctx));
+    }
+}
+
 /// `cache_hit_filter`: re-decides freshness on our clock and applies the request's
 /// directives (no-cache, max-age, min-fresh, max-stale).
 pub fn hit_freshness(
@@ -96,8 +133,8 @@ pub fn hit_freshness(
     pingora_fresh: bool,
     ctx: &mut Ctx,
 ) -> Option<ForcedFreshness> {
-    let now = clock::now();
-    let fresh = meta.is_fresh(now);
+    let now = now(ctx);
+    let fresh = rules::is_fresh(meta.fresh_until(), now);
     ctx.cache.found = if fresh { Found::Fresh } else { Found::Stale };
     match rules::reuse(
         &ctx.cache.directives,
@@ -114,12 +151,13 @@ pub fn hit_freshness(
             Some(ForcedFreshness::ForceExpired)
         }
         Reuse::ServeStale => Some(ForcedFreshness::ForceFresh),
-        // Pingora judged on the wall clock; ours may be ahead (tests advance it). Stale it
-        // is, with the stored deadline kept: Pingora's own stale-window checks (wall clock)
-        // are then never stricter than ours, and `serve_stale` decides on our clock.
+        // Pingora judged on the wall clock, ours is the judge (module doc). Stale: the
+        // stored deadline is kept, Pingora's window gates are open (`StaleWindows`) and
+        // `serve_stale` decides on our clock. Fresh: served as a hit.
         Reuse::AsStored if pingora_fresh && !fresh => {
             Some(ForcedFreshness::ForceExpiredServeStale { expired_at: None })
         }
+        Reuse::AsStored if !pingora_fresh && fresh => Some(ForcedFreshness::ForceFresh),
         Reuse::AsStored => None,
     }
 }
@@ -158,7 +196,7 @@ pub fn response_cacheable(
         }
         _ => resp,
     };
-    let response_time = clock::now();
+    let response_time = now(ctx);
     let req = session.req_header();
     let input = StoreInput {
         status: header.status.as_u16(),
@@ -193,24 +231,26 @@ pub fn response_cacheable(
     }
 }
 
-/// `should_serve_stale`: the stale windows, on our clock. `error` is `None` for
+/// `should_serve_stale`: the stale windows, on our clock (the real windows: Pingora was
+/// handed unbounded ones, see the module doc). `error` is `None` for
 /// stale-while-revalidate.
 pub fn serve_stale(session: &Session, ctx: &mut Ctx, error: Option<&Error>) -> bool {
     let Some(meta) = session.cache.maybe_cache_meta() else {
         return false;
     };
-    let now = clock::now();
+    let now = now(ctx);
+    let windows = StaleWindows::of(meta);
     let within =
         |secs: u32| secs > 0 && meta.fresh_until() + Duration::from_secs(secs.into()) >= now;
     match error {
-        None => !ctx.cache.forced && within(meta.stale_while_revalidate_sec()),
+        None => !ctx.cache.forced && within(windows.while_revalidate),
         Some(e) => {
             if let ErrorType::HTTPStatus(s) = e.etype() {
                 ctx.cache.fwd_status = Some(*s);
             }
             let upstream_failed = e.esource() == &ErrorSource::Upstream
                 || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
-            let ok = upstream_failed && within(meta.stale_if_error_sec());
+            let ok = upstream_failed && within(windows.if_error);
             ctx.cache.stale_on_error = ok;
             ok
         }
@@ -224,7 +264,7 @@ pub fn on_response(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) 
         return Ok(());
     };
     let phase = session.cache.phase();
-    let now = clock::now();
+    let now = now(ctx);
     let meta = session.cache.maybe_cache_meta();
     let ttl = match (meta, ctx.cache.found) {
         (Some(m), _) if !matches!(phase, CachePhase::Miss | CachePhase::Expired) => {
@@ -264,7 +304,7 @@ pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, ctx: &mut 
     if method.is_safe() || !(200..400).contains(&status) {
         return;
     }
-    let Some(storage) = storage() else {
+    let Some(storage) = cache_of(ctx).map(|c| c.storage) else {
         return;
     };
     let host = ctx.cache.host.as_str();

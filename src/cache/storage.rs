@@ -28,6 +28,10 @@
 //! the bound either. The figures
 //! are checked against a counting allocator in `tests/cache_storage.rs`.
 //!
+//! A hit hands Pingora its stale windows as unbounded and keeps the stored ones in the
+//! meta's extensions (`StaleWindows`): Pingora checks them on the wall clock, we decide
+//! them on the gateway's clock (see `cache::phases`).
+//!
 //! A disk tier can be added later behind the same trait: a tiered `Storage` would look up
 //! here first and fall back to disk, and receive this engine's evictions (see `evict`).
 
@@ -75,6 +79,39 @@ struct Body {
     len: usize,
 }
 
+/// The stale windows a stored response gave (RFC 5861), in seconds.
+///
+/// Pingora gates stale-while-revalidate and stale-if-error on `SystemTime::now()`, then
+/// asks `should_serve_stale`. The gateway's clock may be a test clock standing before or
+/// after the wall clock, so a looked-up meta carries each open window as `u32::MAX`
+/// (Pingora's gate passes) and the real one here, where `phases::serve_stale` reads it
+/// and decides on the gateway's clock. A window that is zero stays zero on both sides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StaleWindows {
+    pub while_revalidate: u32,
+    pub if_error: u32,
+}
+
+impl StaleWindows {
+    /// The real windows of `meta`: the stored ones for a looked-up entry, the meta's own
+    /// for a response being stored. A window Pingora closed (`disable_serve_stale` on a
+    /// forced expiry) stays closed.
+    pub fn of(meta: &CacheMeta) -> StaleWindows {
+        let stored = meta.extensions().get::<StaleWindows>();
+        let real = |handed: u32, stored: Option<u32>| match handed {
+            0 => 0,
+            _ => stored.unwrap_or(handed),
+        };
+        StaleWindows {
+            while_revalidate: real(
+                meta.stale_while_revalidate_sec(),
+                stored.map(|w| w.while_revalidate),
+            ),
+            if_error: real(meta.stale_if_error_sec(), stored.map(|w| w.if_error)),
+        }
+    }
+}
+
 /// The parts of a `CacheMeta` that matter, kept decoded: a hit rebuilds the meta from
 /// them (a header clone) instead of decoding the serialized form (a zstd frame and an
 /// HTTP parse, about 4x the cost). Not kept: `updated` (our metas always carry an epoch
@@ -105,11 +142,12 @@ impl StoredMeta {
                 headers.append(name, value);
             }
         }
+        let windows = StaleWindows::of(m);
         StoredMeta {
             fresh_until: m.fresh_until(),
             created: m.created(),
-            stale_while_revalidate: m.stale_while_revalidate_sec(),
-            stale_if_error: m.stale_if_error_sec(),
+            stale_while_revalidate: windows.while_revalidate,
+            stale_if_error: windows.if_error,
             epoch_override: m.epoch_override(),
             variance: m.variance(),
             status: h.status,
@@ -121,13 +159,21 @@ impl StoredMeta {
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = self.status;
         parts.headers = self.headers.clone();
+        let open = |w: u32| if w == 0 { 0 } else { u32::MAX };
         let mut m = CacheMeta::new(
             self.fresh_until,
             self.created,
-            self.stale_while_revalidate,
-            self.stale_if_error,
+            open(self.stale_while_revalidate),
+            open(self.stale_if_error),
             ResponseHeader::from(parts),
         );
+        if self.stale_while_revalidate != 0 || self.stale_if_error != 0 {
+            // Only then: most responses have no window, and their hits allocate nothing.
+            m.extensions_mut().insert(StaleWindows {
+                while_revalidate: self.stale_while_revalidate,
+                if_error: self.stale_if_error,
+            });
+        }
         if let Some(e) = self.epoch_override {
             m.set_epoch_override(e);
         }

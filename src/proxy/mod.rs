@@ -7,8 +7,9 @@ mod log;
 
 use crate::cache;
 use crate::error::Reject;
+use crate::path;
 use crate::policy::headers;
-use crate::runtime::{path, router::host_of, Shared};
+use crate::runtime::{router::host_of, Shared};
 use async_trait::async_trait;
 use bytes::Bytes;
 pub use ctx::Ctx;
@@ -141,7 +142,7 @@ impl Gateway {
             ctx.snapshot = Some(snap);
             return Some(Reject::NotFound);
         };
-        if crate::cache::storage().is_some() {
+        if snap.cache.is_some() {
             // Keys and unsafe-method invalidation name the URL the client asked for.
             ctx.cache.host = host.into_owned();
             ctx.cache.path = normalized.to_string();
@@ -522,9 +523,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = &ctx.route {
             route.request_headers.apply_request(req);
         }
-        if ctx.cache.active {
-            ctx.cache.request_time = Some(cache::clock::now());
-        }
+        cache::phases::on_upstream_request(ctx);
         Ok(())
     }
 
