@@ -52,7 +52,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Number of shards of the entry maps and of the LRU.
 pub const SHARDS: usize = 32;
@@ -239,6 +239,8 @@ pub struct MemoryStorage {
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     filling: AtomicUsize,
+    /// The last `created` stamp given (ns since the Unix epoch), see `admission_stamp`.
+    last_created: AtomicU64,
 }
 
 impl MemoryStorage {
@@ -253,7 +255,32 @@ impl MemoryStorage {
             evictions: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
             filling: AtomicUsize::new(0),
+            last_created: AtomicU64::new(0),
         }
+    }
+
+    /// `created` orders admissions: Pingora retires a variant created before its URL's
+    /// primary entry (`valid_after`), which is how deleting the primary retires every
+    /// variant (see `key`). On a test clock that stands still, or a wall clock stepped
+    /// back, two admissions would share or reverse their instants, so each stored meta
+    /// is stamped strictly after the previous one (one nanosecond at least). Age and
+    /// freshness never read `created` (our metas carry an epoch override).
+    fn admission_stamp(&self, created: SystemTime) -> SystemTime {
+        let want = created
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let stamp = |last: u64| want.max(last.saturating_add(1));
+        let before = self
+            .last_created
+            .fetch_update(Relaxed, Relaxed, |last| Some(stamp(last)))
+            .unwrap_or_else(|last| last);
+        UNIX_EPOCH + Duration::from_nanos(stamp(before))
+    }
+
+    fn admit_meta(&self, meta: &CacheMeta) -> StoredMeta {
+        let mut stored = StoredMeta::from_meta(meta);
+        stored.created = self.admission_stamp(stored.created);
+        stored
     }
 
     /// Applies new bounds (config reload); shrinking evicts at once.
@@ -384,7 +411,7 @@ impl Storage for MemoryStorage {
             storage: self,
             k,
             full,
-            meta: Some(StoredMeta::from_meta(meta)),
+            meta: Some(self.admit_meta(meta)),
             tag: key.extensions.get::<EntryTag>().cloned(),
             chunks: Vec::new(),
             len: 0,
@@ -415,7 +442,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let stored = StoredMeta::from_meta(meta);
+        let stored = self.admit_meta(meta);
         let (k, full) = split_key(key.combined_bin());
         {
             let mut map = self.shards[shard_of(k)].write();
