@@ -2,7 +2,7 @@
 //! `Cache-Control`, deciding whether a shared cache may store a response (§3), its
 //! freshness lifetime and age (§4.2), whether a stored response may answer a request
 //! given the request's directives (§5.2.1), and the header update after a 304 (§3.2).
-//! Nothing here reads a clock; callers pass `now` (see `cache::clock`).
+//! Nothing here reads a clock; callers pass `now` (the process clock, see `cache::phases`).
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;

@@ -129,10 +129,6 @@ impl Registry {
         }
     }
 
-    pub fn clock(&self) -> &Arc<Clock> {
-        &self.clock
-    }
-
     /// The store for this config: the running one when its settings are unchanged (a
     /// reload keeps the counts), else a new one. Nothing is opened or connected here
     /// (`gatehouse check` builds stores too); see `Store::start`.
