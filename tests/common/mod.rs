@@ -33,7 +33,7 @@ pub use upstream::Upstream;
 /// The environment pair that starts a gateway on its test clock, frozen at `at` (`now`,
 /// an RFC 3339 UTC time or Unix seconds); `Gateway::advance_clock` then moves it. Limits,
 /// quotas and the cache all read that one clock.
-pub fn test_clock(at: &str) -> (&'static str, &str) {
+pub const fn test_clock(at: &str) -> (&'static str, &str) {
     ("GATEHOUSE_TEST_CLOCK", at)
 }
 
