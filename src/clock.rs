@@ -20,8 +20,16 @@
 //! move the clock.
 //!
 //! The limit and cache rules themselves take `now` as an argument, so unit tests and
-//! benches pass any time they like. What the cache does about Pingora reading the wall
-//! clock on its own is explained in `cache::phases`.
+//! benches pass any time they like.
+//!
+//! Pingora's cache reads the wall clock on its own (freshness at lookup, the stale
+//! windows, `Age`). A test clock may stand before or after the wall clock, so the cache
+//! overrides each of those decisions with one taken on this clock: `cache::phases`
+//! explains how, and `cache::storage` orders admissions without relying on time moving.
+//!
+//! Not on this clock: JWT `exp`/`nbf` checks and JWKS refreshes (tokens and key servers
+//! live in real time), and timeouts, health checks and store sync intervals (monotonic
+//! `Instant`s).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
