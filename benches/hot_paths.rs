@@ -3,8 +3,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gatehouse::config::model;
+use gatehouse::path::normalize;
 use gatehouse::policy::headers;
-use gatehouse::runtime::path::normalize;
 use gatehouse::runtime::router::{host_of, Conditions, Entry, PathMatch, Router};
 use gatehouse::upstream::Upstream;
 use http::{HeaderMap, Method};

@@ -14,10 +14,29 @@
 //! `Vary`), every storing and freshness rule (its own ignore `Age`, `Date` and the
 //! request's directives), the full header update after a 304, `Cache-Status`, `Age` on
 //! every response served from cache, and unsafe-method invalidation.
+//!
+//! **The clock.** Every decision here reads the snapshot's `Cache::clock`, the process's
+//! one `Clock`: the system clock in production, or a test clock that stands still at an
+//! instant that may be before or after the wall clock. Stored metadata (`fresh_until`,
+//! the epoch) is on that clock. Pingora also reads `SystemTime::now()` on its own, in
+//! three places, and each is made to follow our clock:
+//!
+//! - at lookup it computes `is_fresh` on the wall clock and passes it to
+//!   `cache_hit_filter`: `hit_freshness` re-decides on our clock and forces the answer
+//!   either way (`ForceFresh` when Pingora's wall clock is past a deadline ours is not,
+//!   `ForceExpiredServeStale` in the other direction);
+//! - before serving stale it checks the stale-while-revalidate and stale-if-error windows
+//!   on the wall clock, then asks `should_serve_stale`: the storage hands those windows
+//!   over as unbounded (`storage::StaleWindows`), so Pingora's gate only says whether a
+//!   window exists, and `serve_stale` decides with the real windows on our clock;
+//! - it writes `Age` from the wall clock on a hit: `on_response` overwrites it from ours.
+//!
+//! With the system clock these agree with what Pingora would decide alone.
 
 use super::rules::{self, Reuse, StoreDecision, StoreInput};
 use super::status::{report, CacheCtx, Found, Outcome};
-use super::{clock, key, storage, RouteCache, Settings};
+use super::storage::StaleWindows;
+use super::{key, Cache, RouteCache};
 use http::{header, Method};
 use pingora::cache::key::{CacheHashKey, HashBinary};
 use pingora::cache::{
@@ -37,10 +56,21 @@ fn secs_between(later: SystemTime, earlier: SystemTime) -> i64 {
     }
 }
 
+/// Now, on the process clock (the snapshot's cache carries it).
+fn now(cache: Option<&Cache>) -> SystemTime {
+    cache.map_or_else(SystemTime::now, |c| c.clock.now())
+}
+
 /// `request_cache_filter`, on a caching route: enables the cache for a cacheable
-/// request. `settings` is the snapshot's `cache:` section.
-pub fn enable(session: &mut Session, cx: &mut CacheCtx, settings: Option<Settings>) {
-    let (Some(settings), Some(storage)) = (settings, storage()) else {
+/// request. `cache` is the snapshot's bound cache (storage, settings, lock, clock).
+pub fn enable(session: &mut Session, cx: &mut CacheCtx, cache: Option<&Cache>) {
+    let Some(Cache {
+        storage,
+        settings,
+        lock,
+        ..
+    }) = cache
+    else {
         return;
     };
     let req = session.req_header();
@@ -52,10 +82,10 @@ pub fn enable(session: &mut Session, cx: &mut CacheCtx, settings: Option<Setting
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(settings.lock_timeout);
     session.cache.enable(
-        storage,
+        *storage,
         None, // the storage evicts by itself (storage.rs)
         None,
-        Some(settings.lock),
+        Some(*lock),
         Some(overrides),
     );
     session
@@ -94,9 +124,10 @@ pub fn hit_freshness(
     meta: &CacheMeta,
     pingora_fresh: bool,
     cx: &mut CacheCtx,
+    cache: Option<&Cache>,
 ) -> Option<ForcedFreshness> {
-    let now = clock::now();
-    let fresh = meta.is_fresh(now);
+    let now = now(cache);
+    let fresh = rules::is_fresh(meta.fresh_until(), now);
     cx.found = if fresh { Found::Fresh } else { Found::Stale };
     match rules::reuse(
         &cx.directives,
@@ -113,12 +144,13 @@ pub fn hit_freshness(
             Some(ForcedFreshness::ForceExpired)
         }
         Reuse::ServeStale => Some(ForcedFreshness::ForceFresh),
-        // Pingora judged on the wall clock; ours may be ahead (tests advance it). Stale it
-        // is, with the stored deadline kept: Pingora's own stale-window checks (wall clock)
-        // are then never stricter than ours, and `serve_stale` decides on our clock.
+        // Pingora judged on the wall clock, ours is the judge (module doc). Stale: the
+        // stored deadline is kept, Pingora's window gates are open (`StaleWindows`) and
+        // `serve_stale` decides on our clock. Fresh: served as a hit.
         Reuse::AsStored if pingora_fresh && !fresh => {
             Some(ForcedFreshness::ForceExpiredServeStale { expired_at: None })
         }
+        Reuse::AsStored if !pingora_fresh && fresh => Some(ForcedFreshness::ForceFresh),
         Reuse::AsStored => None,
     }
 }
@@ -145,6 +177,7 @@ pub fn response_cacheable(
     cx: &mut CacheCtx,
     rc: &RouteCache,
     identified: bool,
+    cache: Option<&Cache>,
 ) -> RespCacheable {
     let merged;
     let header = match (cx.not_modified.take(), session.cache.maybe_cache_meta()) {
@@ -154,7 +187,7 @@ pub fn response_cacheable(
         }
         _ => resp,
     };
-    let response_time = clock::now();
+    let response_time = now(cache);
     let req = session.req_header();
     let input = StoreInput {
         status: header.status.as_u16(),
@@ -189,24 +222,31 @@ pub fn response_cacheable(
     }
 }
 
-/// `should_serve_stale`: the stale windows, on our clock. `error` is `None` for
+/// `should_serve_stale`: the stale windows, on our clock (the real windows: Pingora was
+/// handed unbounded ones, see the module doc). `error` is `None` for
 /// stale-while-revalidate.
-pub fn serve_stale(session: &Session, cx: &mut CacheCtx, error: Option<&Error>) -> bool {
+pub fn serve_stale(
+    session: &Session,
+    cx: &mut CacheCtx,
+    error: Option<&Error>,
+    cache: Option<&Cache>,
+) -> bool {
     let Some(meta) = session.cache.maybe_cache_meta() else {
         return false;
     };
-    let now = clock::now();
+    let now = now(cache);
+    let windows = StaleWindows::of(meta);
     let within =
         |secs: u32| secs > 0 && meta.fresh_until() + Duration::from_secs(secs.into()) >= now;
     match error {
-        None => !cx.forced && within(meta.stale_while_revalidate_sec()),
+        None => !cx.forced && within(windows.while_revalidate),
         Some(e) => {
             if let ErrorType::HTTPStatus(s) = e.etype() {
                 cx.fwd_status = Some(*s);
             }
             let upstream_failed = e.esource() == &ErrorSource::Upstream
                 || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500);
-            let ok = upstream_failed && within(meta.stale_if_error_sec());
+            let ok = upstream_failed && within(windows.if_error);
             cx.stale_on_error = ok;
             ok
         }
@@ -222,9 +262,10 @@ pub fn on_response(
     cx: &CacheCtx,
     rc: &RouteCache,
     upstream_status: Option<u16>,
+    cache: Option<&Cache>,
 ) -> Result<()> {
     let phase = session.cache.phase();
-    let now = clock::now();
+    let now = now(cache);
     let meta = session.cache.maybe_cache_meta();
     let ttl = match (meta, cx.found) {
         (Some(m), _) if !matches!(phase, CachePhase::Miss | CachePhase::Expired) => {
@@ -254,15 +295,20 @@ pub fn on_response(
 }
 
 /// `upstream_request_filter`: the request time of RFC 9111 §4.2.3's age calculation.
-pub fn on_upstream_request(cx: &mut CacheCtx) {
+pub fn on_upstream_request(cx: &mut CacheCtx, cache: Option<&Cache>) {
     if cx.active {
-        cx.request_time = Some(clock::now());
+        cx.request_time = Some(now(cache));
     }
 }
 
 /// `upstream_response_filter`: keeps a revalidation's 304 for `response_cacheable`, and
 /// invalidates the URL after a successful unsafe request (RFC 9111 §4.4).
-pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, cx: &mut CacheCtx) {
+pub fn on_upstream_response(
+    session: &Session,
+    resp: &ResponseHeader,
+    cx: &mut CacheCtx,
+    cache: Option<&Cache>,
+) {
     let status = resp.status.as_u16();
     if status == 304 && cx.active && session.cache.phase() == CachePhase::Stale {
         cx.not_modified = Some(Box::new(resp.clone()));
@@ -271,7 +317,7 @@ pub fn on_upstream_response(session: &Session, resp: &ResponseHeader, cx: &mut C
     if method.is_safe() || !(200..400).contains(&status) {
         return;
     }
-    let Some(storage) = storage() else {
+    let Some(storage) = cache.map(|c| c.storage) else {
         return;
     };
     let host = cx.host.as_str();

@@ -69,10 +69,15 @@ pub struct PolicySet {
 
 impl PolicySet {
     /// Builds from a validated config. Issuers whose config is unchanged from
-    /// `previous` keep their keys (and their JWKS refresh task).
-    pub fn build(cfg: &Config, previous: Option<&PolicySet>) -> Result<Self, Vec<ConfigError>> {
-        let limits =
-            limits::LimitsShared::build(cfg).map_err(|e| vec![ConfigError::new("store", e)])?;
+    /// `previous` keep their keys (and their JWKS refresh task); the limit store comes
+    /// from the process's `stores`.
+    pub fn build(
+        cfg: &Config,
+        previous: Option<&PolicySet>,
+        stores: &crate::store::Registry,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let limits = limits::LimitsShared::build(cfg, stores)
+            .map_err(|e| vec![ConfigError::new("store", e)])?;
         let consumers = Arc::new(consumers::Consumers::build(cfg));
         let Some(auth) = &cfg.auth else {
             return Ok(PolicySet {

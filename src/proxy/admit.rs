@@ -8,8 +8,9 @@ use super::Gateway;
 use crate::cache::status::CacheCtx;
 use crate::context::{Attempt, Ctx, UpstreamSlot};
 use crate::error::Reject;
+use crate::path;
 use crate::policy::headers;
-use crate::runtime::{path, router::host_of, Route, Snapshot};
+use crate::runtime::{router::host_of, Route, Snapshot};
 use crate::upstream::Upstream;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -42,7 +43,7 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
         .routing
         .route
         .insert(find_route(snap, &host, &normalized, req)?);
-    remember_url_for_cache(&mut ctx.cache, host, &normalized);
+    remember_url_for_cache(snap, &mut ctx.cache, host, &normalized);
     ctx.routing.upstream_path = rewrite_path(route.strip_prefix.as_deref(), normalized, raw_path);
     check_declared_body(route.max_body, req)?;
     take_upstream_slot(&route.upstream, &mut ctx.attempt)?;
@@ -106,7 +107,7 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
-/// The path routes match and the upstream is sent (`runtime::path::normalize`); 400 when
+/// The path routes match and the upstream is sent (`path::normalize`); 400 when
 /// it cannot be normalised.
 fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     path::normalize(raw).map_err(|_| Reject::BadRequest("the request path is not valid".into()))
@@ -141,8 +142,8 @@ fn find_route(
 
 /// Cache keys and unsafe-method invalidation name the URL the client asked for, not the
 /// one sent upstream; kept only when a cache exists at all.
-fn remember_url_for_cache(cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) {
-    if crate::cache::storage().is_some() {
+fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) {
+    if snap.cache.is_some() {
         cache.host = host.into_owned();
         cache.path = path.to_string();
     }

@@ -234,8 +234,8 @@ impl ProxyHttp for Gateway {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         if ctx.route().is_some_and(|r| r.cache.is_some()) {
-            let settings = ctx.routing.snapshot.as_ref().and_then(|s| s.cache);
-            phases::enable(session, &mut ctx.cache, settings);
+            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            phases::enable(session, &mut ctx.cache, cache);
         }
         Ok(())
     }
@@ -264,11 +264,13 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
         Ok(phases::hit_freshness(
             session,
             meta,
             is_fresh,
             &mut ctx.cache,
+            cache,
         ))
     }
 
@@ -294,12 +296,14 @@ impl ProxyHttp for Gateway {
         let Some(rc) = ctx.routing.route.as_ref().and_then(|r| r.cache.as_ref()) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
         Ok(phases::response_cacheable(
             session,
             resp,
             &mut ctx.cache,
             rc,
             identified,
+            cache,
         ))
     }
 
@@ -309,7 +313,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        phases::serve_stale(session, &mut ctx.cache, error)
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::serve_stale(session, &mut ctx.cache, error, cache)
     }
 
     /// `Cache-Control: only-if-cached` with nothing usable stored: 504, never the origin.
@@ -443,7 +448,8 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
         }
-        phases::on_upstream_request(&mut ctx.cache);
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
     }
 
@@ -455,7 +461,8 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        phases::on_upstream_response(session, resp, &mut ctx.cache);
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();
         ctx.timing.upstream_header_at = Some(now);
         ctx.attempt.upstream_status = Some(resp.status.as_u16());
@@ -482,7 +489,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
-            phases::on_response(session, resp, &ctx.cache, rc, ctx.attempt.upstream_status)?;
+            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            phases::on_response(
+                session,
+                resp,
+                &ctx.cache,
+                rc,
+                ctx.attempt.upstream_status,
+                cache,
+            )?;
         }
         // While draining (SIGTERM, or an upgrade hand-over), tell HTTP/1 clients to reconnect
         // now, so they move to the new process instead of waiting for the grace period.

@@ -1,7 +1,9 @@
 //! Compilation of a validated config into runtime types: routes with pre-parsed header
-//! operations and metric handles, upstreams with their balancers and peers.
+//! operations and metric handles, upstreams with their balancers and peers, policies
+//! with their limit store, and the cache.
 
 use super::router::{Conditions, Entry, PathMatch, Router};
+use super::Resources;
 use crate::config::{ConfigError, Loaded};
 use crate::policy::headers::HeaderOps;
 use crate::policy::{Policy, PolicySet};
@@ -42,14 +44,20 @@ pub struct Snapshot {
     pub unmatched_duration: Histogram,
     pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
-    /// The top-level `cache:` section, when present.
-    pub cache: Option<crate::cache::Settings>,
+    /// The top-level `cache:` section with the storage it binds, when present.
+    pub cache: Option<crate::cache::Cache>,
 }
 
 impl Snapshot {
     /// Builds the runtime form. Upstreams whose config is unchanged from `previous` are
-    /// reused as they are, so their health state and in-flight counts carry over.
-    pub fn compile(loaded: Loaded, previous: Option<&Snapshot>) -> Result<Self, Vec<ConfigError>> {
+    /// reused as they are, so their health state and in-flight counts carry over; the
+    /// limit store and the cache storage come from `resources`. Nothing running changes
+    /// unless the whole config compiles: the cache bounds are applied last.
+    pub fn compile(
+        loaded: Loaded,
+        previous: Option<&Snapshot>,
+        resources: &Resources,
+    ) -> Result<Self, Vec<ConfigError>> {
         let cfg = &loaded.config;
         let mut errs = Vec::new();
         let mut upstreams = BTreeMap::new();
@@ -68,13 +76,14 @@ impl Snapshot {
                 Err(e) => errs.push(ConfigError::new(format!("upstreams.{name}"), e)),
             }
         }
-        let policies = match PolicySet::build(cfg, previous.map(|p| &*p.policies)) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                errs.extend(e);
-                return Err(errs);
-            }
-        };
+        let policies =
+            match PolicySet::build(cfg, previous.map(|p| &*p.policies), &resources.stores) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    errs.extend(e);
+                    return Err(errs);
+                }
+            };
         let m = crate::metrics::metrics();
         let mut entries = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
@@ -166,7 +175,9 @@ impl Snapshot {
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
             unmatched_requests: crate::metrics::RequestCounters::new("unmatched"),
             policies,
-            cache: cfg.cache.as_ref().map(crate::cache::Settings::from_config),
+            // Last: everything above can still fail; this applies the new bounds to the
+            // running storage (a shrink evicts at once, no section empties it).
+            cache: resources.cache.bind(cfg.cache.as_ref(), &resources.clock),
             loaded,
         })
     }
