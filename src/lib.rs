@@ -10,6 +10,8 @@ pub mod error;
 pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
+#[cfg(test)]
+pub(crate) mod proptest_support;
 pub mod proxy;
 pub mod runtime;
 pub mod store;
