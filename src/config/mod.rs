@@ -128,9 +128,10 @@ pub fn redacted_json(cfg: &Config) -> serde_json::Value {
                     continue;
                 };
                 for (name, value) in m.iter_mut() {
-                    if cfg
-                        .env_filled
-                        .contains(&format!("routes[{i}].{yaml}.{name}"))
+                    if credential_header(name)
+                        || cfg
+                            .env_filled
+                            .contains(&format!("routes[{i}].{yaml}.{name}"))
                     {
                         *value = REDACTED.into();
                     }
@@ -139,6 +140,18 @@ pub fn redacted_json(cfg: &Config) -> serde_json::Value {
         }
     }
     v
+}
+
+/// Header names whose values are credentials whatever their source: a secret written
+/// into the file itself is still a secret.
+fn credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || ["key", "token", "secret", "password", "auth", "signature"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 /// `redis://user:pass@host/0?password=x` → `redis://user:[redacted]@host/0?[redacted]`:
@@ -224,7 +237,7 @@ mod tests {
             \x20 - name: r\n\
             \x20   match: { path_prefix: /, headers: { X-Tenant: \"${TENANT}\" } }\n\
             \x20   upstream: u\n\
-            \x20   request_headers: { set: { X-Key: \"Bearer ${UP_KEY}\", X-Gw: gatehouse, X-Lit: \"$${NOT}\" } }\n\
+            \x20   request_headers: { set: { X-Key: \"Bearer ${UP_KEY}\", X-Gw: gatehouse, X-Lit: \"$${NOT}\", Authorization: \"Basic s3cret\", X-Upstream-Token: s3cret } }\n\
             \x20   response_headers: { set: { X-Sig: \"${SIG:-s3cret}\" } }\n";
         let env = |n: &str| match n {
             "UP_KEY" => Some("up-s3cret".to_string()),
@@ -243,6 +256,9 @@ mod tests {
             "an escaped literal"
         );
         assert_eq!(r["response_headers"]["set"]["X-Sig"], REDACTED);
+        // Credentials by name, even when written into the file.
+        assert_eq!(r["request_headers"]["set"]["Authorization"], REDACTED);
+        assert_eq!(r["request_headers"]["set"]["X-Upstream-Token"], REDACTED);
         assert_eq!(r["match"]["headers"]["X-Tenant"], REDACTED);
     }
 }
