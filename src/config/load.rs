@@ -54,6 +54,20 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
+/// For a secret, the generic hint (`write ${VAR:-default}`) is the wrong advice: a
+/// default secret is one everybody can read in the file.
+fn secret_hint(path: &str, message: String) -> String {
+    let secret =
+        path == "admin.token" || path.ends_with(".hmac_secret") || path.contains(".api_keys[");
+    match message.find(" (write ${") {
+        Some(i) if secret => format!(
+            "{}: this is a secret, set it in the environment (it has no default on purpose)",
+            &message[..i]
+        ),
+        _ => message,
+    }
+}
+
 /// True when `s` has a `${` that is not the escaped `$${`. Errs towards true (a `$$${`
 /// counts), which only ever redacts one value too many.
 fn references_var(s: &str) -> bool {
@@ -75,7 +89,7 @@ fn interpolate_value(
             }
             match interpolate(s, lookup) {
                 Ok(n) => *s = n,
-                Err(e) => errs.push(ConfigError::new(path, e)),
+                Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e))),
             }
         }
         Value::Sequence(seq) => {
@@ -441,5 +455,16 @@ consumers:
         let text = "listeners: [ { name: a, address: \"${ADDR}\" } ]\n";
         let errs = parse(text, &env).unwrap_err();
         assert_eq!(errs[0].path, "listeners[0].address");
+        assert!(errs[0].message.contains("${ADDR:-default}"), "{errs:?}");
+        // A secret gets no advice to write a default into the file.
+        let text = "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\n\
+                    admin: { address: \"127.0.0.1:2\", token: \"${TOKEN}\" }\n";
+        let errs = parse(text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "admin.token");
+        assert_eq!(
+            errs[0].message,
+            "environment variable TOKEN is not set: this is a secret, set it in the \
+             environment (it has no default on purpose)"
+        );
     }
 }
