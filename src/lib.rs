@@ -12,6 +12,8 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod path;
 pub mod policy;
+#[cfg(test)]
+pub(crate) mod proptest_support;
 pub mod proxy;
 pub mod runtime;
 pub mod store;

@@ -262,16 +262,48 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     }
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Err(problem(
-                StatusCode::BAD_REQUEST,
-                "the body could not be read",
-            ))
-        }
+/// The largest admin request body. Every admin body is a small JSON object; without a
+/// cap, anyone who can reach the listener (the token is checked first, but a holder of
+/// it may still be a compromised script) could make the process buffer without bound.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The request body, refused with 413 when it is (or says it is) over `MAX_BODY`. A
+/// declared `Content-Length` over the cap is refused before reading a byte; a chunked
+/// body is cut off as soon as it passes the cap.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    let too_large = || {
+        let mut r = problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("admin request bodies are limited to {MAX_BODY} bytes"),
+        );
+        // The unread rest of the body makes the connection unusable.
+        r.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+        r
     };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = read_body(req).await?;
     serde_json::from_slice(&body)
         .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
 }

@@ -481,3 +481,7 @@ pub fn merge_not_modified(
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rules_props.rs"]
+mod props;

@@ -54,35 +54,71 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
+/// For a secret, the generic hint (`write ${VAR:-default}`) is the wrong advice: a
+/// default secret is one everybody can read in the file.
+fn secret_hint(path: &str, message: String) -> String {
+    let secret =
+        path == "admin.token" || path.ends_with(".hmac_secret") || path.contains(".api_keys[");
+    match message.find(" (write ${") {
+        Some(i) if secret => format!(
+            "{}: this is a secret, set it in the environment (it has no default on purpose)",
+            &message[..i]
+        ),
+        _ => message,
+    }
+}
+
+/// True when `s` has a `${` that is not the escaped `$${`. Errs towards true (a `$$${`
+/// counts), which only ever redacts one value too many.
+fn references_var(s: &str) -> bool {
+    s.match_indices("${")
+        .any(|(i, _)| i == 0 || s.as_bytes()[i - 1] != b'$')
+}
+
 fn interpolate_value(
     v: &mut Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     errs: &mut Vec<ConfigError>,
+    filled: &mut std::collections::BTreeSet<String>,
 ) {
     match v {
-        Value::String(s) => match interpolate(s, lookup) {
-            Ok(n) => *s = n,
-            Err(e) => errs.push(ConfigError::new(path, e)),
-        },
+        Value::String(s) => {
+            if references_var(s) {
+                filled.insert(path.to_string());
+            }
+            match interpolate(s, lookup) {
+                Ok(n) => *s = n,
+                Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e))),
+            }
+        }
         Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{path}[{i}]"), lookup, errs);
+                interpolate_value(item, &format!("{path}[{i}]"), lookup, errs, filled);
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
-                let key = key_name(k);
+                let key = path_key(k);
                 let p = if path.is_empty() {
                     key
                 } else {
                     format!("{path}.{key}")
                 };
-                interpolate_value(item, &p, lookup, errs);
+                interpolate_value(item, &p, lookup, errs, filled);
             }
         }
-        Value::Tagged(t) => interpolate_value(&mut t.value, path, lookup, errs),
+        Value::Tagged(t) => interpolate_value(&mut t.value, path, lookup, errs, filled),
         _ => {}
+    }
+}
+
+/// A mapping key as a segment of a YAML path: the empty key is written `""`, so an
+/// error about it still has a path to show.
+fn path_key(k: &Value) -> String {
+    match key_name(k) {
+        k if k.is_empty() => "\"\"".to_string(),
+        k => k,
     }
 }
 
@@ -281,7 +317,8 @@ pub fn parse_partial(
         }
     };
     let env_keys = env_api_keys(&root);
-    interpolate_value(&mut root, "", lookup, &mut errs);
+    let mut env_filled = std::collections::BTreeSet::new();
+    interpolate_value(&mut root, "", lookup, &mut errs, &mut env_filled);
     hash_env_api_keys(&mut root, &env_keys, &mut errs);
     let Value::Mapping(top) = root else {
         return (None, vec![ConfigError::new(
@@ -292,6 +329,7 @@ pub fn parse_partial(
     let interpolation_failed = !errs.is_empty();
     let mut cfg = Config {
         version: 1,
+        env_filled,
         ..Config::default()
     };
     let mut seen_listeners = false;
@@ -328,8 +366,8 @@ pub fn parse_partial(
                     cfg.access_log = a;
                 }
             }
-            other => errs.push(ConfigError::new(
-                other,
+            _ => errs.push(ConfigError::new(
+                path_key(&k),
                 "unknown field (top level; expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
             )),
         }
@@ -417,5 +455,16 @@ consumers:
         let text = "listeners: [ { name: a, address: \"${ADDR}\" } ]\n";
         let errs = parse(text, &env).unwrap_err();
         assert_eq!(errs[0].path, "listeners[0].address");
+        assert!(errs[0].message.contains("${ADDR:-default}"), "{errs:?}");
+        // A secret gets no advice to write a default into the file.
+        let text = "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\n\
+                    admin: { address: \"127.0.0.1:2\", token: \"${TOKEN}\" }\n";
+        let errs = parse(text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "admin.token");
+        assert_eq!(
+            errs[0].message,
+            "environment variable TOKEN is not set: this is a secret, set it in the \
+             environment (it has no default on purpose)"
+        );
     }
 }
