@@ -248,7 +248,7 @@ fn hash_env_api_keys(root: &mut Value, at: &[(usize, usize)], errs: &mut Vec<Con
                 "the environment variable holding this key is empty",
             ));
         } else if !s.starts_with("sha256:") {
-            *s = crate::policy::consumers::hash_key(s);
+            *s = super::values::hash_key(s);
         }
     }
 }
@@ -403,7 +403,7 @@ consumers:
         let (cfg, errs) = parse_partial(text, &lookup);
         assert!(errs.is_empty(), "{errs:?}");
         let keys = &cfg.unwrap().consumers[0].api_keys;
-        assert_eq!(keys[0], crate::policy::consumers::hash_key("s3cret"));
+        assert_eq!(keys[0], crate::config::values::hash_key("s3cret"));
         // Written in the file (even partly): kept as is, and validation refuses it.
         assert_eq!(keys[1], "plain-in-file");
         assert_eq!(keys[2], "xs3cret");

@@ -15,102 +15,26 @@ use jsonwebtoken::DecodingKey;
 use std::fmt;
 use std::sync::Arc;
 
-/// A JWS algorithm we can verify. `none` is not one of them, by construction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    /// An extension: `jsonwebtoken` has no P-521; see `Verifier::Es512`.
-    ES512,
-    EdDSA,
-}
+pub use crate::config::values::{Alg, ALL_ALGS};
 
-pub const ALL_ALGS: [Alg; 13] = [
-    Alg::HS256,
-    Alg::HS384,
-    Alg::HS512,
-    Alg::RS256,
-    Alg::RS384,
-    Alg::RS512,
-    Alg::PS256,
-    Alg::PS384,
-    Alg::PS512,
-    Alg::ES256,
-    Alg::ES384,
-    Alg::ES512,
-    Alg::EdDSA,
-];
-
-impl Alg {
-    /// The exact, case-sensitive JWA name (RFC 7518 §3.1); anything else is refused.
-    pub fn parse(name: &str) -> Option<Alg> {
-        ALL_ALGS.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::HS256 => "HS256",
-            Alg::HS384 => "HS384",
-            Alg::HS512 => "HS512",
-            Alg::RS256 => "RS256",
-            Alg::RS384 => "RS384",
-            Alg::RS512 => "RS512",
-            Alg::PS256 => "PS256",
-            Alg::PS384 => "PS384",
-            Alg::PS512 => "PS512",
-            Alg::ES256 => "ES256",
-            Alg::ES384 => "ES384",
-            Alg::ES512 => "ES512",
-            Alg::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-
-    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
-    pub fn min_secret_len(self) -> usize {
-        match self {
-            Alg::HS384 => 48,
-            Alg::HS512 => 64,
-            _ => 32,
-        }
-    }
-
-    fn to_jwt(self) -> Option<jsonwebtoken::Algorithm> {
-        use jsonwebtoken::Algorithm as A;
-        Some(match self {
-            Alg::HS256 => A::HS256,
-            Alg::HS384 => A::HS384,
-            Alg::HS512 => A::HS512,
-            Alg::RS256 => A::RS256,
-            Alg::RS384 => A::RS384,
-            Alg::RS512 => A::RS512,
-            Alg::PS256 => A::PS256,
-            Alg::PS384 => A::PS384,
-            Alg::PS512 => A::PS512,
-            Alg::ES256 => A::ES256,
-            Alg::ES384 => A::ES384,
-            Alg::EdDSA => A::EdDSA,
-            Alg::ES512 => return None,
-        })
-    }
-}
-
-impl fmt::Display for Alg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// The `jsonwebtoken` algorithm of `alg`; `None` for ES512, which it lacks.
+fn to_jwt(alg: Alg) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm as A;
+    Some(match alg {
+        Alg::HS256 => A::HS256,
+        Alg::HS384 => A::HS384,
+        Alg::HS512 => A::HS512,
+        Alg::RS256 => A::RS256,
+        Alg::RS384 => A::RS384,
+        Alg::RS512 => A::RS512,
+        Alg::PS256 => A::PS256,
+        Alg::PS384 => A::PS384,
+        Alg::PS512 => A::PS512,
+        Alg::ES256 => A::ES256,
+        Alg::ES384 => A::ES384,
+        Alg::EdDSA => A::EdDSA,
+        Alg::ES512 => return None,
+    })
 }
 
 enum Verifier {
@@ -282,7 +206,7 @@ static PROVIDER: &jsonwebtoken::crypto::CryptoProvider =
 /// One verifier per algorithm that this key material really supports.
 fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifier)> {
     algs.filter_map(|a| {
-        let jwt_alg = a.to_jwt()?;
+        let jwt_alg = to_jwt(a)?;
         (PROVIDER.verifier_factory)(&jwt_alg, key).ok()?;
         Some((a, Verifier::Jwt(jwt_alg, key.clone())))
     })
