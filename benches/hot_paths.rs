@@ -15,7 +15,9 @@ fn router(n: usize) -> Router<usize> {
             let path = match i % 4 {
                 0 => PathMatch::Exact(format!("/svc{i}/items")),
                 1 | 2 => PathMatch::Prefix(format!("/svc{i}/api")),
-                _ => PathMatch::Regex(format!("^/re{i}/[0-9]+$")),
+                _ => PathMatch::Regex(
+                    regex::Regex::new(&format!("^/re{i}/[0-9]+$")).expect("valid regex"),
+                ),
             };
             Entry {
                 hosts: if i % 3 == 0 {
@@ -32,7 +34,7 @@ fn router(n: usize) -> Router<usize> {
             }
         })
         .collect();
-    Router::new(entries).expect("valid routes")
+    Router::new(entries)
 }
 
 fn bench_routing(c: &mut Criterion) {
@@ -137,7 +139,9 @@ fn upstream(balance: model::Balance) -> Upstream {
         max_inflight: 0,
         health: Default::default(),
     };
-    Upstream::build(&format!("bench-{balance:?}"), &cfg).unwrap()
+    let name = format!("bench-{balance:?}");
+    let plan = gatehouse::upstream::Plan::compile(&name, &cfg).expect("valid upstream");
+    Upstream::build(&name, &cfg, plan)
 }
 
 fn bench_selection(c: &mut Criterion) {

@@ -28,7 +28,6 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use runtime::{Resources, Shared, Snapshot};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RunOptions {
@@ -74,7 +73,8 @@ fn client_buffers() -> L4BufferSettings {
     L4BufferSettings::new(4 * 1024, 1460)
 }
 
-/// Loads and validates a config file and compiles it, as `gatehouse check` does.
+/// Loads, checks and compiles a config file: `gatehouse check`, and what `run` and
+/// `Shared::reload` do too (`load_file`, then `Snapshot::compile`).
 pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
     let loaded = config::load_file(path)?;
     // A check serves nothing: the system clock and resources of its own.
@@ -124,6 +124,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
     let snapshot = Snapshot::compile(loaded, None, &resources).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
+    let tls_certs = snapshot.tls.clone();
     precheck_binds(&cfg, opts.upgrade)?;
     // Quota counts need server.data_dir: refuse to start rather than count in memory.
     snapshot
@@ -184,16 +185,14 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                 .endpoints()
                 .add_listener(ListenerConfig::tcp(&l.address).l4_buffer(client_buffers())),
             Some(t) => {
-                let mut certs = Vec::new();
-                for c in &t.certificates {
-                    certs.push(tls::load_pair(&c.cert, &c.key).map_err(StartError::Other)?);
-                }
-                let resolver = tls::SniResolver::new(certs).ok_or_else(|| {
+                // Loaded and checked when the config compiled (`tls::compile`), which
+                // refuses a TLS listener without certificates.
+                let resolver = tls_certs.get(&l.name).cloned().ok_or_else(|| {
                     StartError::Other(format!("listener {:?}: no certificate", l.name))
                 })?;
                 let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
                     .map_err(|e| StartError::Other(e.to_string()))?;
-                settings.set_cert_resolver(Arc::new(resolver));
+                settings.set_cert_resolver(resolver);
                 if t.http2 {
                     settings.enable_h2();
                 }

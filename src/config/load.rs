@@ -8,8 +8,35 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
+/// Why a `${...}` reference cannot be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterpolateError {
+    /// `${` without its `}`; holds the whole string.
+    Unterminated(String),
+    InvalidName(String),
+    Unset(String),
+}
+
+impl std::fmt::Display for InterpolateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterpolateError::Unterminated(s) => write!(f, "unterminated ${{...}} in {s:?}"),
+            InterpolateError::InvalidName(n) => write!(f, "invalid variable name {n:?}"),
+            InterpolateError::Unset(n) => write!(
+                f,
+                "environment variable {n} is not set (write ${{{n}:-default}} to allow that)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for InterpolateError {}
+
 /// Replaces `${VAR}` and `${VAR:-default}` in one string. `$${` is a literal `${`.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -26,23 +53,19 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
         if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated ${{...}} in {s:?}"))?;
+                .ok_or_else(|| InterpolateError::Unterminated(s.to_string()))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name {name:?}"));
+                return Err(InterpolateError::InvalidName(name.to_string()));
             }
             match (lookup(name), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (write ${{{name}:-default}} to allow that)"
-                    ))
-                }
+                (None, None) => return Err(InterpolateError::Unset(name.to_string())),
             }
             rest = &body[end + 1..];
         } else {
@@ -89,7 +112,7 @@ fn interpolate_value(
             }
             match interpolate(s, lookup) {
                 Ok(n) => *s = n,
-                Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e))),
+                Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e.to_string()))),
             }
         }
         Value::Sequence(seq) => {
@@ -284,7 +307,7 @@ fn hash_env_api_keys(root: &mut Value, at: &[(usize, usize)], errs: &mut Vec<Con
                 "the environment variable holding this key is empty",
             ));
         } else if !s.starts_with("sha256:") {
-            *s = crate::policy::consumers::hash_key(s);
+            *s = super::values::hash_key(s);
         }
     }
 }
@@ -400,7 +423,14 @@ mod tests {
         assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
         assert_eq!(interpolate("$${HOST}", &env).unwrap(), "${HOST}");
         assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
-        assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
+        assert_eq!(
+            interpolate("${NOPE}", &env).unwrap_err().to_string(),
+            "environment variable NOPE is not set (write ${NOPE:-default} to allow that)"
+        );
+        assert_eq!(
+            interpolate("${A-B}", &env).unwrap_err(),
+            InterpolateError::InvalidName("A-B".into())
+        );
         assert!(interpolate("${HOST", &env).is_err());
     }
 
@@ -441,7 +471,7 @@ consumers:
         let (cfg, errs) = parse_partial(text, &lookup);
         assert!(errs.is_empty(), "{errs:?}");
         let keys = &cfg.unwrap().consumers[0].api_keys;
-        assert_eq!(keys[0], crate::policy::consumers::hash_key("s3cret"));
+        assert_eq!(keys[0], crate::config::values::hash_key("s3cret"));
         // Written in the file (even partly): kept as is, and validation refuses it.
         assert_eq!(keys[1], "plain-in-file");
         assert_eq!(keys[2], "xs3cret");

@@ -1,12 +1,15 @@
 //! The configuration: file format (`model`), loading with interpolation (`load`),
-//! semantic validation (`validate`) and value types (`units`). The output is a
-//! validated `Config`; `runtime::Snapshot::compile` turns it into what requests read.
+//! shape checks (`validate`), value types (`units`) and the value parsers the runtime
+//! reuses (`values`). `config` depends on nothing else in the crate. `load_file` gives
+//! a parsed config with the problems found so far; `runtime::Snapshot::compile` adds
+//! the checks that need built objects and turns it into what requests read.
 
 pub mod demo;
 pub mod load;
 pub mod model;
 pub mod units;
 pub mod validate;
+pub mod values;
 
 #[cfg(test)]
 mod props;
@@ -36,16 +39,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// A loaded, validated config plus what identifies it.
+/// A loaded config plus what identifies it. Not valid yet: `problems` holds what
+/// parsing and `validate` found, and only `runtime::Snapshot::compile`, which reports
+/// them with its own checks, turns it into something that serves (a snapshot's
+/// `loaded` has no problems).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     /// sha256 of the file's bytes, hex.
     pub version_hash: String,
     pub path: String,
+    /// Unknown keys and shape errors, with their YAML paths.
+    pub problems: Vec<ConfigError>,
 }
 
-/// Reads, parses and validates a config file. Every error is returned at once.
+/// Reads, parses and validates a config file. `Err` when the file cannot be read or
+/// parsed far enough to check further; otherwise the problems found so far ride in
+/// `Loaded::problems`, so that compile reports them together with its own.
 pub fn load_file(path: &str) -> Result<Loaded, Vec<ConfigError>> {
     let bytes = std::fs::read(path).map_err(|e| {
         vec![ConfigError::new(
@@ -61,19 +71,18 @@ pub fn load_file(path: &str) -> Result<Loaded, Vec<ConfigError>> {
         return Err(errs);
     };
     errs.extend(validate::validate(&config));
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-    finish(config, &bytes, path)
+    Ok(loaded(config, &bytes, path, errs))
 }
 
-fn finish(config: Config, bytes: &[u8], path: &str) -> Result<Loaded, Vec<ConfigError>> {
+/// A `Loaded` for `config`, identified by the bytes it was parsed from.
+pub fn loaded(config: Config, bytes: &[u8], path: &str, problems: Vec<ConfigError>) -> Loaded {
     use sha2::Digest;
-    Ok(Loaded {
+    Loaded {
         config,
         version_hash: hex::encode(sha2::Sha256::digest(bytes)),
         path: path.to_string(),
-    })
+        problems,
+    }
 }
 
 const REDACTED: &str = "[redacted]";
