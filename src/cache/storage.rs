@@ -26,7 +26,7 @@
 //! each), its purge tag and a fixed `ENTRY_OVERHEAD` (+ `CHUNK_OVERHEAD` per body chunk)
 //! for the map slot, `Arc`, LRU node and allocations, so many tiny entries cannot exceed
 //! the bound either. The figures
-//! are checked against a counting allocator in `tests/cache_storage.rs`.
+//! are checked against a counting allocator in `tests/serial/cache_storage.rs`.
 //!
 //! A disk tier can be added later behind the same trait: a tiered `Storage` would look up
 //! here first and fall back to disk, and receive this engine's evictions (see `evict`).

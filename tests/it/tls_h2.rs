@@ -1,7 +1,7 @@
 //! TLS listener with several certificates chosen by SNI, HTTP/2 over TLS
 //! through ALPN, and HTTP/2 (h2c) to upstreams.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

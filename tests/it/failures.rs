@@ -1,7 +1,7 @@
 //! Failure handling: dead targets, retries, active and passive health,
 //! no healthy target, max_inflight, upstream errors and timeouts.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

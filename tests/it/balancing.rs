@@ -1,6 +1,6 @@
 //! Load-balancing algorithms, measured on the upstreams' own counters.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

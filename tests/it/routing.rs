@@ -1,7 +1,7 @@
 //! Route choice, path normalisation, request/response rewriting and the
 //! identity headers, through the real gateway.
 
-mod common;
+use crate::common;
 
 use common::{assert_problem, client, config, get, raw, Gateway, Resp, Upstream};
 

@@ -1,7 +1,7 @@
 //! Malformed requests sent as raw bytes: each gets a 4xx, none reaches the
 //! upstream, and the gateway keeps serving.
 
-mod common;
+use crate::common;
 
 use common::{config, raw, Gateway, Upstream};
 
