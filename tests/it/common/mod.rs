@@ -32,12 +32,32 @@ use std::time::Duration;
 pub use gateway::Gateway;
 pub use upstream::Upstream;
 
-/// A port that was free a moment ago: bind 127.0.0.1:0, read it, drop.
+/// A port that was free a moment ago: bind 127.0.0.1:0, read it, drop. Never one this
+/// process handed out before (see `claim_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as taken by a test of this process; false when it already was. The
+/// tests of a binary run in parallel threads of one process: between `free_port()` and
+/// the gateway's bind, or while a test server is stopped before its restart, the kernel
+/// may give the same port to another test's `bind(0)`, which would then meet (or become)
+/// the wrong server. Claimed ports are never handed out again in this process.
+pub fn claim_port(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    CLAIMED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port)
 }
 
 /// A per-test directory under the system temp dir. Removed on drop unless

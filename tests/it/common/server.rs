@@ -48,7 +48,15 @@ impl Server {
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             })
         });
-        let listener = bind(what, port).await;
+        let listener = loop {
+            let listener = bind(what, port).await;
+            let bound = listener.local_addr().expect("local addr").port();
+            // An ephemeral port must not be one another test was handed (`claim_port`);
+            // a port the test chose is its own business.
+            if port != 0 || super::claim_port(bound) {
+                break listener;
+            }
+        };
         let port = listener.local_addr().expect("local addr").port();
         let connections = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(accept_loop(listener, serve.clone(), connections.clone()));
