@@ -1,17 +1,13 @@
 //! A JWKS server on loopback whose document, status and `Cache-Control` a test sets,
 //! which counts its fetches, and which can go down and come back on the same port.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-
-use super::server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 struct State {
     status: u16,
@@ -23,32 +19,64 @@ pub struct JwksServer {
     state: Arc<Mutex<State>>,
     hits: Arc<AtomicUsize>,
     pub addr: SocketAddr,
-    server: Server,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl JwksServer {
     pub async fn start(body: &str) -> JwksServer {
-        let state = Arc::new(Mutex::new(State {
-            status: 200,
-            body: body.to_string(),
-            cache_control: "max-age=3600".into(),
-        }));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (s, h) = (state.clone(), hits.clone());
-        let server = Server::start("JWKS server", 0, move |req| {
-            handle(s.clone(), h.clone(), req)
-        })
-        .await;
-        JwksServer {
-            state,
-            hits,
-            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
-            server,
-        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let server = JwksServer {
+            state: Arc::new(Mutex::new(State {
+                status: 200,
+                body: body.to_string(),
+                cache_control: "max-age=3600".into(),
+            })),
+            hits: Arc::new(AtomicUsize::new(0)),
+            addr,
+            task: Mutex::new(None),
+        };
+        server.serve(listener);
+        server
     }
 
     pub fn url(&self) -> String {
         format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let state = self.state.clone();
+        let hits = self.hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let state = state.clone();
+                let hits = hits.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let resp = {
+                        let s = state.lock().unwrap();
+                        format!(
+                            "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nCache-Control: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            s.status,
+                            s.cache_control,
+                            s.body.len(),
+                            s.body
+                        )
+                    };
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
     }
 
     pub fn set_body(&self, body: &str) {
@@ -66,25 +94,18 @@ impl JwksServer {
 
     /// Stops listening: the port refuses connections.
     pub async fn stop(&self) {
-        self.server.stop().await;
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
     }
 }
 
-/// Every request gets the document, whatever its path, with `Connection: close`: each
-/// fetch opens its own connection, so the first fetch after `stop` meets a refused port.
-async fn handle(
-    state: Arc<Mutex<State>>,
-    hits: Arc<AtomicUsize>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let _ = req.into_body().collect().await;
-    hits.fetch_add(1, Ordering::SeqCst);
-    let s = state.lock().unwrap();
-    let mut r = Response::new(Full::new(Bytes::from(s.body.clone())));
-    *r.status_mut() = hyper::StatusCode::from_u16(s.status).expect("a test status code");
-    let h = r.headers_mut();
-    h.insert("content-type", "application/json".parse().unwrap());
-    h.insert("cache-control", s.cache_control.parse().unwrap());
-    h.insert("connection", "close".parse().unwrap());
-    Ok(r)
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
 }
