@@ -12,11 +12,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /var/lib/gatehouse --create-home gatehouse
 COPY --from=build /src/target/release/gatehouse /src/target/release/gatehouse-echo /usr/local/bin/
+# The production default: admin on loopback, secrets only from the environment
+# (GATEHOUSE_ADMIN_TOKEN is required). The demo config is not in the image.
 COPY conf/gatehouse.yaml /etc/gatehouse/gatehouse.yaml
-ENV GATEHOUSE_LISTEN=0.0.0.0:8080 GATEHOUSE_ADMIN_LISTEN=0.0.0.0:9901
+ENV GATEHOUSE_LISTEN=0.0.0.0:8080
 USER gatehouse
 WORKDIR /var/lib/gatehouse
-EXPOSE 8080 9901
+EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 CMD curl -fsS http://127.0.0.1:9901/healthz || exit 1
 ENTRYPOINT ["/usr/local/bin/gatehouse"]
 CMD ["run", "-c", "/etc/gatehouse/gatehouse.yaml"]

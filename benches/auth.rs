@@ -42,7 +42,9 @@ fn policies() -> PolicySet {
         file.display()
     );
     let cfg = load::parse(&yaml, &|_| None).expect("bench config");
-    let set = PolicySet::build(&cfg, None).unwrap_or_else(|e| panic!("{e:?}"));
+    let stores =
+        gatehouse::store::Registry::new(std::sync::Arc::new(gatehouse::clock::Clock::system()));
+    let set = PolicySet::build(&cfg, None, &stores).unwrap_or_else(|e| panic!("{e:?}"));
     let _ = std::fs::remove_file(file);
     set
 }

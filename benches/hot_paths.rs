@@ -3,8 +3,8 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gatehouse::config::model;
+use gatehouse::path::normalize;
 use gatehouse::policy::headers;
-use gatehouse::runtime::path::normalize;
 use gatehouse::runtime::router::{host_of, Conditions, Entry, PathMatch, Router};
 use gatehouse::upstream::Upstream;
 use http::{HeaderMap, Method};
@@ -15,7 +15,9 @@ fn router(n: usize) -> Router<usize> {
             let path = match i % 4 {
                 0 => PathMatch::Exact(format!("/svc{i}/items")),
                 1 | 2 => PathMatch::Prefix(format!("/svc{i}/api")),
-                _ => PathMatch::Regex(format!("^/re{i}/[0-9]+$")),
+                _ => PathMatch::Regex(
+                    regex::Regex::new(&format!("^/re{i}/[0-9]+$")).expect("valid regex"),
+                ),
             };
             Entry {
                 hosts: if i % 3 == 0 {
@@ -32,7 +34,7 @@ fn router(n: usize) -> Router<usize> {
             }
         })
         .collect();
-    Router::new(entries).expect("valid routes")
+    Router::new(entries)
 }
 
 fn bench_routing(c: &mut Criterion) {
@@ -137,7 +139,9 @@ fn upstream(balance: model::Balance) -> Upstream {
         max_inflight: 0,
         health: Default::default(),
     };
-    Upstream::build(&format!("bench-{balance:?}"), &cfg).unwrap()
+    let name = format!("bench-{balance:?}");
+    let plan = gatehouse::upstream::Plan::compile(&name, &cfg).expect("valid upstream");
+    Upstream::build(&name, &cfg, plan)
 }
 
 fn bench_selection(c: &mut Criterion) {
@@ -149,11 +153,12 @@ fn bench_selection(c: &mut Criterion) {
         model::Balance::LeastRequests,
     ] {
         let up = upstream(balance);
+        let first_two: Vec<_> = up.target_ids().take(2).collect();
         g.bench_function(format!("{balance:?}"), |b| {
             b.iter(|| up.select(black_box(b"user-42"), &[]))
         });
         g.bench_function(format!("{balance:?}/retry"), |b| {
-            b.iter(|| up.select(black_box(b"user-42"), &[0, 1]))
+            b.iter(|| up.select(black_box(b"user-42"), &first_two))
         });
     }
     g.finish();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mints an HS256 JWT that the demo config (conf/gatehouse.yaml, issuer `demo`) accepts.
+# Mints an HS256 JWT that the demo config (conf/demo.yaml, issuer `demo`) accepts.
 # usage: scripts/demo-token.sh [SUB] [SCOPES] [TTL_SECONDS]
 #   SUB defaults to partner-x (a consumer listed under jwt_subjects), SCOPES to
 #   "orders:read", TTL to 3600. The secret is DEMO_JWT_SECRET, as in the config.

@@ -1,18 +1,37 @@
-//! The time that rate limits and quotas read, and UTC calendar arithmetic for quota
-//! windows.
+//! The one clock: the time that rate limits, quotas and cache freshness read, and UTC
+//! calendar arithmetic for quota windows.
 //!
-//! Production reads the system clock. A test clock exists so that integration tests can
-//! drive time (cross midnight UTC, refill a bucket) without sleeping through a window:
-//! it is on only when the process starts with `GATEHOUSE_TEST_CLOCK` set (an RFC 3339
-//! UTC time such as `2030-01-01T23:59:00Z`, or Unix seconds). Then the clock stands
-//! still at that instant and moves only through the admin API (`POST /admin/clock`,
-//! bearer token required), and the process logs a warning at start. Without the
-//! variable the admin route answers 404 and nothing can move the clock.
+//! A `Clock` is either the system clock (production) or a test clock: an instant that
+//! stands still and moves only when told. The process makes one at start
+//! (`Clock::from_env`) and everything reaches it through `runtime::Resources`: the limit
+//! stores, the limit policies and the cache hold the same `Arc<Clock>`, so one move
+//! drives a rate window, a quota day and a cache freshness lifetime together.
 //!
-//! The limit logic itself takes `now` as an argument (nanoseconds since the Unix epoch),
-//! so unit tests and benches pass any time they like.
+//! The test clock is on only when the process starts with `GATEHOUSE_TEST_CLOCK` set:
+//!
+//! - `now`: frozen at the real time of start;
+//! - an RFC 3339 UTC time such as `2030-01-01T23:59:00Z` (`.fff` fractions and `+00:00`
+//!   are accepted);
+//! - Unix seconds such as `1893542340`.
+//!
+//! It then moves only through the admin API (`POST /admin/clock`, bearer token required:
+//! `{"advance": "30s"}` or `{"set": "2030-01-02T00:00:00Z"}`), and the process logs a
+//! warning at start. Without the variable the admin route answers 404 and nothing can
+//! move the clock.
+//!
+//! The limit and cache rules themselves take `now` as an argument, so unit tests and
+//! benches pass any time they like.
+//!
+//! Pingora's cache reads the wall clock on its own (freshness at lookup, the stale
+//! windows, `Age`). A test clock may stand before or after the wall clock, so the cache
+//! overrides each of those decisions with one taken on this clock: `cache::phases`
+//! explains how, and `cache::storage` orders admissions without relying on time moving.
+//!
+//! Not on this clock: JWT `exp`/`nbf` checks and JWKS refreshes (tokens and key servers
+//! live in real time), and timeouts, health checks and store sync intervals (monotonic
+//! `Instant`s).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The environment variable that turns the test clock on.
@@ -20,55 +39,112 @@ pub const TEST_CLOCK_ENV: &str = "GATEHOUSE_TEST_CLOCK";
 
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-static MANUAL_ON: AtomicBool = AtomicBool::new(false);
-static MANUAL_NOW: AtomicU64 = AtomicU64::new(0);
+/// The time source of one gateway process.
+#[derive(Debug)]
+pub struct Clock {
+    /// `None`: the system clock. `Some`: the test instant, in nanoseconds since the
+    /// Unix epoch, which only `advance` and `set` move.
+    test: Option<AtomicU64>,
+}
 
-/// Nanoseconds since the Unix epoch, UTC.
-#[inline]
-pub fn now() -> u64 {
-    if MANUAL_ON.load(Relaxed) {
-        return MANUAL_NOW.load(Relaxed);
+/// `advance` or `set` on the system clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotATestClock;
+
+impl std::fmt::Display for NotATestClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the test clock is off (it exists only when {TEST_CLOCK_ENV} is set at start)"
+        )
     }
+}
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock { test: None }
+    }
+
+    /// A test clock standing at `ns` (nanoseconds since the Unix epoch).
+    pub fn test_at(ns: u64) -> Clock {
+        Clock {
+            test: Some(AtomicU64::new(ns)),
+        }
+    }
+
+    /// The clock `GATEHOUSE_TEST_CLOCK` asks for: the system clock when it is not set,
+    /// an error when it is set but unreadable.
+    pub fn from_env() -> Result<Clock, String> {
+        match std::env::var(TEST_CLOCK_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(Clock::system()),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                Err(format!("{TEST_CLOCK_ENV}={v:?}: {}", instant_syntax()))
+            }
+            Ok(v) => parse_setting(&v)
+                .map(Clock::test_at)
+                .ok_or_else(|| format!("{TEST_CLOCK_ENV}={v:?}: {}", instant_syntax())),
+        }
+    }
+
+    /// Whether this is a test clock (only then can it be moved).
+    pub fn is_test(&self) -> bool {
+        self.test.is_some()
+    }
+
+    /// Nanoseconds since the Unix epoch, UTC.
+    #[inline]
+    pub fn now_ns(&self) -> u64 {
+        match &self.test {
+            Some(t) => t.load(Relaxed),
+            None => system_ns(),
+        }
+    }
+
+    /// The same instant as a `SystemTime` (what the cache's HTTP dates compare with).
+    #[inline]
+    pub fn now(&self) -> SystemTime {
+        match &self.test {
+            Some(t) => UNIX_EPOCH + Duration::from_nanos(t.load(Relaxed)),
+            None => SystemTime::now(),
+        }
+    }
+
+    /// Moves the test clock forward; returns the new instant.
+    pub fn advance(&self, by: Duration) -> Result<u64, NotATestClock> {
+        let t = self.test.as_ref().ok_or(NotATestClock)?;
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let before = t
+            .fetch_update(Relaxed, Relaxed, |ns| Some(ns.saturating_add(by)))
+            .unwrap_or_else(|ns| ns);
+        Ok(before.saturating_add(by))
+    }
+
+    /// Sets the test clock. It may go backwards (a test may replay a day).
+    pub fn set(&self, at: u64) -> Result<u64, NotATestClock> {
+        let t = self.test.as_ref().ok_or(NotATestClock)?;
+        t.store(at, Relaxed);
+        Ok(at)
+    }
+}
+
+fn system_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-/// Reads `GATEHOUSE_TEST_CLOCK` once at start. Returns the start instant when the test
-/// clock was turned on, an error when the variable is set but unreadable.
-pub fn init_from_env() -> Result<Option<u64>, String> {
-    let Ok(v) = std::env::var(TEST_CLOCK_ENV) else {
-        return Ok(None);
-    };
-    let start = parse_instant(&v)
-        .ok_or_else(|| format!("{TEST_CLOCK_ENV}={v:?}: expected e.g. 2030-01-01T23:59:00Z"))?;
-    MANUAL_NOW.store(start, Relaxed);
-    MANUAL_ON.store(true, Relaxed);
-    Ok(Some(start))
+/// What `GATEHOUSE_TEST_CLOCK` and `{"set": ...}` accept, for error messages.
+pub fn instant_syntax() -> &'static str {
+    "expected `now`, an RFC 3339 UTC time such as 2030-01-01T23:59:00Z, or Unix seconds"
 }
 
-/// Whether the test clock is on (only then can the admin API move it).
-pub fn is_manual() -> bool {
-    MANUAL_ON.load(Relaxed)
-}
-
-/// Moves the test clock forward. Refused when the test clock is off.
-pub fn advance(by: Duration) -> Result<u64, &'static str> {
-    if !is_manual() {
-        return Err("the test clock is off");
+/// `now` (the real current time), or what `parse_instant` reads.
+pub fn parse_setting(s: &str) -> Option<u64> {
+    if s.trim() == "now" {
+        return Some(system_ns());
     }
-    let by = by.as_nanos().min(u64::MAX as u128) as u64;
-    Ok(MANUAL_NOW.fetch_add(by, Relaxed).saturating_add(by))
-}
-
-/// Sets the test clock. It may go backwards (a test may replay a day).
-pub fn set(at: u64) -> Result<u64, &'static str> {
-    if !is_manual() {
-        return Err("the test clock is off");
-    }
-    MANUAL_NOW.store(at, Relaxed);
-    Ok(at)
+    parse_instant(s)
 }
 
 /// `2030-01-01T23:59:00Z` (optionally with `.fff` fractions), or Unix seconds.
@@ -178,6 +254,63 @@ mod tests {
         assert_eq!(parse_instant("2023-02-29T00:00:00Z"), None);
         assert_eq!(parse_instant("2030-13-01T00:00:00Z"), None);
         assert_eq!(parse_instant("yesterday"), None);
+    }
+
+    #[test]
+    fn a_test_clock_stands_still_until_moved() {
+        let t0 = parse_instant("2030-01-01T23:59:00Z").unwrap();
+        let c = Clock::test_at(t0);
+        assert!(c.is_test());
+        assert_eq!(c.now_ns(), t0);
+        assert_eq!(c.now_ns(), t0, "no real time passes on a test clock");
+        assert_eq!(
+            c.now(),
+            UNIX_EPOCH + Duration::from_nanos(t0),
+            "now() and now_ns() are the same instant"
+        );
+        assert_eq!(
+            c.advance(Duration::from_secs(61)),
+            Ok(t0 + 61 * NANOS_PER_SEC)
+        );
+        assert_eq!(
+            format_instant(c.now_ns()),
+            "2030-01-02T00:00:01.000Z",
+            "crossed midnight UTC"
+        );
+        assert_eq!(c.set(t0), Ok(t0), "it may go back");
+        assert_eq!(c.now_ns(), t0);
+        assert_eq!(c.advance(Duration::MAX), Ok(u64::MAX), "saturates");
+    }
+
+    #[test]
+    fn the_system_clock_cannot_be_moved() {
+        let c = Clock::system();
+        assert!(!c.is_test());
+        assert_eq!(c.advance(Duration::from_secs(1)), Err(NotATestClock));
+        assert_eq!(c.set(0), Err(NotATestClock));
+        let before = system_ns();
+        let now = c.now_ns();
+        assert!(now >= before && now - before < 60 * NANOS_PER_SEC);
+        let st = c.now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        assert!(st >= now);
+    }
+
+    #[test]
+    fn settings_are_now_an_instant_or_unix_seconds() {
+        let before = system_ns();
+        let now = parse_setting("now").unwrap();
+        assert!(now >= before && now - before < 60 * NANOS_PER_SEC);
+        assert_eq!(
+            parse_setting(" 2030-01-01T00:00:00Z "),
+            Some(1_893_456_000 * NANOS_PER_SEC)
+        );
+        assert_eq!(
+            parse_setting("1893456000"),
+            Some(1_893_456_000 * NANOS_PER_SEC)
+        );
+        for bad in ["", "yes", "Now", "2030-01-01", "-5", "30s"] {
+            assert_eq!(parse_setting(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -150,12 +150,14 @@ impl Reject {
                 format!("the request body exceeds the limit of {max} bytes")
             }
             Reject::HeadersTooLarge => "the request headers are too large".into(),
-            Reject::NoHealthyTarget(u) => format!("no healthy target in upstream {u:?}"),
-            Reject::Overloaded(u) => {
-                format!("upstream {u:?} is at its in-flight limit; retry later")
+            // The upstream's name stays in the variant (and in `Display`, for logs): the
+            // client learns what went wrong, never which internal service or address.
+            Reject::NoHealthyTarget(_) => "no healthy upstream target for this route".into(),
+            Reject::Overloaded(_) => {
+                "the upstream of this route is at its in-flight limit; retry later".into()
             }
-            Reject::BadGateway(u) => format!("upstream {u:?} failed"),
-            Reject::GatewayTimeout(u) => format!("upstream {u:?} did not answer in time"),
+            Reject::BadGateway(_) => "the upstream of this route failed".into(),
+            Reject::GatewayTimeout(_) => "the upstream of this route did not answer in time".into(),
             Reject::NotCached => {
                 "only-if-cached was requested and no stored response can be used".into()
             }
@@ -215,8 +217,37 @@ impl Reject {
     }
 }
 
+/// For logs: the client's detail plus the upstream it is about.
 impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.status(), self.title(), self.detail())
+        write!(f, "{} {}: {}", self.status(), self.title(), self.detail())?;
+        match self {
+            Reject::NoHealthyTarget(u)
+            | Reject::Overloaded(u)
+            | Reject::BadGateway(u)
+            | Reject::GatewayTimeout(u) => write!(f, " (upstream {u:?})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Problem bodies go to clients: they never carry the upstream's name.
+    #[test]
+    fn upstream_names_stay_out_of_problem_bodies() {
+        let name = "billing-internal";
+        for r in [
+            Reject::NoHealthyTarget(name.into()),
+            Reject::Overloaded(name.into()),
+            Reject::BadGateway(name.into()),
+            Reject::GatewayTimeout(name.into()),
+        ] {
+            let body = r.body("rid");
+            assert!(!body.contains(name), "{body}");
+            assert!(r.to_string().contains(name), "logs keep the name: {r}");
+        }
     }
 }

@@ -6,10 +6,14 @@ pub mod admin;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod lifecycle;
 pub mod metrics;
+pub mod path;
 pub mod policy;
+#[cfg(test)]
+pub(crate) mod proptest_support;
 pub mod proxy;
 pub mod runtime;
 pub mod store;
@@ -22,9 +26,8 @@ use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
-use runtime::{Shared, Snapshot};
+use runtime::{Resources, Shared, Snapshot};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RunOptions {
@@ -70,10 +73,12 @@ fn client_buffers() -> L4BufferSettings {
     L4BufferSettings::new(4 * 1024, 1460)
 }
 
-/// Loads and validates a config file and compiles it, as `gatehouse check` does.
+/// Loads, checks and compiles a config file: `gatehouse check`, and what `run` and
+/// `Shared::reload` do too (`load_file`, then `Snapshot::compile`).
 pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
     let loaded = config::load_file(path)?;
-    Snapshot::compile(loaded, None)
+    // A check serves nothing: the system clock and resources of its own.
+    Snapshot::compile(loaded, None, &Resources::new(clock::Clock::system()))
 }
 
 /// Pingora keeps running when a listener cannot bind (it retries, then panics inside a
@@ -106,17 +111,20 @@ fn precheck_binds(cfg: &config::Config, upgrade: bool) -> Result<(), StartError>
 /// Serves until shutdown. Returns only after a graceful stop, or with an error before
 /// anything was served.
 pub fn run(opts: RunOptions) -> Result<(), StartError> {
-    if let Some(at) = clock::init_from_env().map_err(StartError::Other)? {
+    let clock = clock::Clock::from_env().map_err(StartError::Other)?;
+    if clock.is_test() {
         tracing::warn!(
-            "{} is set: limits read a test clock that stands at {} and moves only through \
-             POST /admin/clock; never set it in production",
+            "{} is set: limits, quotas and the cache read a test clock that stands at {} \
+             and moves only through POST /admin/clock; never set it in production",
             clock::TEST_CLOCK_ENV,
-            clock::format_instant(at)
+            clock::format_instant(clock.now_ns())
         );
     }
+    let resources = Resources::new(clock);
     let loaded = config::load_file(&opts.config_path).map_err(StartError::Config)?;
-    let snapshot = Snapshot::compile(loaded, None).map_err(StartError::Config)?;
+    let snapshot = Snapshot::compile(loaded, None, &resources).map_err(StartError::Config)?;
     let cfg = snapshot.loaded.config.clone();
+    let tls_certs = snapshot.tls.clone();
     precheck_binds(&cfg, opts.upgrade)?;
     // Quota counts need server.data_dir: refuse to start rather than count in memory.
     snapshot
@@ -138,11 +146,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         None => None,
     };
     accesslog::init(&cfg.access_log.path).map_err(StartError::Other)?;
-    cache::clock::init_from_env();
-    if let Some(c) = &snapshot.cache {
-        cache::configure(c);
-    }
-    let shared = Shared::new(snapshot, opts.config_path.clone());
+    let shared = Shared::new(snapshot, resources, opts.config_path.clone());
 
     let grace = cfg.server.grace_period.0;
     let mut conf = ServerConf {
@@ -181,16 +185,14 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                 .endpoints()
                 .add_listener(ListenerConfig::tcp(&l.address).l4_buffer(client_buffers())),
             Some(t) => {
-                let mut certs = Vec::new();
-                for c in &t.certificates {
-                    certs.push(tls::load_pair(&c.cert, &c.key).map_err(StartError::Other)?);
-                }
-                let resolver = tls::SniResolver::new(certs).ok_or_else(|| {
+                // Loaded and checked when the config compiled (`tls::compile`), which
+                // refuses a TLS listener without certificates.
+                let resolver = tls_certs.get(&l.name).cloned().ok_or_else(|| {
                     StartError::Other(format!("listener {:?}: no certificate", l.name))
                 })?;
                 let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
                     .map_err(|e| StartError::Other(e.to_string()))?;
-                settings.set_cert_resolver(Arc::new(resolver));
+                settings.set_cert_resolver(resolver);
                 if t.http2 {
                     settings.enable_h2();
                 }
@@ -223,7 +225,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(lifecycle::Signals::new(shared.clone(), grace)),
     });
-    store::flush_all();
+    shared.resources.stores.flush_all();
     accesslog::flush();
     Ok(())
 }

@@ -163,7 +163,7 @@ impl Signals {
             tracing::info!("drained after {:?}; exiting", start.elapsed());
             // The last quota counts reach the store before the process goes (during an
             // upgrade the new process reads them from there).
-            crate::store::flush_all();
+            shared.resources.stores.flush_all();
             accesslog::flush();
             std::process::exit(0);
         });

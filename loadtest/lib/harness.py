@@ -39,6 +39,11 @@ import report  # noqa: E402
 SCENARIO_DIR = os.path.join(LOADTEST, "scenarios")
 DEFAULT_RESULTS = os.path.join(LOADTEST, "results")
 PROXIES = ["nginx", "haproxy", "pingora", "gatehouse"]
+# Not in the default set: a second Gatehouse binary (GATEHOUSE_BASE_BIN, e.g. the previous
+# commit's release build) run from the same `gatehouse:` template, interleaved with the
+# others, so a change is measured against its base in one run (`--proxies gatehouse,gatehouse-base`).
+EXTRA_PROXIES = ["gatehouse-base"]
+GATEHOUSE_KINDS = ("gatehouse", "gatehouse-base")
 # Targets that need no config template: `pingora` is Pingora's bare proxy
 # (examples/bare_pingora.rs): one upstream, no routing, policies, metrics or logging.
 NO_TEMPLATE = {"pingora"}
@@ -613,6 +618,10 @@ def gatehouse_bin():
     return os.environ.get("GATEHOUSE_BIN") or os.path.join(REPO, "target/release/gatehouse")
 
 
+def gatehouse_base_bin():
+    return os.environ.get("GATEHOUSE_BASE_BIN", "")
+
+
 def pingora_bin():
     return os.environ.get("BARE_PINGORA_BIN") or os.path.join(REPO, "target/release/examples/bare_pingora")
 
@@ -758,8 +767,9 @@ class Target:
             "haproxy_log": "log stdout format raw local0" if access_log == "file" else "",
         }
         values.update(sc.get("_service_values", {}))
-        self.config_text = render(sc[name], values, f"{sc['name']}: {name} template")
-        ext = {"gatehouse": "yaml", "nginx": "conf", "haproxy": "cfg"}[name]
+        tmpl = "gatehouse" if name == "gatehouse-base" else name
+        self.config_text = render(sc[tmpl], values, f"{sc['name']}: {name} template")
+        ext = {"gatehouse": "yaml", "nginx": "conf", "haproxy": "cfg"}[tmpl]
         conf = os.path.join(workdir, f"{name}.{ext}")
         with open(conf, "w") as f:
             f.write(self.config_text)
@@ -769,7 +779,7 @@ class Target:
             if e is None:
                 self.error = f"action {action['run']} is not implemented for {name}"
                 return
-            if name == "gatehouse":
+            if name in GATEHOUSE_KINDS:
                 # `gatehouse upgrade` finds the running process through server.pid_file; the
                 # default (/tmp/gatehouse.pid) would be shared with anything else on the machine.
                 server = (yaml.safe_load(self.config_text) or {}).get("server") or {}
@@ -801,9 +811,10 @@ class Target:
                 stdout_path = log_path
             self.cmd = pin(1) + [haproxy_bin(), "-db", "-f", conf]
         else:
-            b = gatehouse_bin()
-            if not os.access(b, os.X_OK):
-                self.error = f"gatehouse not built: {b}"
+            b = gatehouse_bin() if name == "gatehouse" else gatehouse_base_bin()
+            if not b or not os.access(b, os.X_OK):
+                self.error = (f"gatehouse not built: {b}" if name == "gatehouse" else
+                              f"gatehouse-base needs GATEHOUSE_BASE_BIN (an executable), got {b!r}")
                 return
             self.cmd = pin(1) + [b, "run", "-c", conf]
         self.stdout_path = stdout_path
@@ -827,7 +838,7 @@ class Target:
             PROCS.stop(self.proc)
             self.proc = None
             return
-        if name == "gatehouse" and self.metrics() is None:
+        if name in GATEHOUSE_KINDS and self.metrics() is None:
             log(f"  gatehouse: admin /metrics on :{self.admin_port} not reachable; reuse ratio unavailable")
 
     def _start_bare_pingora(self, sc, upstream, workdir, pin):
@@ -893,7 +904,7 @@ class Target:
 
     def metrics(self):
         """gatehouse_upstream_connections_total by reused=true/false (None if unavailable)."""
-        if self.name != "gatehouse" or not self.admin_port:
+        if self.name not in GATEHOUSE_KINDS or not self.admin_port:
             return None
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=3) as r:
@@ -920,7 +931,7 @@ def upgrade_gatehouse(t, pin):
     grace = parse_duration(server.get("grace_period", "30s"))
     t.actions_done = getattr(t, "actions_done", 0) + 1
     log_path = os.path.join(t.workdir, f"gatehouse-new-{t.actions_done}.log")
-    cmd = pin(1) + [gatehouse_bin(), "upgrade", "-c", t.conf, "--log", log_path]
+    cmd = pin(1) + [gatehouse_bin() if t.name == "gatehouse" else gatehouse_base_bin(), "upgrade", "-c", t.conf, "--log", log_path]
     out = {"cmd": cmd, "old_pid": t.pid, "log": log_path}
     rc, so, se = PROCS.run(cmd, timeout=grace + 40)
     out["rc"], out["output"] = rc, (so + se).strip()
@@ -1008,6 +1019,7 @@ def upgrade_nginx(t, pin):
 # (action, proxy) -> function(target, pin) -> dict; what `run: upgrade` means for each proxy.
 ACTION_SUPPORT = {
     ("upgrade", "gatehouse"): upgrade_gatehouse,
+    ("upgrade", "gatehouse-base"): upgrade_gatehouse,
     ("upgrade", "haproxy"): upgrade_haproxy,
     ("upgrade", "nginx"): upgrade_nginx,
 }
@@ -1377,6 +1389,8 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
     rounds = args.rounds or int(load["rounds"])
     targets = [t for t in sc["targets"] if (t == "direct" and not args.no_direct) or
                (t != "direct" and t in args.proxies)]
+    if "gatehouse-base" in args.proxies and "gatehouse" in sc["targets"] and "gatehouse-base" not in targets:
+        targets.append("gatehouse-base")
     if args.quick:
         duration, warmup, rounds = 3.0, 1.0, 1
     action = sc.get("action")
@@ -1494,7 +1508,7 @@ def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
                         log_windows(tn, i + 1, r)
         for tn in variants:
             t = tobjs[tn]
-            if t.alive() and tn != "direct" and t.name == "gatehouse":
+            if t.alive() and tn != "direct" and t.name in GATEHOUSE_KINDS:
                 p = t.access_log_path
                 doc["targets"][tn]["access_log_bytes"] = os.path.getsize(p) if p and os.path.exists(p) else None
             doc["targets"][tn]["summary"] = summarize(doc["targets"][tn]["rounds"])
@@ -1583,7 +1597,7 @@ def main():
     args = ap.parse_args()
     args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     for p in args.proxies:
-        if p not in PROXIES:
+        if p not in PROXIES + EXTRA_PROXIES:
             ap.error(f"unknown proxy {p!r}")
     results_dir = os.path.abspath(args.results_dir)
     os.makedirs(results_dir, exist_ok=True)

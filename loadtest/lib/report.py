@@ -6,11 +6,11 @@ import os
 import shlex
 
 COLORS = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "pingora": "#c62828",
-          "gatehouse": "#ef6c00",
+          "gatehouse": "#ef6c00", "gatehouse-base": "#ffb74d",
           "echo": "#6a1b9a",
           # variants that get a scenario's action (e.g. `gatehouse+upgrade`): a darker shade
           "nginx+upgrade": "#1b5e20", "haproxy+upgrade": "#0d47a1", "gatehouse+upgrade": "#6d2c00"}
-ORDER = ["direct", "nginx", "haproxy", "pingora", "gatehouse"]
+ORDER = ["direct", "nginx", "haproxy", "pingora", "gatehouse", "gatehouse-base"]
 LOADTEST = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(LOADTEST)
 

@@ -86,44 +86,54 @@ fn deny(status: StatusCode, detail: &str) -> Box<Resp> {
     Box::new(problem(status, detail))
 }
 
-/// The test clock (see `clock`): absent (404) unless the process started with
-/// `GATEHOUSE_TEST_CLOCK`. `POST {"advance": "90s"}` or `{"set": "2030-01-02T00:00:00Z"}`.
-async fn clock(req: Request<Incoming>) -> Resp {
-    use crate::clock;
-    if !clock::is_manual() {
+/// `GET /admin/clock` shows the test clock; `POST /admin/clock` moves it, with
+/// `{"advance": "30s"}` (a duration, as in the config) or `{"set": T}` (`now`, an RFC 3339
+/// UTC time or Unix seconds, as `GATEHOUSE_TEST_CLOCK` takes). Both answer
+/// `{"now": RFC 3339, "unix_ms": N}`. Absent (404) unless the process started with
+/// `GATEHOUSE_TEST_CLOCK` (see `crate::clock`).
+async fn clock(req: Request<Incoming>, clock: &crate::clock::Clock) -> Resp {
+    use crate::clock::{format_instant, instant_syntax, parse_setting};
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Move {
+        #[serde(default)]
+        advance: Option<String>,
+        #[serde(default)]
+        set: Option<String>,
+    }
+    if !clock.is_test() {
         return problem(
             StatusCode::NOT_FOUND,
-            "the test clock is off (it exists only when GATEHOUSE_TEST_CLOCK is set at start)",
+            &crate::clock::NotATestClock.to_string(),
         );
     }
     let show = |ns: u64| {
         json(serde_json::json!({
-            "now": clock::format_instant(ns),
+            "now": format_instant(ns),
             "unix_ms": ns / 1_000_000,
         }))
     };
     if req.method() == Method::GET {
-        return show(clock::now());
+        return show(clock.now_ns());
     }
-    let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let Ok(v) = body.map(|b| serde_json::from_slice::<serde_json::Value>(&b)) else {
-        return problem(StatusCode::BAD_REQUEST, "could not read the body");
+    let body: Move = match json_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
-    let Ok(v) = v else {
-        return problem(StatusCode::BAD_REQUEST, "the body is not JSON");
-    };
-    let moved = if let Some(a) = v.get("advance").and_then(|a| a.as_str()) {
-        crate::config::units::parse_duration(a).map(clock::advance)
-    } else if let Some(at) = v.get("set").and_then(|a| a.as_str()) {
-        clock::parse_instant(at)
-            .ok_or_else(|| format!("{at:?} is not an RFC 3339 UTC time"))
-            .map(clock::set)
-    } else {
-        Err("expected {\"advance\": \"90s\"} or {\"set\": \"2030-01-02T00:00:00Z\"}".into())
+    let moved = match (body.advance, body.set) {
+        (Some(a), None) => crate::config::units::parse_duration(&a)
+            .map_err(|e| format!("advance: {e}"))
+            .map(|d| clock.advance(d)),
+        (None, Some(at)) => parse_setting(&at)
+            .ok_or_else(|| format!("set: {at:?}: {}", instant_syntax()))
+            .map(|ns| clock.set(ns)),
+        _ => {
+            Err("give either {\"advance\": \"30s\"} or {\"set\": \"2030-01-02T00:00:00Z\"}".into())
+        }
     };
     match moved {
         Ok(Ok(ns)) => show(ns),
-        Ok(Err(e)) => problem(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => problem(StatusCode::NOT_FOUND, &e.to_string()),
         Err(e) => problem(StatusCode::BAD_REQUEST, &e),
     }
 }
@@ -191,8 +201,8 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             for up in shared.snapshot.load().upstreams.values() {
                 up.refresh_gauges();
             }
-            crate::cache::refresh_gauges();
-            crate::store::refresh_gauges();
+            shared.resources.cache.refresh_gauges();
+            shared.resources.stores.refresh_gauges();
             text(
                 StatusCode::OK,
                 crate::metrics::render(),
@@ -245,24 +255,55 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             }
         },
         (Method::POST, "/admin/cache/purge") => purge(req, shared).await,
-        (Method::GET, "/admin/clock") | (Method::POST, "/admin/clock") => clock(req).await,
-        (Method::POST, "/admin/test/clock") if crate::cache::clock::drivable() => {
-            test_clock(req).await
+        (Method::GET, "/admin/clock") | (Method::POST, "/admin/clock") => {
+            clock(req, &shared.resources.clock).await
         }
         _ => problem(StatusCode::NOT_FOUND, "unknown admin path"),
     }
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Err(problem(
-                StatusCode::BAD_REQUEST,
-                "the body could not be read",
-            ))
-        }
+/// The largest admin request body. Every admin body is a small JSON object; without a
+/// cap, anyone who can reach the listener (the token is checked first, but a holder of
+/// it may still be a compromised script) could make the process buffer without bound.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The request body, refused with 413 when it is (or says it is) over `MAX_BODY`. A
+/// declared `Content-Length` over the cap is refused before reading a byte; a chunked
+/// body is cut off as soon as it passes the cap.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    let too_large = || {
+        let mut r = problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("admin request bodies are limited to {MAX_BODY} bytes"),
+        );
+        // The unread rest of the body makes the connection unusable.
+        r.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+        r
     };
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = read_body(req).await?;
     serde_json::from_slice(&body)
         .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
 }
@@ -283,7 +324,7 @@ async fn purge(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             return problem(status, &detail);
         }
     };
-    let Some(storage) = crate::cache::storage() else {
+    let Some(storage) = snap.cache.as_ref().map(|c| c.storage) else {
         return problem(
             StatusCode::CONFLICT,
             "no cache is configured (cache: section)",
@@ -291,25 +332,4 @@ async fn purge(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
     };
     let (entries, bytes) = selector.run(storage);
     json(serde_json::json!({ "purged": entries, "bytes": bytes }))
-}
-
-/// `POST /admin/test/clock` `{"advance": "30s"}`: only with `GATEHOUSE_TEST_CLOCK=1`.
-async fn test_clock(req: Request<Incoming>) -> Resp {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Advance {
-        advance: String,
-    }
-    let body: Advance = match json_body(req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let by = match crate::config::units::parse_duration(&body.advance) {
-        Ok(d) => d,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
-    };
-    match crate::cache::clock::advance(by) {
-        Some(offset) => json(serde_json::json!({ "offset_ms": offset.as_millis() as u64 })),
-        None => problem(StatusCode::NOT_FOUND, "unknown admin path"),
-    }
 }

@@ -4,7 +4,7 @@
 
 use super::key;
 use super::storage::MemoryStorage;
-use crate::runtime::path;
+use crate::path;
 use serde::Deserialize;
 
 /// Removes the primary slot of a URL under both schemes; every variant of the URL is

@@ -2,7 +2,7 @@
 //! `Cache-Control`, deciding whether a shared cache may store a response (§3), its
 //! freshness lifetime and age (§4.2), whether a stored response may answer a request
 //! given the request's directives (§5.2.1), and the header update after a 304 (§3.2).
-//! Nothing here reads a clock; callers pass `now` (see `cache::clock`).
+//! Nothing here reads a clock; callers pass `now` (the process clock, see `cache::phases`).
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
@@ -369,6 +369,13 @@ pub enum Reuse {
     ServeStale,
 }
 
+/// RFC 9111 §4.2: fresh while the age is below the lifetime, so a zero lifetime
+/// (`no-cache`) is stale at once even on a clock that stands still. (Pingora's
+/// `CacheMeta::is_fresh` counts the deadline itself as fresh.)
+pub fn is_fresh(fresh_until: SystemTime, now: SystemTime) -> bool {
+    fresh_until > now
+}
+
 pub fn reuse(
     req: &RequestDirectives,
     stored: &HeaderMap,
@@ -376,7 +383,7 @@ pub fn reuse(
     epoch: SystemTime,
     fresh_until: SystemTime,
 ) -> Reuse {
-    let fresh = fresh_until >= now;
+    let fresh = is_fresh(fresh_until, now);
     if fresh && *req == RequestDirectives::default() {
         // The common hit: nothing to decide (a stored no-cache is never fresh).
         return Reuse::AsStored;
@@ -474,3 +481,7 @@ pub fn merge_not_modified(
 #[cfg(test)]
 #[path = "rules_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rules_props.rs"]
+mod props;

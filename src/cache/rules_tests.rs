@@ -230,6 +230,25 @@ fn no_cache_is_stored_stale_without_stale_windows() {
 }
 
 #[test]
+fn the_deadline_itself_is_stale_so_a_zero_lifetime_never_hits() {
+    assert!(is_fresh(at(T0 + 30), at(T0 + 29)));
+    assert!(
+        !is_fresh(at(T0 + 30), at(T0 + 30)),
+        "age 30 is not below 30"
+    );
+    // A no-cache response (lifetime 0) read at the very instant it was stored, as on a
+    // test clock that stands still: stale, so the normal stale path revalidates it.
+    let h = headers(&[("cache-control", "no-cache"), ("etag", "\"v1\"")]);
+    let f = stored(decide(&input(&h)));
+    assert!(!is_fresh(f.fresh_until, at(T0)));
+    let plain = RequestDirectives::default();
+    assert_eq!(
+        reuse(&plain, &h, at(T0), f.epoch, f.fresh_until),
+        Reuse::Revalidate
+    );
+}
+
+#[test]
 fn request_directives_decide_reuse() {
     let stored = headers(&[("cache-control", "max-age=100")]);
     let epoch = at(T0);

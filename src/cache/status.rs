@@ -19,7 +19,7 @@ pub enum Found {
     Stale,
 }
 
-/// Per-request cache state, in `proxy::Ctx`.
+/// Per-request cache state, in `context::Ctx` (the cache phases are handed only this).
 #[derive(Default)]
 pub struct CacheCtx {
     /// The route caches and this request was looked up.

@@ -28,6 +28,10 @@
 //! the bound either. The figures
 //! are checked against a counting allocator in `tests/serial/cache_storage.rs`.
 //!
+//! A hit hands Pingora its stale windows as unbounded and keeps the stored ones in the
+//! meta's extensions (`StaleWindows`): Pingora checks them on the wall clock, we decide
+//! them on the gateway's clock (see `cache::phases`).
+//!
 //! A disk tier can be added later behind the same trait: a tiered `Storage` would look up
 //! here first and fall back to disk, and receive this engine's evictions (see `evict`).
 
@@ -48,7 +52,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Number of shards of the entry maps and of the LRU.
 pub const SHARDS: usize = 32;
@@ -73,6 +77,39 @@ pub struct EntryTag {
 struct Body {
     chunks: Box<[Bytes]>,
     len: usize,
+}
+
+/// The stale windows a stored response gave (RFC 5861), in seconds.
+///
+/// Pingora gates stale-while-revalidate and stale-if-error on `SystemTime::now()`, then
+/// asks `should_serve_stale`. The gateway's clock may be a test clock standing before or
+/// after the wall clock, so a looked-up meta carries each open window as `u32::MAX`
+/// (Pingora's gate passes) and the real one here, where `phases::serve_stale` reads it
+/// and decides on the gateway's clock. A window that is zero stays zero on both sides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StaleWindows {
+    pub while_revalidate: u32,
+    pub if_error: u32,
+}
+
+impl StaleWindows {
+    /// The real windows of `meta`: the stored ones for a looked-up entry, the meta's own
+    /// for a response being stored. A window Pingora closed (`disable_serve_stale` on a
+    /// forced expiry) stays closed.
+    pub fn of(meta: &CacheMeta) -> StaleWindows {
+        let stored = meta.extensions().get::<StaleWindows>();
+        let real = |handed: u32, stored: Option<u32>| match handed {
+            0 => 0,
+            _ => stored.unwrap_or(handed),
+        };
+        StaleWindows {
+            while_revalidate: real(
+                meta.stale_while_revalidate_sec(),
+                stored.map(|w| w.while_revalidate),
+            ),
+            if_error: real(meta.stale_if_error_sec(), stored.map(|w| w.if_error)),
+        }
+    }
 }
 
 /// The parts of a `CacheMeta` that matter, kept decoded: a hit rebuilds the meta from
@@ -105,11 +142,12 @@ impl StoredMeta {
                 headers.append(name, value);
             }
         }
+        let windows = StaleWindows::of(m);
         StoredMeta {
             fresh_until: m.fresh_until(),
             created: m.created(),
-            stale_while_revalidate: m.stale_while_revalidate_sec(),
-            stale_if_error: m.stale_if_error_sec(),
+            stale_while_revalidate: windows.while_revalidate,
+            stale_if_error: windows.if_error,
             epoch_override: m.epoch_override(),
             variance: m.variance(),
             status: h.status,
@@ -121,13 +159,21 @@ impl StoredMeta {
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = self.status;
         parts.headers = self.headers.clone();
+        let open = |w: u32| if w == 0 { 0 } else { u32::MAX };
         let mut m = CacheMeta::new(
             self.fresh_until,
             self.created,
-            self.stale_while_revalidate,
-            self.stale_if_error,
+            open(self.stale_while_revalidate),
+            open(self.stale_if_error),
             ResponseHeader::from(parts),
         );
+        if self.stale_while_revalidate != 0 || self.stale_if_error != 0 {
+            // Only then: most responses have no window, and their hits allocate nothing.
+            m.extensions_mut().insert(StaleWindows {
+                while_revalidate: self.stale_while_revalidate,
+                if_error: self.stale_if_error,
+            });
+        }
         if let Some(e) = self.epoch_override {
             m.set_epoch_override(e);
         }
@@ -193,6 +239,8 @@ pub struct MemoryStorage {
     evictions: AtomicU64,
     evicted_bytes: AtomicU64,
     filling: AtomicUsize,
+    /// The last `created` stamp given (ns since the Unix epoch), see `admission_stamp`.
+    last_created: AtomicU64,
 }
 
 impl MemoryStorage {
@@ -207,7 +255,32 @@ impl MemoryStorage {
             evictions: AtomicU64::new(0),
             evicted_bytes: AtomicU64::new(0),
             filling: AtomicUsize::new(0),
+            last_created: AtomicU64::new(0),
         }
+    }
+
+    /// `created` orders admissions: Pingora retires a variant created before its URL's
+    /// primary entry (`valid_after`), which is how deleting the primary retires every
+    /// variant (see `key`). On a test clock that stands still, or a wall clock stepped
+    /// back, two admissions would share or reverse their instants, so each stored meta
+    /// is stamped strictly after the previous one (one nanosecond at least). Age and
+    /// freshness never read `created` (our metas carry an epoch override).
+    fn admission_stamp(&self, created: SystemTime) -> SystemTime {
+        let want = created
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let stamp = |last: u64| want.max(last.saturating_add(1));
+        let before = self
+            .last_created
+            .fetch_update(Relaxed, Relaxed, |last| Some(stamp(last)))
+            .unwrap_or_else(|last| last);
+        UNIX_EPOCH + Duration::from_nanos(stamp(before))
+    }
+
+    fn admit_meta(&self, meta: &CacheMeta) -> StoredMeta {
+        let mut stored = StoredMeta::from_meta(meta);
+        stored.created = self.admission_stamp(stored.created);
+        stored
     }
 
     /// Applies new bounds (config reload); shrinking evicts at once.
@@ -338,7 +411,7 @@ impl Storage for MemoryStorage {
             storage: self,
             k,
             full,
-            meta: Some(StoredMeta::from_meta(meta)),
+            meta: Some(self.admit_meta(meta)),
             tag: key.extensions.get::<EntryTag>().cloned(),
             chunks: Vec::new(),
             len: 0,
@@ -369,7 +442,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let stored = StoredMeta::from_meta(meta);
+        let stored = self.admit_meta(meta);
         let (k, full) = split_key(key.combined_bin());
         {
             let mut map = self.shards[shard_of(k)].write();

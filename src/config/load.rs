@@ -8,8 +8,35 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
+/// Why a `${...}` reference cannot be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterpolateError {
+    /// `${` without its `}`; holds the whole string.
+    Unterminated(String),
+    InvalidName(String),
+    Unset(String),
+}
+
+impl std::fmt::Display for InterpolateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InterpolateError::Unterminated(s) => write!(f, "unterminated ${{...}} in {s:?}"),
+            InterpolateError::InvalidName(n) => write!(f, "invalid variable name {n:?}"),
+            InterpolateError::Unset(n) => write!(
+                f,
+                "environment variable {n} is not set (write ${{{n}:-default}} to allow that)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for InterpolateError {}
+
 /// Replaces `${VAR}` and `${VAR:-default}` in one string. `$${` is a literal `${`.
-pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn interpolate(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -26,23 +53,19 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
         if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated ${{...}} in {s:?}"))?;
+                .ok_or_else(|| InterpolateError::Unterminated(s.to_string()))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid variable name {name:?}"));
+                return Err(InterpolateError::InvalidName(name.to_string()));
             }
             match (lookup(name), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set (write ${{{name}:-default}} to allow that)"
-                    ))
-                }
+                (None, None) => return Err(InterpolateError::Unset(name.to_string())),
             }
             rest = &body[end + 1..];
         } else {
@@ -54,35 +77,71 @@ pub fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
+/// For a secret, the generic hint (`write ${VAR:-default}`) is the wrong advice: a
+/// default secret is one everybody can read in the file.
+fn secret_hint(path: &str, message: String) -> String {
+    let secret =
+        path == "admin.token" || path.ends_with(".hmac_secret") || path.contains(".api_keys[");
+    match message.find(" (write ${") {
+        Some(i) if secret => format!(
+            "{}: this is a secret, set it in the environment (it has no default on purpose)",
+            &message[..i]
+        ),
+        _ => message,
+    }
+}
+
+/// True when `s` has a `${` that is not the escaped `$${`. Errs towards true (a `$$${`
+/// counts), which only ever redacts one value too many.
+fn references_var(s: &str) -> bool {
+    s.match_indices("${")
+        .any(|(i, _)| i == 0 || s.as_bytes()[i - 1] != b'$')
+}
+
 fn interpolate_value(
     v: &mut Value,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     errs: &mut Vec<ConfigError>,
+    filled: &mut std::collections::BTreeSet<String>,
 ) {
     match v {
-        Value::String(s) => match interpolate(s, lookup) {
-            Ok(n) => *s = n,
-            Err(e) => errs.push(ConfigError::new(path, e)),
-        },
+        Value::String(s) => {
+            if references_var(s) {
+                filled.insert(path.to_string());
+            }
+            match interpolate(s, lookup) {
+                Ok(n) => *s = n,
+                Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e.to_string()))),
+            }
+        }
         Value::Sequence(seq) => {
             for (i, item) in seq.iter_mut().enumerate() {
-                interpolate_value(item, &format!("{path}[{i}]"), lookup, errs);
+                interpolate_value(item, &format!("{path}[{i}]"), lookup, errs, filled);
             }
         }
         Value::Mapping(m) => {
             for (k, item) in m.iter_mut() {
-                let key = key_name(k);
+                let key = path_key(k);
                 let p = if path.is_empty() {
                     key
                 } else {
                     format!("{path}.{key}")
                 };
-                interpolate_value(item, &p, lookup, errs);
+                interpolate_value(item, &p, lookup, errs, filled);
             }
         }
-        Value::Tagged(t) => interpolate_value(&mut t.value, path, lookup, errs),
+        Value::Tagged(t) => interpolate_value(&mut t.value, path, lookup, errs, filled),
         _ => {}
+    }
+}
+
+/// A mapping key as a segment of a YAML path: the empty key is written `""`, so an
+/// error about it still has a path to show.
+fn path_key(k: &Value) -> String {
+    match key_name(k) {
+        k if k.is_empty() => "\"\"".to_string(),
+        k => k,
     }
 }
 
@@ -248,7 +307,7 @@ fn hash_env_api_keys(root: &mut Value, at: &[(usize, usize)], errs: &mut Vec<Con
                 "the environment variable holding this key is empty",
             ));
         } else if !s.starts_with("sha256:") {
-            *s = crate::policy::consumers::hash_key(s);
+            *s = super::values::hash_key(s);
         }
     }
 }
@@ -281,7 +340,8 @@ pub fn parse_partial(
         }
     };
     let env_keys = env_api_keys(&root);
-    interpolate_value(&mut root, "", lookup, &mut errs);
+    let mut env_filled = std::collections::BTreeSet::new();
+    interpolate_value(&mut root, "", lookup, &mut errs, &mut env_filled);
     hash_env_api_keys(&mut root, &env_keys, &mut errs);
     let Value::Mapping(top) = root else {
         return (None, vec![ConfigError::new(
@@ -292,6 +352,7 @@ pub fn parse_partial(
     let interpolation_failed = !errs.is_empty();
     let mut cfg = Config {
         version: 1,
+        env_filled,
         ..Config::default()
     };
     let mut seen_listeners = false;
@@ -328,8 +389,8 @@ pub fn parse_partial(
                     cfg.access_log = a;
                 }
             }
-            other => errs.push(ConfigError::new(
-                other,
+            _ => errs.push(ConfigError::new(
+                path_key(&k),
                 "unknown field (top level; expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
             )),
         }
@@ -362,7 +423,14 @@ mod tests {
         assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
         assert_eq!(interpolate("$${HOST}", &env).unwrap(), "${HOST}");
         assert_eq!(interpolate("cost $5", &env).unwrap(), "cost $5");
-        assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
+        assert_eq!(
+            interpolate("${NOPE}", &env).unwrap_err().to_string(),
+            "environment variable NOPE is not set (write ${NOPE:-default} to allow that)"
+        );
+        assert_eq!(
+            interpolate("${A-B}", &env).unwrap_err(),
+            InterpolateError::InvalidName("A-B".into())
+        );
         assert!(interpolate("${HOST", &env).is_err());
     }
 
@@ -403,7 +471,7 @@ consumers:
         let (cfg, errs) = parse_partial(text, &lookup);
         assert!(errs.is_empty(), "{errs:?}");
         let keys = &cfg.unwrap().consumers[0].api_keys;
-        assert_eq!(keys[0], crate::policy::consumers::hash_key("s3cret"));
+        assert_eq!(keys[0], crate::config::values::hash_key("s3cret"));
         // Written in the file (even partly): kept as is, and validation refuses it.
         assert_eq!(keys[1], "plain-in-file");
         assert_eq!(keys[2], "xs3cret");
@@ -417,5 +485,16 @@ consumers:
         let text = "listeners: [ { name: a, address: \"${ADDR}\" } ]\n";
         let errs = parse(text, &env).unwrap_err();
         assert_eq!(errs[0].path, "listeners[0].address");
+        assert!(errs[0].message.contains("${ADDR:-default}"), "{errs:?}");
+        // A secret gets no advice to write a default into the file.
+        let text = "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\n\
+                    admin: { address: \"127.0.0.1:2\", token: \"${TOKEN}\" }\n";
+        let errs = parse(text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "admin.token");
+        assert_eq!(
+            errs[0].message,
+            "environment variable TOKEN is not set: this is a secret, set it in the \
+             environment (it has no default on purpose)"
+        );
     }
 }

@@ -24,6 +24,10 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     pub routes: Vec<Route>,
     pub access_log: AccessLog,
+    /// YAML paths (`routes[0].request_headers.set.X-Key`) of the strings that referenced
+    /// `${VAR}`: such values may be secrets, and `/admin/config` redacts them.
+    #[serde(skip)]
+    pub env_filled: std::collections::BTreeSet<String>,
 }
 
 fn default_grace() -> Dur {

@@ -131,6 +131,21 @@ pub enum RateUnit {
     Month,
 }
 
+impl RateUnit {
+    /// The fixed length of a unit, in nanoseconds (a month counts 30 days where a fixed
+    /// length is needed: rates written per month).
+    pub fn nanos(self) -> u64 {
+        let secs = match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+            RateUnit::Day => 86_400,
+            RateUnit::Month => 30 * 86_400,
+        };
+        secs * 1_000_000_000
+    }
+}
+
 /// `N/UNIT`, where UNIT is `s`, `min`, `h`, `day` or `month`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {

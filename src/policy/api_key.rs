@@ -6,6 +6,7 @@
 use super::consumers::Consumers;
 use super::Identity;
 use crate::config::model;
+use crate::config::ConfigError;
 use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::borrow::Cow;
@@ -18,10 +19,12 @@ pub struct ApiKeyAuth {
 }
 
 impl ApiKeyAuth {
-    /// The header name was validated with the config.
-    pub fn new(cfg: &model::ApiKeyAuth, consumers: Arc<Consumers>) -> Option<Self> {
-        Some(ApiKeyAuth {
-            header: HeaderName::from_bytes(cfg.header.as_bytes()).ok()?,
+    /// Refuses a `header` that is not a header name (the one check of it).
+    pub fn new(cfg: &model::ApiKeyAuth, consumers: Arc<Consumers>) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(cfg.header.as_bytes())
+            .map_err(|_| ConfigError::new("auth.api_key.header", "invalid header name"))?;
+        Ok(ApiKeyAuth {
+            header,
             query: cfg.query.clone().filter(|q| !q.is_empty()),
             consumers,
         })

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub type KeyDigest = [u8; 32];
+pub use crate::config::values::{hash_key, parse_digest, KeyDigest};
 
 struct Known {
     id: String,
@@ -30,18 +30,6 @@ pub struct Consumers {
     by_key: HashMap<KeyDigest, Arc<Identity>>,
     by_subject: HashMap<String, Known>,
     default_tier: Option<String>,
-}
-
-/// `sha256:<64 hex>` → the digest; validation has refused anything else.
-pub fn parse_digest(s: &str) -> Option<KeyDigest> {
-    let hex_part = s.strip_prefix("sha256:")?;
-    let bytes = hex::decode(hex_part).ok()?;
-    bytes.try_into().ok()
-}
-
-/// The form `consumers[].api_keys` stores (and `gatehouse hash-key` prints).
-pub fn hash_key(key: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
 }
 
 impl Consumers {

@@ -14,7 +14,7 @@ use super::ratelimit_headers::{self, Applied};
 use super::{Policy, PolicyCtx};
 use crate::config::model;
 use crate::error::{Limited, Reject};
-use crate::store::Store;
+use crate::store::{Registry, Store};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use prometheus::IntCounter;
@@ -86,8 +86,12 @@ pub struct LimitsShared {
 }
 
 impl LimitsShared {
-    pub fn build(cfg: &crate::config::Config) -> Result<Arc<LimitsShared>, String> {
-        let store = Store::for_config(cfg)?;
+    /// `stores` hands over the running store when the store settings are unchanged.
+    pub fn build(
+        cfg: &crate::config::Config,
+        stores: &Registry,
+    ) -> Result<Arc<LimitsShared>, String> {
+        let store = stores.store_for(cfg)?;
         let sync = store.config.sync_interval;
         let tiers = cfg
             .tiers
@@ -300,7 +304,7 @@ impl Policy for Limits {
         if plan.is_empty() {
             return Ok(());
         }
-        let now = crate::clock::now();
+        let now = self.shared.store.clock().now_ns();
         let mut applied: Vec<Applied> = Vec::with_capacity(plan.len());
         let mut counted = Vec::with_capacity(plan.len());
         let mut outcome = Ok(());
@@ -350,7 +354,9 @@ mod tests {
 
     fn limits_for(yaml: &str) -> Limits {
         let cfg = crate::config::load::parse(yaml, &|_| None).expect("config");
-        let shared = LimitsShared::build(&cfg).expect("limits");
+        // A test clock: the 1/min tier below must not refill while the test runs.
+        let stores = Registry::new(Arc::new(crate::clock::Clock::test_at(0)));
+        let shared = LimitsShared::build(&cfg, &stores).expect("limits");
         Limits::build(&shared, 0, &cfg.routes[0])
             .expect("route")
             .expect("limited")

@@ -58,6 +58,94 @@ pub trait Policy: Send + Sync {
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject>;
 }
 
+/// The authentication methods of a config: issuers with their keys, API keys, and the
+/// consumers both resolve to. Building them only reads files (a `jwks_file`) and has no
+/// side effects, so `Snapshot::compile` builds them in its checking pass, even for a
+/// config with other errors, and reports every problem at once.
+pub struct Auth {
+    pub jwt: Option<Arc<jwt::JwtAuth>>,
+    pub api_key: Option<Arc<api_key::ApiKeyAuth>>,
+}
+
+impl Auth {
+    /// Builds what `auth:` configures; issuers whose config is unchanged from
+    /// `previous` keep their keys (and their JWKS refresh task). A method that cannot be
+    /// built is left out and its errors go to `errs`.
+    pub fn build(cfg: &Config, previous: Option<&PolicySet>, errs: &mut Vec<ConfigError>) -> Auth {
+        let mut out = Auth {
+            jwt: None,
+            api_key: None,
+        };
+        let Some(auth) = &cfg.auth else {
+            return out;
+        };
+        let consumers = Arc::new(consumers::Consumers::build(cfg));
+        if !auth.jwt.is_empty() {
+            let prev = previous.and_then(|p| p.jwt.as_deref());
+            match jwt::JwtAuth::build(&auth.jwt, consumers.clone(), prev) {
+                Ok(j) => out.jwt = Some(Arc::new(j)),
+                Err(e) => errs.extend(e),
+            }
+        }
+        if let Some(a) = &auth.api_key {
+            match api_key::ApiKeyAuth::new(a, consumers) {
+                Ok(k) => out.api_key = Some(Arc::new(k)),
+                Err(e) => errs.push(e),
+            }
+        }
+        out
+    }
+
+    /// The authentication methods `routes[index].auth` names, in its order. The one
+    /// check of those names: each must be `jwt` or `api_key`, configured under `auth:`.
+    /// `None` when a name is refused (its error goes to `errs`) or its method could not
+    /// be built (`build` reported why).
+    pub fn route_methods(
+        &self,
+        cfg: &Config,
+        index: usize,
+        route: &model::Route,
+        errs: &mut Vec<ConfigError>,
+    ) -> Option<Vec<auth::Method>> {
+        let names = route.auth.as_deref().unwrap_or(&[]);
+        let mut methods = Vec::with_capacity(names.len());
+        let mut complete = true;
+        for (k, name) in names.iter().enumerate() {
+            let path = format!("routes[{index}].auth[{k}]");
+            let (configured, built) = match name.as_str() {
+                "jwt" => (
+                    cfg.auth.as_ref().is_some_and(|a| !a.jwt.is_empty()),
+                    self.jwt.clone().map(auth::Method::Jwt),
+                ),
+                "api_key" => (
+                    cfg.auth.as_ref().is_some_and(|a| a.api_key.is_some()),
+                    self.api_key.clone().map(auth::Method::ApiKey),
+                ),
+                _ => {
+                    errs.push(ConfigError::new(
+                        path,
+                        format!("unknown auth method {name:?} (jwt | api_key)"),
+                    ));
+                    complete = false;
+                    continue;
+                }
+            };
+            match built {
+                Some(m) => methods.push(m),
+                None if !configured => {
+                    errs.push(ConfigError::new(
+                        path,
+                        format!("auth method {name:?} is not configured under auth:"),
+                    ));
+                    complete = false;
+                }
+                None => complete = false,
+            }
+        }
+        complete.then_some(methods)
+    }
+}
+
 /// Process-wide policy state built from a whole config (issuers and their keys,
 /// consumers, counters), shared by the routes that use it.
 pub struct PolicySet {
@@ -68,43 +156,33 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Builds from a validated config. Issuers whose config is unchanged from
-    /// `previous` keep their keys (and their JWKS refresh task).
-    pub fn build(cfg: &Config, previous: Option<&PolicySet>) -> Result<Self, Vec<ConfigError>> {
-        let limits =
-            limits::LimitsShared::build(cfg).map_err(|e| vec![ConfigError::new("store", e)])?;
-        let consumers = Arc::new(consumers::Consumers::build(cfg));
-        let Some(auth) = &cfg.auth else {
-            return Ok(PolicySet {
-                jwt: None,
-                api_key: None,
-                limits,
-            });
-        };
-        let jwt = if auth.jwt.is_empty() {
-            None
-        } else {
-            let prev = previous.and_then(|p| p.jwt.as_deref());
-            Some(Arc::new(jwt::JwtAuth::build(
-                &auth.jwt,
-                consumers.clone(),
-                prev,
-            )?))
-        };
-        let api_key = match &auth.api_key {
-            None => None,
-            Some(a) => Some(Arc::new(
-                api_key::ApiKeyAuth::new(a, consumers).ok_or_else(|| {
-                    vec![ConfigError::new(
-                        "auth.api_key.header",
-                        "invalid header name",
-                    )]
-                })?,
-            )),
-        };
+    /// Builds from a config: `Auth::build`, then `assemble`. The limit store comes from
+    /// the process's `stores`.
+    pub fn build(
+        cfg: &Config,
+        previous: Option<&PolicySet>,
+        stores: &crate::store::Registry,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let auth = Auth::build(cfg, previous, &mut errs);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        PolicySet::assemble(auth, cfg, stores)
+    }
+
+    /// Adds the limits (tiers and the limit store) to the built `auth`. Opening the
+    /// store has side effects, so this runs only for a config without errors.
+    pub fn assemble(
+        auth: Auth,
+        cfg: &Config,
+        stores: &crate::store::Registry,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let limits = limits::LimitsShared::build(cfg, stores)
+            .map_err(|e| vec![ConfigError::new("store", e)])?;
         Ok(PolicySet {
-            jwt,
-            api_key,
+            jwt: auth.jwt,
+            api_key: auth.api_key,
             limits,
         })
     }
@@ -119,51 +197,27 @@ impl PolicySet {
         }
     }
 
-    /// The compiled policies of one route, in stage order.
+    /// The compiled policies of one route, in stage order; `methods` are its checked
+    /// authentication methods (`Auth::route_methods`).
     pub fn for_route(
         &self,
         index: usize,
         route: &model::Route,
+        methods: Vec<auth::Method>,
     ) -> Result<Vec<Arc<dyn Policy>>, ConfigError> {
         let mut out: Vec<Arc<dyn Policy>> = Vec::new();
-        let names = route.auth.as_deref().unwrap_or(&[]);
-        if !names.is_empty() {
-            out.extend(self.auth_policies(index, route, names)?);
+        if !methods.is_empty() {
+            out.push(Arc::new(auth::Authenticate {
+                methods,
+                forward_credential: route.auth_forward_credential,
+            }));
+            if !route.scopes.is_empty() {
+                out.push(Arc::new(auth::Authorize::new(route.scopes.clone())));
+            }
         }
         // Limit stage: after authentication and authorization.
         if let Some(l) = limits::Limits::build(&self.limits, index, route)? {
             out.push(Arc::new(l));
-        }
-        Ok(out)
-    }
-
-    fn auth_policies(
-        &self,
-        index: usize,
-        route: &model::Route,
-        names: &[String],
-    ) -> Result<Vec<Arc<dyn Policy>>, ConfigError> {
-        let mut out: Vec<Arc<dyn Policy>> = Vec::new();
-        let mut methods = Vec::with_capacity(names.len());
-        for (k, name) in names.iter().enumerate() {
-            let m = match name.as_str() {
-                "jwt" => self.jwt.clone().map(auth::Method::Jwt),
-                "api_key" => self.api_key.clone().map(auth::Method::ApiKey),
-                _ => None,
-            };
-            methods.push(m.ok_or_else(|| {
-                ConfigError::new(
-                    format!("routes[{index}].auth[{k}]"),
-                    format!("auth method {name:?} is not configured under auth:"),
-                )
-            })?);
-        }
-        out.push(Arc::new(auth::Authenticate {
-            methods,
-            forward_credential: route.auth_forward_credential,
-        }));
-        if !route.scopes.is_empty() {
-            out.push(Arc::new(auth::Authorize::new(route.scopes.clone())));
         }
         Ok(out)
     }

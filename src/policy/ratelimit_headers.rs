@@ -47,15 +47,31 @@ pub fn sf_string(s: &str) -> String {
     out
 }
 
+/// The largest Structured Field Integer (RFC 8941 §3.3.1: at most 15 digits).
+pub const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
+
+/// `n` as a Structured Field Integer: larger values are capped, since a 16th digit would
+/// make the whole field invalid and a client would drop every item of it. (A quota can
+/// be configured that large; the cap still reads as "practically unlimited".)
+fn sf_integer(n: u64) -> u64 {
+    n.min(SF_INTEGER_MAX)
+}
+
 pub fn policy_field(applied: &[Applied]) -> String {
     let mut out = String::with_capacity(64 * applied.len());
     for (i, a) in applied.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{};q={};w={}", a.name, a.quota, a.window_secs);
+        let _ = write!(
+            out,
+            "{};q={};w={}",
+            a.name,
+            sf_integer(a.quota),
+            sf_integer(a.window_secs)
+        );
         if let Some(b) = a.burst {
-            let _ = write!(out, ";gatehouse-burst={b}");
+            let _ = write!(out, ";gatehouse-burst={}", sf_integer(b));
         }
     }
     out
@@ -67,7 +83,13 @@ pub fn limit_field(applied: &[Applied]) -> String {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{};r={};t={}", a.name, a.remaining, a.reset_secs);
+        let _ = write!(
+            out,
+            "{};r={};t={}",
+            a.name,
+            sf_integer(a.remaining),
+            sf_integer(a.reset_secs)
+        );
     }
     out
 }
@@ -156,3 +178,7 @@ mod tests {
         assert_eq!(sf_string("é\\"), r#""_\\""#);
     }
 }
+
+#[cfg(test)]
+#[path = "ratelimit_headers_props.rs"]
+mod props;

@@ -1,6 +1,6 @@
 //! The end of a request: metrics, the JSON access-log line and `Server-Timing`.
 
-use super::Ctx;
+use crate::context::Ctx;
 use pingora::proxy::Session;
 use std::fmt::Write;
 use std::time::Instant;
@@ -15,36 +15,37 @@ fn ms(d: std::time::Duration) -> f64 {
 pub fn server_timing(ctx: &Ctx) -> String {
     let now = Instant::now();
     let mut s = String::with_capacity(64);
-    match ctx.upstream_start {
+    let t = &ctx.timing;
+    match t.upstream_start {
         Some(us) => {
-            let connected = ctx.connected_at.unwrap_or(us);
-            let header = ctx.upstream_header_at.unwrap_or(now);
+            let connected = t.connected_at.unwrap_or(us);
+            let header = t.upstream_header_at.unwrap_or(now);
             let _ = write!(
                 s,
                 "gw;dur={:.3}, connect;dur={:.3}, upstream;dur={:.3}",
-                ms(us.duration_since(ctx.start)),
+                ms(us.duration_since(t.start)),
                 ms(connected.duration_since(us)),
                 ms(header.duration_since(connected))
             );
         }
         None => {
-            let _ = write!(s, "gw;dur={:.3}", ms(now.duration_since(ctx.start)));
+            let _ = write!(s, "gw;dur={:.3}", ms(now.duration_since(t.start)));
         }
     }
     s
 }
 
 pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
-    let elapsed = ctx.start.elapsed();
+    let elapsed = ctx.timing.start.elapsed();
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
-        .or_else(|| ctx.reject.as_ref().map(|r| r.status()))
+        .or_else(|| ctx.response.reject.as_ref().map(|r| r.status()))
         .unwrap_or(0);
     let route = ctx.route_name();
     let req = session.req_header();
     let method = req.method.as_str();
-    match (&ctx.route, &ctx.snapshot) {
+    match (ctx.route(), &ctx.routing.snapshot) {
         (Some(r), _) => {
             r.requests.inc(&req.method, status);
             r.duration.observe(elapsed.as_secs_f64());
@@ -58,12 +59,10 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         }
     }
     if crate::accesslog::enabled() {
-        let target = match (&ctx.route, ctx.target) {
-            (Some(r), Some(i)) => Some(r.upstream.targets[i].address.as_str()),
-            _ => None,
-        };
-        let upstream_time = ctx.upstream_start.map(|s| {
-            ctx.upstream_header_at
+        let target = ctx.current_target().map(|(_, t)| t.address.as_str());
+        let upstream_time = ctx.timing.upstream_start.map(|s| {
+            ctx.timing
+                .upstream_header_at
                 .unwrap_or_else(Instant::now)
                 .duration_since(s)
         });
@@ -75,7 +74,7 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         j.out.push('"');
         crate::accesslog::rfc3339_into(j.out, std::time::SystemTime::now());
         j.out.push('"');
-        j.str("request_id", &ctx.request_id);
+        j.str("request_id", &ctx.request.id);
         j.str("route", route);
         j.str("method", method);
         j.opt_str(
@@ -86,16 +85,16 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         );
         j.str("path", req.uri.path());
         j.int("status", u64::from(status));
-        j.opt_str(
-            "upstream",
-            ctx.route.as_ref().map(|r| r.upstream.name.as_str()),
-        );
+        j.opt_str("upstream", ctx.route().map(|r| r.upstream.name.as_str()));
         j.opt_str("upstream_target", target);
-        j.opt_int("upstream_status", ctx.upstream_status.map(u64::from));
+        j.opt_int(
+            "upstream_status",
+            ctx.attempt.upstream_status.map(u64::from),
+        );
         j.opt_ms("upstream_ms", upstream_time);
         j.opt_ms("total_ms", Some(elapsed));
-        j.int("attempts", ctx.tried.len() as u64);
-        j.int("bytes_in", ctx.body_bytes);
+        j.int("attempts", ctx.attempt.tried().len() as u64);
+        j.int("bytes_in", ctx.request.body_bytes);
         j.int("bytes_out", session.body_bytes_sent() as u64);
         j.key("client");
         match session.client_addr() {
@@ -105,18 +104,14 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
             }
             None => j.out.push_str("null"),
         }
-        j.opt_str(
-            "consumer",
-            ctx.identity.as_ref().map(|i| i.consumer_id.as_str()),
-        );
+        j.opt_str("consumer", ctx.consumer_id());
         j.opt_str("error", e.map(|e| e.etype().as_str()));
-        j.opt_str("reject", ctx.reject.as_ref().map(|r| r.slug()));
+        j.opt_str("reject", ctx.response.reject.as_ref().map(|r| r.slug()));
         j.finish();
         crate::accesslog::write(l);
     }
     // Release the in-flight slots now rather than when the context is dropped.
-    ctx.target_slot = None;
-    ctx.upstream_slot = None;
+    ctx.attempt.release();
 }
 
 /// A flat JSON object written straight into a `String`.

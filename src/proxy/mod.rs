@@ -1,20 +1,28 @@
-//! The Pingora `ProxyHttp` implementation. It wires the phases to the snapshot and the
-//! policies and holds no policy logic of its own: routing is `runtime::router`, header
-//! work is `policy::headers`, target choice is `upstream`, answers are `error::Reject`.
+//! The Pingora `ProxyHttp` implementation: one method per phase, in the order Pingora
+//! calls them (`docs/REQUEST_PATH.md` charts it). The rules live elsewhere and are called
+//! from here: routing is `runtime::router`, header work is `policy::headers`, the route's
+//! policies are `policy` (run in one loop, `run_policies`), target choice and health are
+//! `upstream`, the cache's part of each phase is `cache::phases`, answers are
+//! `error::Reject`. What is decided here is the request path's own: the admission checks
+//! (`admit`), when an attempt may be retried (`fail_to_connect`, `error_while_proxy`),
+//! how an attempt's outcome counts against its target (`attempt_failed`), and how an
+//! error becomes a rejection (`to_reject`).
 
-mod ctx;
+mod admit;
 mod log;
 
-use crate::cache;
+use crate::cache::phases;
+use crate::context::Ctx;
 use crate::error::Reject;
-use crate::policy::headers;
-use crate::runtime::{path, router::host_of, Shared};
+use crate::policy::{headers, Identity};
+use crate::runtime::Shared;
+use crate::upstream::{HashOn, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
-pub use ctx::Ctx;
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
-use pingora::http::ResponseHeader;
+use pingora::cache::RespCacheable;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason};
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -29,13 +37,13 @@ pub struct Gateway {
 
 /// Writes a problem+json answer. The one place a `Reject` becomes a response.
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
-    let body = Bytes::from(reject.body(&ctx.request_id));
+    let body = Bytes::from(reject.body(&ctx.request.id));
     let mut resp = ResponseHeader::build(reject.status(), Some(5))?;
     resp.insert_header("content-type", "application/problem+json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    if !ctx.request_id.is_empty() {
-        resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+    if !ctx.request.id.is_empty() {
+        resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
     }
     if let Some(secs) = reject.retry_after() {
         resp.insert_header("retry-after", secs.to_string())?;
@@ -43,7 +51,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     for (name, value) in reject
         .headers()
         .into_iter()
-        .chain(ctx.extra_response_headers.iter().cloned())
+        .chain(ctx.response.extra_headers.iter().cloned())
     {
         resp.insert_header(name, value)?;
     }
@@ -59,7 +67,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
         .rejected
         .with_label_values(&[reject.slug()])
         .inc();
-    ctx.reject = Some(reject);
+    ctx.response.reject = Some(reject);
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
@@ -70,136 +78,11 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     Ok(())
 }
 
-fn raw_has_content_length(raw: &[u8]) -> bool {
-    raw.split(|&b| b == b'\n')
-        .skip(1)
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-}
-
-fn header_bytes(req: &pingora::http::RequestHeader) -> usize {
-    req.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().len())
-            .unwrap_or(0)
-}
-
 impl Gateway {
-    /// Everything before choosing a target: returns the rejection to send, if any.
-    fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Reject> {
-        let snap = self.shared.snapshot.load_full();
-        let req = session.req_header();
-        ctx.request_id = match req.headers.get(headers::X_REQUEST_ID) {
-            Some(v) if headers::well_formed_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => headers::new_request_id(),
-        };
-        if header_bytes(req) > snap.max_header_size {
-            ctx.snapshot = Some(snap);
-            return Some(Reject::HeadersTooLarge);
-        }
-        // RFC 9112 §6.3: both framings at once is a smuggling vector; refuse, don't guess.
-        // Pingora drops Content-Length when Transfer-Encoding is present, so look at the
-        // raw header block (only when Transfer-Encoding is there at all: rare).
-        if req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            && raw_has_content_length(&session.as_downstream().to_h1_raw())
-        {
-            ctx.snapshot = Some(snap);
-            return Some(Reject::BadRequest(
-                "both Content-Length and Transfer-Encoding are present".into(),
-            ));
-        }
-        let raw_path = req.uri.path();
-        let normalized = match path::normalize(raw_path) {
-            Ok(p) => p,
-            Err(_) => {
-                ctx.snapshot = Some(snap);
-                return Some(Reject::BadRequest("the request path is not valid".into()));
-            }
-        };
-        let host_raw = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                req.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
-        let host = host_of(host_raw);
-        let Some(route) = snap
-            .router
-            .find(&host, &normalized, &req.method, &req.headers)
-            .cloned()
-        else {
-            ctx.snapshot = Some(snap);
-            return Some(Reject::NotFound);
-        };
-        if crate::cache::storage().is_some() {
-            // Keys and unsafe-method invalidation name the URL the client asked for.
-            ctx.cache.host = host.into_owned();
-            ctx.cache.path = normalized.to_string();
-        }
-        // Path sent upstream: normalised, then strip_prefix; the query is kept as the
-        // policies leave it (upstream_request_filter).
-        let mut up_path: std::borrow::Cow<str> = normalized;
-        if let Some(sp) = &route.strip_prefix {
-            if let Some(rest) = up_path.strip_prefix(sp.as_str()) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    up_path = if rest.is_empty() {
-                        "/".to_string().into()
-                    } else {
-                        rest.to_string().into()
-                    };
-                }
-            }
-        }
-        if up_path != raw_path {
-            ctx.upstream_path = Some(up_path.into_owned());
-        }
-        if let Some(max) = route.max_body {
-            let declared = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                ctx.route = Some(route);
-                ctx.snapshot = Some(snap);
-                return Some(Reject::PayloadTooLarge(max));
-            }
-        }
-        let up = route.upstream.clone();
-        if up.max_inflight > 0 {
-            let n = up.inflight.fetch_add(1, Relaxed);
-            ctx.upstream_slot = Some(ctx::UpstreamSlot(up.clone()));
-            if n >= up.max_inflight {
-                ctx.route = Some(route);
-                ctx.snapshot = Some(snap);
-                return Some(Reject::Overloaded(up.name.clone()));
-            }
-        }
-        ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.server_timing = route.server_timing
-            || (!snap.server_timing_listeners.is_empty()
-                && session
-                    .server_addr()
-                    .and_then(|a| a.as_inet())
-                    .is_some_and(|a| snap.server_timing_listeners.contains(a)));
-        ctx.route = Some(route);
-        ctx.snapshot = Some(snap);
-        None
-    }
-
-    /// The route's policies in stage order; the first rejection ends the loop.
+    /// The route's policies in stage order (authenticate, authorize, limit: the order
+    /// `Snapshot::compile` put them in); the first rejection ends the loop.
     async fn run_policies(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Reject> {
-        let route = ctx.route.clone()?;
+        let route = ctx.routing.route.as_ref()?;
         if route.policies.is_empty() {
             return None;
         }
@@ -212,7 +95,7 @@ impl Gateway {
             client_ip,
             route: &route.name,
             identity: &mut ctx.identity,
-            response_headers: &mut ctx.extra_response_headers,
+            response_headers: &mut ctx.response.extra_headers,
         };
         for p in &route.policies {
             if let Err(reject) = p.apply(&mut cx).await {
@@ -221,48 +104,72 @@ impl Gateway {
         }
         None
     }
+}
 
-    fn hash_key(&self, session: &Session, ctx: &Ctx) -> Vec<u8> {
-        use crate::upstream::HashOn;
-        let Some(route) = &ctx.route else {
-            return Vec::new();
-        };
-        match &route.upstream.hash_on {
-            Some(HashOn::Header(name)) => session
-                .req_header()
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes().to_vec())
-                .unwrap_or_default(),
-            Some(HashOn::Path) => session.req_header().uri.path().as_bytes().to_vec(),
-            Some(HashOn::Consumer) if ctx.identity.is_some() => ctx
-                .identity
-                .as_ref()
-                .map(|id| id.consumer_id.as_bytes().to_vec())
-                .unwrap_or_default(),
-            // An anonymous caller's "consumer" is its address.
-            Some(HashOn::Ip) | Some(HashOn::Consumer) => session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string().into_bytes())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
+/// What `consistent_hash` hashes for this request.
+fn hash_key(session: &Session, on: &HashOn, identity: Option<&Identity>) -> Vec<u8> {
+    match on {
+        HashOn::Header(name) => session
+            .req_header()
+            .headers
+            .get(name)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+        HashOn::Path => session.req_header().uri.path().as_bytes().to_vec(),
+        HashOn::Consumer if identity.is_some() => identity
+            .map(|id| id.consumer_id.as_bytes().to_vec())
+            .unwrap_or_default(),
+        // An anonymous caller's "consumer" is its address.
+        HashOn::Ip | HashOn::Consumer => session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string().into_bytes())
+            .unwrap_or_default(),
     }
 }
 
+/// An attempt at `target` failed: no connection, a broken exchange, or a 5xx. Counted in
+/// `gatehouse_upstream_requests_total` under `outcome`, and against the target's passive
+/// health when the upstream has it on.
+fn attempt_failed(up: &Upstream, target: &Target, outcome: &str) {
+    if let Some(p) = up.passive {
+        target.record_failure(p.unhealthy_after, p.cooldown);
+    }
+    crate::metrics::metrics()
+        .upstream_requests
+        .with_label_values(&[&up.name, &target.address, outcome])
+        .inc();
+}
+
+/// An attempt at `target` got a response under 500: counted under its status (200 has its
+/// own pre-resolved counter), and it ends the target's run of passive failures.
+fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
+    if status == http::StatusCode::OK {
+        target.requests_200.inc();
+    } else {
+        crate::metrics::metrics()
+            .upstream_requests
+            .with_label_values(&[&up.name, &target.address, status.as_str()])
+            .inc();
+    }
+    if up.passive.is_some() {
+        target.record_success();
+    }
+}
+
+/// The rejection to send for an error that ended the request: the one a phase already
+/// chose, else one from the error's type and source.
 fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
-    if let Some(r) = &ctx.reject {
+    if let Some(r) = &ctx.response.reject {
         return r.clone();
     }
     let upstream = ctx
-        .route
-        .as_ref()
+        .route()
         .map(|r| r.upstream.name.clone())
         .unwrap_or_default();
     match e.etype() {
         ErrorType::HTTPStatus(413) => {
-            Reject::PayloadTooLarge(ctx.route.as_ref().and_then(|r| r.max_body).unwrap_or(0))
+            Reject::PayloadTooLarge(ctx.route().and_then(|r| r.max_body).unwrap_or(0))
         }
         ErrorType::HTTPStatus(503) => Reject::NoHealthyTarget(upstream),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
@@ -288,6 +195,7 @@ impl ProxyHttp for Gateway {
         Ctx::new(&self.shared)
     }
 
+    /// Admission, then the identity headers a client may not set, then the policies.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if let Some(reject) = self.admit(session, ctx) {
             respond(session, ctx, reject).await?;
@@ -301,6 +209,7 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
+    /// Counts the body against the route's `max_body` as it arrives.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -309,10 +218,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            if let Some(max) = ctx.route.as_ref().and_then(|r| r.max_body) {
-                if ctx.body_bytes > max {
-                    ctx.reject = Some(Reject::PayloadTooLarge(max));
+            ctx.request.body_bytes += b.len() as u64;
+            if let Some(max) = ctx.route().and_then(|r| r.max_body) {
+                if ctx.request.body_bytes > max {
+                    ctx.response.reject = Some(Reject::PayloadTooLarge(max));
                     return Error::e_explain(
                         ErrorType::HTTPStatus(413),
                         "request body over max_body",
@@ -324,16 +233,27 @@ impl ProxyHttp for Gateway {
     }
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        cache::phases::enable(session, ctx);
+        if ctx.route().is_some_and(|r| r.cache.is_some()) {
+            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            phases::enable(session, &mut ctx.cache, cache);
+        }
         Ok(())
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        cache::phases::cache_key(session, ctx)
+        let Some(route) = ctx.route() else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a route");
+        };
+        Ok(phases::cache_key(
+            session,
+            &ctx.cache,
+            &route.name_arc,
+            ctx.request.https,
+        ))
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        cache::phases::on_miss(session, ctx);
+        phases::on_miss(session, &mut ctx.cache);
     }
 
     async fn cache_hit_filter(
@@ -344,16 +264,25 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok(cache::phases::hit_freshness(session, meta, is_fresh, ctx))
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        Ok(phases::hit_freshness(
+            session,
+            meta,
+            is_fresh,
+            &mut ctx.cache,
+            cache,
+        ))
     }
 
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
         ctx: &mut Ctx,
-        req: &pingora::http::RequestHeader,
+        req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache::phases::variance(meta, ctx, req)
+        let route = ctx.route()?;
+        let rc = route.cache.as_ref()?;
+        phases::variance(meta, req, &route.name, rc, ctx.consumer_id())
     }
 
     fn response_cache_filter(
@@ -362,7 +291,20 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
-        Ok(cache::phases::response_cacheable(session, resp, ctx))
+        let identified = ctx.identity.is_some();
+        // Borrowed field by field: the cache updates its own state while reading the route.
+        let Some(rc) = ctx.routing.route.as_ref().and_then(|r| r.cache.as_ref()) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        Ok(phases::response_cacheable(
+            session,
+            resp,
+            &mut ctx.cache,
+            rc,
+            identified,
+            cache,
+        ))
     }
 
     fn should_serve_stale(
@@ -371,9 +313,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        cache::phases::serve_stale(session, ctx, error)
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::serve_stale(session, &mut ctx.cache, error, cache)
     }
 
+    /// `Cache-Control: only-if-cached` with nothing usable stored: 504, never the origin.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if ctx.cache.active && ctx.cache.directives.only_if_cached {
             respond(session, ctx, Reject::NotCached).await?;
@@ -382,31 +326,28 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
+    /// Chooses the attempt's target (never one already tried) and its peer. Runs again
+    /// for each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.clone() else {
+        let Some(route) = ctx.routing.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
         let up = &route.upstream;
-        let key = if up.hash_on.is_some() {
-            self.hash_key(session, ctx)
-        } else {
-            Vec::new()
+        let key = match &up.hash_on {
+            Some(on) => hash_key(session, on, ctx.identity.as_deref()),
+            None => Vec::new(),
         };
-        let Some(idx) = up.select(&key, &ctx.tried) else {
-            ctx.reject = Some(if ctx.tried.is_empty() {
+        let Some(id) = up.select(&key, ctx.attempt.tried()) else {
+            ctx.response.reject = Some(if ctx.attempt.tried().is_empty() {
                 Reject::NoHealthyTarget(up.name.clone())
             } else {
                 Reject::BadGateway(up.name.clone())
             });
             return Error::e_explain(ErrorType::HTTPStatus(503), "no usable target");
         };
-        ctx.tried.push(idx);
-        ctx.target = Some(idx);
-        let target = up.targets[idx].clone();
-        target.inflight.fetch_add(1, Relaxed);
-        ctx.target_slot = Some(ctx::TargetSlot(target));
-        ctx.upstream_start = Some(Instant::now());
-        let mut peer = up.peer(idx);
+        ctx.attempt.start(up, id);
+        ctx.timing.upstream_start = Some(Instant::now());
+        let mut peer = up.peer(id);
         if let Some(rt) = route.read_timeout {
             peer.options.read_timeout = Some(rt);
         }
@@ -420,24 +361,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.target) {
-            let up = &route.upstream;
-            let t = &up.targets[idx];
-            if let Some(p) = up.passive {
-                t.record_failure(p.unhealthy_after, p.cooldown);
-            }
-            crate::metrics::metrics()
-                .upstream_requests
-                .with_label_values(&[&up.name, &t.address, "connect_error"])
-                .inc();
+        if let Some((up, target)) = ctx.current_target() {
+            attempt_failed(up, target, "connect_error");
             // Nothing reached the target, so any method may go to another one.
-            if ctx.tried.len() <= up.retries && ctx.tried.len() < up.targets.len() {
+            if ctx.attempt.may_retry(up) {
                 e.set_retry(true);
             }
         }
         e
     }
 
+    /// An exchange with the target broke. Only idempotent requests whose body is still
+    /// buffered go to another target.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -447,26 +382,15 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.target) {
-            let up = &route.upstream;
-            let t = &up.targets[idx];
+        if let Some((up, target)) = ctx.current_target() {
             if e.esource() == &ErrorSource::Upstream {
-                if let Some(p) = up.passive {
-                    t.record_failure(p.unhealthy_after, p.cooldown);
-                }
-                crate::metrics::metrics()
-                    .upstream_requests
-                    .with_label_values(&[&up.name, &t.address, "error"])
-                    .inc();
+                attempt_failed(up, target, "error");
             }
             let idempotent = session.req_header().method.is_idempotent();
-            let can_retry = idempotent
-                && !session.as_ref().retry_buffer_truncated()
-                && ctx.tried.len() <= up.retries
-                && ctx.tried.len() < up.targets.len();
-            if can_retry {
+            let truncated = session.as_ref().retry_buffer_truncated();
+            if idempotent && !truncated && ctx.attempt.may_retry(up) {
                 e.set_retry(true);
-            } else if !idempotent || session.as_ref().retry_buffer_truncated() {
+            } else if !idempotent || truncated {
                 e.set_retry(false);
             } else {
                 e.retry.decide_reuse(client_reused);
@@ -484,8 +408,8 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.connected_at = Some(Instant::now());
-        if let Some(route) = &ctx.route {
+        ctx.timing.connected_at = Some(Instant::now());
+        if let Some(route) = ctx.route() {
             if reused {
                 route.upstream.conn_reused.inc();
             } else {
@@ -495,13 +419,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// The request as the upstream gets it: rewritten path, request id, forwarding and
+    /// identity headers, the route's header operations.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
-        req: &mut pingora::http::RequestHeader,
+        req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.upstream_path {
+        if let Some(path) = &ctx.routing.upstream_path {
             let uri = match req.uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
@@ -510,65 +436,69 @@ impl ProxyHttp for Gateway {
                 req.set_uri(u);
             }
         }
-        req.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        headers::set_forwarded(req, client_ip, ctx.https);
+        headers::set_forwarded(req, client_ip, ctx.request.https);
         if let Some(id) = &ctx.identity {
             headers::set_identity(req, id);
         }
-        if let Some(route) = &ctx.route {
+        if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
         }
-        if ctx.cache.active {
-            ctx.cache.request_time = Some(cache::clock::now());
-        }
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
     }
 
+    /// The upstream's response header: timings, the attempt's outcome, and the cache's
+    /// 304 and invalidation work.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        cache::phases::on_upstream_response(session, resp, ctx);
+        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();
-        ctx.upstream_header_at = Some(now);
-        let status = resp.status.as_u16();
-        ctx.upstream_status = Some(status);
-        if let (Some(route), Some(idx)) = (&ctx.route, ctx.target) {
-            let up = &route.upstream;
-            let t = &up.targets[idx];
-            if let Some(s) = ctx.upstream_start {
+        ctx.timing.upstream_header_at = Some(now);
+        ctx.attempt.upstream_status = Some(resp.status.as_u16());
+        if let Some((up, target)) = ctx.current_target() {
+            if let Some(s) = ctx.timing.upstream_start {
                 up.duration.observe(now.duration_since(s).as_secs_f64());
             }
-            if status == 200 {
-                t.requests_200.inc();
+            if resp.status.as_u16() >= 500 {
+                attempt_failed(up, target, resp.status.as_str());
             } else {
-                crate::metrics::metrics()
-                    .upstream_requests
-                    .with_label_values(&[&up.name, &t.address, resp.status.as_str()])
-                    .inc();
-            }
-            match (status >= 500, up.passive) {
-                (true, Some(p)) => t.record_failure(p.unhealthy_after, p.cooldown),
-                (false, Some(_)) => t.record_success(),
-                _ => {}
+                attempt_answered(up, target, resp.status);
             }
         }
         Ok(())
     }
 
+    /// Every response, whatever its source (upstream, cache): the cache's fields, drain
+    /// handling, the route's header operations, request id, policy headers and
+    /// `Server-Timing`.
     async fn response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        cache::phases::on_response(session, resp, ctx)?;
+        if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
+            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            phases::on_response(
+                session,
+                resp,
+                &ctx.cache,
+                rc,
+                ctx.attempt.upstream_status,
+                cache,
+            )?;
+        }
         // While draining (SIGTERM, or an upgrade hand-over), tell HTTP/1 clients to reconnect
         // now, so they move to the new process instead of waiting for the grace period.
         if self.shared.draining.load(Relaxed)
@@ -577,26 +507,27 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
-        if let Some(route) = &ctx.route {
+        if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
         }
-        resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         if resp.status.is_informational() {
-            for (name, value) in &ctx.extra_response_headers {
+            for (name, value) in &ctx.response.extra_headers {
                 resp.insert_header(name.clone(), value.clone())?;
             }
         } else {
             // The final response: taken rather than cloned (they are not needed after it).
-            for (name, value) in std::mem::take(&mut ctx.extra_response_headers) {
+            for (name, value) in std::mem::take(&mut ctx.response.extra_headers) {
                 resp.insert_header(name, value)?;
             }
         }
-        if ctx.server_timing {
+        if ctx.timing.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
         }
         Ok(())
     }
 
+    /// An error ended the request: problem+json when nothing was written yet.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = to_reject(e, ctx);
         let code = reject.status();
@@ -605,7 +536,7 @@ impl ProxyHttp for Gateway {
                 tracing::debug!("could not send the error response: {err}");
             }
         } else {
-            ctx.reject = Some(reject);
+            ctx.response.reject = Some(reject);
         }
         FailToProxy {
             error_code: code,

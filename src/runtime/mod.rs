@@ -1,20 +1,47 @@
 //! What requests read: an immutable `Snapshot` compiled from a validated config, held
 //! in an `ArcSwap` so a reload swaps it atomically. A request keeps the snapshot it
 //! started with.
+//!
+//! State that outlives snapshots (the clock, the cache engine, the limit stores) lives
+//! in `Resources`, owned by `Shared`; compile draws on it and every snapshot reaches it
+//! through what compile put in it. There is no free-standing static for any of it.
 
-pub mod path;
 pub mod router;
 pub mod snapshot;
 
 pub use snapshot::{Route, Snapshot};
 
+use crate::clock::Clock;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// What outlives every snapshot, one per process: compile takes what a config needs from
+/// here (the running store, the cache storage and lock) and reuses it across reloads.
+pub struct Resources {
+    /// The one clock (`crate::clock`): limits, quotas and cache freshness read it.
+    pub clock: Arc<Clock>,
+    /// Cache storage and locks, leaked for Pingora once (`cache::Engine`).
+    pub cache: crate::cache::Engine,
+    /// The limit stores (`store::Registry`).
+    pub stores: crate::store::Registry,
+}
+
+impl Resources {
+    pub fn new(clock: Clock) -> Resources {
+        let clock = Arc::new(clock);
+        Resources {
+            cache: crate::cache::Engine::new(),
+            stores: crate::store::Registry::new(clock.clone()),
+            clock,
+        }
+    }
+}
+
 /// Process-wide state shared by the proxy, the admin listener and the signal handler.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
+    pub resources: Resources,
     /// Listeners accept connections and the config is compiled.
     pub ready: AtomicBool,
     /// SIGTERM or an upgrade started: `/readyz` answers 503.
@@ -26,9 +53,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, config_path: String) -> Arc<Self> {
+    /// `snapshot` was compiled with `resources`.
+    pub fn new(snapshot: Snapshot, resources: Resources, config_path: String) -> Arc<Self> {
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            resources,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             active_requests: AtomicUsize::new(0),
@@ -42,14 +71,15 @@ impl Shared {
     }
 
     /// Reload is all or nothing: parse, validate, compile (reusing unchanged upstreams
-    /// with their health), then swap. Any error leaves the running snapshot in place.
+    /// with their health, the running store and the cache storage, whose bounds the new
+    /// config sets), then swap. Any error leaves the running snapshot in place.
     /// Listener changes need an upgrade (`gatehouse upgrade`), not a reload.
     pub async fn reload(&self) -> Result<String, Vec<crate::config::ConfigError>> {
         let _guard = self.reload_lock.lock().await;
         let m = crate::metrics::metrics();
         let result = crate::config::load_file(&self.config_path).and_then(|loaded| {
             let current = self.snapshot.load_full();
-            Snapshot::compile(loaded, Some(&current))
+            Snapshot::compile(loaded, Some(&current), &self.resources)
         });
         match result {
             Ok(next) => {
@@ -64,13 +94,6 @@ impl Shared {
                     if !reused {
                         crate::upstream::health::spawn(up);
                     }
-                }
-                match &next.cache {
-                    Some(c) => {
-                        crate::cache::configure(c);
-                    }
-                    // No cache any more: free what the old config stored.
-                    None => crate::cache::clear(),
                 }
                 let hash = next.loaded.version_hash.clone();
                 self.snapshot.store(Arc::new(next));

@@ -36,7 +36,8 @@ impl Conditions {
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
-    Regex(String),
+    /// Compiled once, when the config compiles (which reports a bad one with its path).
+    Regex(Regex),
 }
 
 #[derive(Default)]
@@ -47,15 +48,11 @@ struct PathTable {
 }
 
 impl PathTable {
-    fn insert(&mut self, path: &PathMatch, idx: usize, compiled: &Option<Regex>) {
+    fn insert(&mut self, path: &PathMatch, idx: usize) {
         match path {
             PathMatch::Exact(p) => self.exact.entry(p.clone()).or_default().push(idx),
             PathMatch::Prefix(p) => self.prefix.entry(p.clone()).or_default().push(idx),
-            PathMatch::Regex(_) => {
-                if let Some(re) = compiled {
-                    self.regex.push((re.clone(), idx))
-                }
-            }
+            PathMatch::Regex(re) => self.regex.push((re.clone(), idx)),
         }
     }
 
@@ -110,19 +107,15 @@ pub struct Router<T> {
 }
 
 impl<T> Router<T> {
-    /// Builds the router. Regexes must already be valid (config validation checks them).
-    pub fn new(entries: Vec<Entry<T>>) -> Result<Self, String> {
+    /// Builds the router from routes in file order.
+    pub fn new(entries: Vec<Entry<T>>) -> Self {
         let mut exact_hosts: HashMap<String, PathTable> = HashMap::new();
         let mut wildcard: HashMap<String, PathTable> = HashMap::new();
         let mut any_host = PathTable::default();
         let mut out = Vec::with_capacity(entries.len());
         for (idx, e) in entries.into_iter().enumerate() {
-            let compiled = match &e.path {
-                PathMatch::Regex(r) => Some(Regex::new(r).map_err(|err| err.to_string())?),
-                _ => None,
-            };
             if e.hosts.is_empty() {
-                any_host.insert(&e.path, idx, &compiled);
+                any_host.insert(&e.path, idx);
             }
             for h in &e.hosts {
                 let h = h.to_ascii_lowercase();
@@ -130,23 +123,20 @@ impl<T> Router<T> {
                     Some(suffix) => wildcard
                         .entry(suffix.to_string())
                         .or_default()
-                        .insert(&e.path, idx, &compiled),
-                    None => exact_hosts
-                        .entry(h)
-                        .or_default()
-                        .insert(&e.path, idx, &compiled),
+                        .insert(&e.path, idx),
+                    None => exact_hosts.entry(h).or_default().insert(&e.path, idx),
                 }
             }
             out.push((e.conditions, e.value));
         }
         let mut wildcard_hosts: Vec<_> = wildcard.into_iter().collect();
         wildcard_hosts.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        Ok(Router {
+        Router {
             entries: out,
             exact_hosts,
             wildcard_hosts,
             any_host,
-        })
+        }
     }
 
     /// `host` must be lower-case without port; `path` normalised.
@@ -226,12 +216,16 @@ mod tests {
     #[test]
     fn precedence() {
         let r = Router::new(vec![
-            e(&[], PathMatch::Regex("^/a/.*$".into()), None, "regex"),
+            e(
+                &[],
+                PathMatch::Regex(Regex::new("^/a/.*$").unwrap()),
+                None,
+                "regex",
+            ),
             e(&[], PathMatch::Prefix("/a".into()), None, "short"),
             e(&[], PathMatch::Prefix("/a/b".into()), None, "long"),
             e(&[], PathMatch::Exact("/a/b/c".into()), None, "exact"),
-        ])
-        .unwrap();
+        ]);
         assert_eq!(find(&r, "x", "/a/b/c", "GET"), Some("exact"));
         assert_eq!(find(&r, "x", "/a/b/d", "GET"), Some("long"));
         assert_eq!(find(&r, "x", "/a/bz", "GET"), Some("short"));
@@ -255,8 +249,7 @@ mod tests {
                 "wild",
             ),
             e(&[], PathMatch::Exact("/only".into()), None, "any"),
-        ])
-        .unwrap();
+        ]);
         assert_eq!(find(&r, "api.example.com", "/x", "GET"), Some("exact-host"));
         assert_eq!(find(&r, "api.example.com", "/x", "POST"), Some("wild"));
         assert_eq!(find(&r, "a.b.example.com", "/x", "GET"), Some("wild"));

@@ -1,11 +1,15 @@
-//! Compilation of a validated config into runtime types: routes with pre-parsed header
-//! operations and metric handles, upstreams with their balancers and peers.
+//! Compilation of a loaded config into runtime types: routes with pre-parsed header
+//! operations and metric handles, upstreams with their balancers and peers. Every check
+//! that needs a built object (certificates, keys, addresses, regexes, references) is
+//! made here, once; `config::validate` checks only the shape of values.
 
 use super::router::{Conditions, Entry, PathMatch, Router};
+use super::Resources;
+use crate::config::model::RouteMatch;
 use crate::config::{ConfigError, Loaded};
 use crate::policy::headers::HeaderOps;
-use crate::policy::{Policy, PolicySet};
-use crate::upstream::Upstream;
+use crate::policy::{Auth, Policy, PolicySet};
+use crate::upstream::{Plan, Upstream};
 use prometheus::Histogram;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -42,57 +46,89 @@ pub struct Snapshot {
     pub unmatched_duration: Histogram,
     pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
-    /// The top-level `cache:` section, when present.
-    pub cache: Option<crate::cache::Settings>,
+    /// The top-level `cache:` section with the storage it binds, when present.
+    pub cache: Option<crate::cache::Cache>,
+    /// Certificates of the TLS listeners, by listener name, loaded when this config
+    /// compiled. `run` builds the listeners from them; a reload checks them but cannot
+    /// change listeners (that takes an upgrade).
+    pub tls: BTreeMap<String, Arc<crate::tls::SniResolver>>,
 }
 
 impl Snapshot {
-    /// Builds the runtime form. Upstreams whose config is unchanged from `previous` are
-    /// reused as they are, so their health state and in-flight counts carry over.
-    pub fn compile(loaded: Loaded, previous: Option<&Snapshot>) -> Result<Self, Vec<ConfigError>> {
+    /// Checks and builds the runtime form: the one function `gatehouse check`, start-up
+    /// and reload all use. It reports what `load_file` found (unknown keys, shapes)
+    /// together with every check that needs a built object, each made here once: TLS
+    /// pairs, target addresses and `hash_on`, JWT keys and the API key header, route
+    /// references (upstream, auth methods) and regexes. Only a config without any error
+    /// is then assembled, which creates metric series and opens the limit store.
+    /// Upstreams whose config is unchanged from `previous` are reused as they are, so
+    /// their health state and in-flight counts carry over; the limit store and the cache
+    /// storage come from `resources`. Nothing running changes unless the whole config
+    /// compiles: the cache bounds are applied last.
+    pub fn compile(
+        mut loaded: Loaded,
+        previous: Option<&Snapshot>,
+        resources: &Resources,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut errs = std::mem::take(&mut loaded.problems);
         let cfg = &loaded.config;
-        let mut errs = Vec::new();
-        let mut upstreams = BTreeMap::new();
+
+        // Checking pass: no side effects, every error collected.
+        let tls = crate::tls::compile(cfg, &mut errs);
+        let mut plans = Vec::with_capacity(cfg.upstreams.len());
         for (name, u) in &cfg.upstreams {
-            let source = serde_json::to_string(u).unwrap_or_default();
-            if let Some(prev) = previous.and_then(|p| p.upstreams.get(name)) {
-                if prev.source == source {
-                    upstreams.insert(name.clone(), prev.clone());
-                    continue;
-                }
-            }
-            match Upstream::build(name, u) {
-                Ok(up) => {
-                    upstreams.insert(name.clone(), Arc::new(up));
-                }
-                Err(e) => errs.push(ConfigError::new(format!("upstreams.{name}"), e)),
+            match Plan::compile(name, u) {
+                Ok(p) => plans.push((name, u, p)),
+                Err(e) => errs.extend(e),
             }
         }
-        let policies = match PolicySet::build(cfg, previous.map(|p| &*p.policies)) {
-            Ok(p) => Arc::new(p),
-            Err(e) => {
-                errs.extend(e);
-                return Err(errs);
-            }
-        };
-        let m = crate::metrics::metrics();
-        let mut entries = Vec::with_capacity(cfg.routes.len());
+        let auth = Auth::build(cfg, previous.map(|p| &*p.policies), &mut errs);
+        let mut checked = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+            // An empty name is validation's "missing" error.
+            if !r.upstream.is_empty() && !cfg.upstreams.contains_key(&r.upstream) {
                 errs.push(ConfigError::new(
                     format!("routes[{i}].upstream"),
                     format!("unknown upstream {:?}", r.upstream),
                 ));
+            }
+            let path = route_path(i, &r.matches, &mut errs);
+            let methods = auth.route_methods(cfg, i, r, &mut errs);
+            if let (Some(path), Some(methods)) = (path, methods) {
+                checked.push((i, r, path, methods));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+
+        // Assembly of a valid config.
+        let mut upstreams = BTreeMap::new();
+        for (name, u, plan) in plans {
+            let source = serde_json::to_string(u).unwrap_or_default();
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|prev| prev.source == source);
+            let up = match reused {
+                Some(prev) => prev.clone(),
+                None => Arc::new(Upstream::build(name, u, plan)),
+            };
+            upstreams.insert(name.clone(), up);
+        }
+        let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
+        let m = crate::metrics::metrics();
+        let mut entries = Vec::with_capacity(checked.len());
+        for (i, r, path, methods) in checked {
+            let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+                // The checking pass found the name and built every upstream.
+                errs.push(ConfigError::new(
+                    format!("routes[{i}].upstream"),
+                    format!("internal error: upstream {:?} was not built", r.upstream),
+                ));
                 continue;
             };
             let mt = &r.matches;
-            let path = match (&mt.path, &mt.path_prefix, &mt.path_regex) {
-                (Some(p), _, _) => PathMatch::Exact(p.clone()),
-                (_, Some(p), _) => PathMatch::Prefix(p.clone()),
-                (_, _, Some(re)) => PathMatch::Regex(re.clone()),
-                _ => PathMatch::Prefix("/".into()),
-            };
-            let methods = if mt.methods.is_empty() {
+            let methods_match = if mt.methods.is_empty() {
                 None
             } else {
                 Some(
@@ -109,7 +145,7 @@ impl Snapshot {
                     Some((http::HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
                 })
                 .collect();
-            let route_policies = match policies.for_route(i, r) {
+            let route_policies = match policies.for_route(i, r, methods) {
                 Ok(p) => p,
                 Err(e) => {
                     errs.push(e);
@@ -137,20 +173,17 @@ impl Snapshot {
             entries.push(Entry {
                 hosts: mt.hosts.clone(),
                 path,
-                conditions: Conditions { methods, headers },
+                conditions: Conditions {
+                    methods: methods_match,
+                    headers,
+                },
                 value: Arc::new(route),
             });
         }
-        let router = match Router::new(entries) {
-            Ok(r) => r,
-            Err(e) => {
-                errs.push(ConfigError::new("routes", e));
-                return Err(errs);
-            }
-        };
         if !errs.is_empty() {
             return Err(errs);
         }
+        let router = Router::new(entries);
         let server_timing_listeners = cfg
             .listeners
             .iter()
@@ -166,8 +199,266 @@ impl Snapshot {
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
             unmatched_requests: crate::metrics::RequestCounters::new("unmatched"),
             policies,
-            cache: cfg.cache.as_ref().map(crate::cache::Settings::from_config),
+            tls,
+            // Last: everything above can still fail; this applies the new bounds to the
+            // running storage (a shrink evicts at once, no section empties it).
+            cache: resources.cache.bind(cfg.cache.as_ref(), &resources.clock),
             loaded,
         })
+    }
+}
+
+/// The path part of `routes[index].match`; a `path_regex` is compiled here, once.
+/// `None` (with the error in `errs`) when the regex does not compile.
+fn route_path(index: usize, m: &RouteMatch, errs: &mut Vec<ConfigError>) -> Option<PathMatch> {
+    Some(match (&m.path, &m.path_prefix, &m.path_regex) {
+        (Some(p), _, _) => PathMatch::Exact(p.clone()),
+        (_, Some(p), _) => PathMatch::Prefix(p.clone()),
+        (_, _, Some(re)) => match regex::Regex::new(re) {
+            Ok(re) => PathMatch::Regex(re),
+            Err(e) => {
+                // The last line of regex's message says what is wrong; the others
+                // repeat the pattern.
+                errs.push(ConfigError::new(
+                    format!("routes[{index}].match.path_regex"),
+                    format!(
+                        "invalid regex: {}",
+                        e.to_string().lines().last().unwrap_or("")
+                    ),
+                ));
+                return None;
+            }
+        },
+        _ => PathMatch::Prefix("/".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load;
+
+    fn dir(sub: &str) -> String {
+        format!("{}/tests/{sub}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    const LISTENERS: &str = "listeners: [ { name: public, address: \"127.0.0.1:18080\" } ]\n";
+    const UPSTREAMS: &str = "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n";
+
+    /// What `load_file` then `compile` make of `rest` (plus a listener and upstream `u`
+    /// unless it has its own): the same path as `gatehouse check` and reload.
+    fn compile(rest: &str) -> Result<Snapshot, Vec<ConfigError>> {
+        let has = |key: &str| rest.starts_with(key) || rest.contains(&format!("\n{key}"));
+        let mut yaml = String::new();
+        if !has("listeners:") {
+            yaml.push_str(LISTENERS);
+        }
+        if !has("upstreams:") {
+            yaml.push_str(UPSTREAMS);
+        }
+        yaml.push_str(rest);
+        let (cfg, mut problems) = load::parse_partial(&yaml, &|_| None);
+        let Some(cfg) = cfg else {
+            return Err(problems);
+        };
+        problems.extend(crate::config::validate::validate(&cfg));
+        let loaded = crate::config::loaded(cfg, yaml.as_bytes(), "test.yaml", problems);
+        Snapshot::compile(
+            loaded,
+            None,
+            &super::super::Resources::new(crate::clock::Clock::system()),
+        )
+    }
+
+    fn errors(rest: &str) -> Vec<(String, String)> {
+        match compile(rest) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.into_iter().map(|e| (e.path, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn valid_configs_compile() {
+        let hmac = "0123456789abcdef0123456789abcdef";
+        let jwks = dir("keys/ec256.jwk.json");
+        let jwks_doc = format!(
+            "{{\"keys\": [{}]}}",
+            std::fs::read_to_string(&jwks).expect("test key")
+        );
+        let jwks_file = std::env::temp_dir().join(format!(
+            "gatehouse-compile-{}.jwks.json",
+            std::process::id()
+        ));
+        std::fs::write(&jwks_file, jwks_doc).expect("write jwks");
+        let cases = [
+            "routes: [ { name: r0, upstream: u } ]\n".to_string(),
+            format!(
+                "listeners: [ {{ name: t, address: \"127.0.0.1:18443\", tls: {{ certificates: [ {{ cert: \"{0}/a.test.pem\", key: \"{0}/a.test.key\" }}, {{ cert: \"{0}/b.test.pem\", key: \"{0}/b.test.key\" }} ] }} }} ]\nroutes: [ {{ name: r0, upstream: u }} ]\n",
+                dir("certs")
+            ),
+            format!(
+                "upstreams:\n  u: {{ targets: [ {{ address: \"localhost:9001\" }} ], balance: consistent_hash, hash_on: \"header:X-User\" }}\nauth:\n  api_key: {{ header: X-API-Key }}\n  jwt:\n    - {{ name: h, issuer: \"https://h.test/\", audiences: [api], algorithms: [HS256], hmac_secret: \"{hmac}\" }}\n    - {{ name: f, issuer: \"https://f.test/\", audiences: [api], algorithms: [ES256], jwks_file: \"{}\" }}\nroutes:\n  - {{ name: r0, upstream: u, match: {{ path_regex: \"^/v[0-9]+/\" }}, auth: [jwt, api_key] }}\n",
+                jwks_file.display()
+            ),
+        ];
+        for rest in &cases {
+            if let Err(e) = compile(rest) {
+                panic!("refused: {e:?}\n{rest}");
+            }
+        }
+        let s = compile(&cases[1]).unwrap();
+        assert_eq!(s.tls.keys().collect::<Vec<_>>(), ["t"]);
+        let s = compile(&cases[2]).unwrap();
+        let route = s
+            .router
+            .find("x", "/v2/a", &http::Method::GET, &http::HeaderMap::new())
+            .expect("regex route");
+        assert_eq!(route.policies.len(), 1, "authenticate");
+        assert_eq!(
+            route.upstream.hash_on,
+            Some(crate::upstream::HashOn::Header(
+                http::HeaderName::from_static("x-user")
+            ))
+        );
+        assert!(s.policies.jwt.is_some() && s.policies.api_key.is_some());
+        let _ = std::fs::remove_file(jwks_file);
+    }
+
+    /// Each check that needs a built object, made once here: YAML, then the (path,
+    /// message) errors it must give, in order.
+    #[test]
+    fn each_compile_error_with_its_path() {
+        let certs = dir("certs");
+        let cases: Vec<(String, Vec<(String, String)>)> = vec![
+            (
+                "routes: [ { name: r0, upstream: nope } ]\n".into(),
+                vec![("routes[0].upstream".into(), "unknown upstream \"nope\"".into())],
+            ),
+            (
+                "routes: [ { name: r0, upstream: u, match: { path_regex: \"([a-z\" } } ]\n".into(),
+                vec![(
+                    "routes[0].match.path_regex".into(),
+                    "invalid regex: error: unclosed character class".into(),
+                )],
+            ),
+            (
+                "auth:\n  api_key: { header: X-Key }\nroutes:\n  - { name: r0, upstream: u, auth: [saml, jwt, api_key] }\n".into(),
+                vec![
+                    ("routes[0].auth[0]".into(), "unknown auth method \"saml\" (jwt | api_key)".into()),
+                    ("routes[0].auth[1]".into(), "auth method \"jwt\" is not configured under auth:".into()),
+                ],
+            ),
+            (
+                "routes: [ { name: r0, upstream: u, auth: [api_key] } ]\n".into(),
+                vec![("routes[0].auth[0]".into(), "auth method \"api_key\" is not configured under auth:".into())],
+            ),
+            (
+                "auth:\n  api_key: { header: \"bad header\" }\nroutes: [ { name: r0, upstream: u, auth: [api_key] } ]\n".into(),
+                // The route names a configured method: only the header is wrong.
+                vec![("auth.api_key.header".into(), "invalid header name".into())],
+            ),
+            (
+                "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:1\" }, { address: nohost } ], balance: consistent_hash, hash_on: cookie }\n".into(),
+                vec![
+                    ("upstreams.u.targets[1].address".into(), "\"nohost\" needs a port (host:port)".into()),
+                    ("upstreams.u.hash_on".into(), "\"cookie\" must be consumer | ip | path | header:NAME".into()),
+                ],
+            ),
+            (
+                "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:1\" } ], hash_on: \"header:a b\" }\n".into(),
+                vec![("upstreams.u.hash_on".into(), "invalid header name \"a b\"".into())],
+            ),
+            (
+                format!("listeners: [ {{ name: t, address: \"127.0.0.1:18443\", tls: {{ certificates: [ {{ cert: \"{certs}/a.test.pem\", key: \"{certs}/a.test.key\" }}, {{ cert: \"{certs}/mismatch.pem\", key: \"{certs}/mismatch.key\" }}, {{ cert: \"{certs}/missing.pem\", key: \"{certs}/a.test.key\" }} ] }} }} ]\n"),
+                vec![
+                    (
+                        "listeners[0].tls.certificates[1]".into(),
+                        format!("key \"{certs}/mismatch.key\" does not match certificate \"{certs}/mismatch.pem\": "),
+                    ),
+                    (
+                        "listeners[0].tls.certificates[2]".into(),
+                        format!("cannot read certificate \"{certs}/missing.pem\": "),
+                    ),
+                ],
+            ),
+            (
+                "auth:\n  jwt:\n    - { name: a, issuer: \"https://a.test/\", audiences: [api], algorithms: [ES256], jwks_file: /nonexistent/jwks.json }\nroutes: [ { name: r0, upstream: u, auth: [jwt] } ]\n".into(),
+                // The route names a configured method: only its keys are wrong.
+                vec![("auth.jwt[0].jwks_file".into(), "cannot read \"/nonexistent/jwks.json\": ".into())],
+            ),
+        ];
+        for (rest, want) in &cases {
+            let got = errors(rest);
+            assert_eq!(got.len(), want.len(), "{got:?}\nfor:\n{rest}");
+            for ((gp, gm), (wp, wm)) in got.iter().zip(want) {
+                // Messages that quote an OS or TLS library error are compared up to it.
+                let ok = if wm.ends_with(": ") {
+                    gm.starts_with(wm.as_str())
+                } else {
+                    gm == wm
+                };
+                assert!(
+                    gp == wp && ok,
+                    "got {gp}: {gm}\nwant {wp}: {wm}\nfor:\n{rest}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn jwks_file_contents_are_checked_once() {
+        let tmp = std::env::temp_dir();
+        let empty = tmp.join(format!(
+            "gatehouse-compile-{}-empty.json",
+            std::process::id()
+        ));
+        let bad = tmp.join(format!("gatehouse-compile-{}-bad.json", std::process::id()));
+        std::fs::write(&empty, r#"{"keys": []}"#).unwrap();
+        std::fs::write(&bad, "[1, 2]").unwrap();
+        let got = errors(&format!(
+            "auth:\n  jwt:\n    - {{ name: a, issuer: \"https://a.test/\", audiences: [api], algorithms: [ES256], jwks_file: \"{}\" }}\n    - {{ name: b, issuer: \"https://b.test/\", audiences: [api], algorithms: [ES256], jwks_file: \"{}\" }}\n    - {{ name: c, issuer: \"https://c.test/\", audiences: [api], algorithms: [XS1], jwks_file: \"{}\" }}\n",
+            empty.display(),
+            bad.display(),
+            bad.display(),
+        ));
+        let _ = std::fs::remove_file(&empty);
+        let _ = std::fs::remove_file(&bad);
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        // Validation's own error for the unknown algorithm, then one per broken file;
+        // an issuer without a usable algorithm has no keys to check.
+        assert_eq!(
+            paths,
+            [
+                "auth.jwt[2].algorithms[0]",
+                "auth.jwt[0].jwks_file",
+                "auth.jwt[1].jwks_file"
+            ],
+            "{got:?}"
+        );
+        assert!(
+            got[1].1.contains("has no key usable with [\"ES256\"]"),
+            "{got:?}"
+        );
+        assert!(got[2].1.contains("not a JWKS"), "{got:?}");
+    }
+
+    /// Shape problems and compile errors come back together, shape first.
+    #[test]
+    fn every_error_at_once() {
+        let got = errors(
+            "routes:\n  - { name: r0, upstrem: u, upstream: u }\n  - { name: r1, upstream: nope, match: { path_regex: \"(\" } }\n  - { name: r2, upstream: u, auth: [jwt], scopes: [a] }\n",
+        );
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].upstrem",
+                "routes[1].upstream",
+                "routes[1].match.path_regex",
+                "routes[2].auth[0]",
+            ],
+            "{got:?}"
+        );
+        assert!(got[0].1.starts_with("unknown field"), "{got:?}");
     }
 }

@@ -7,9 +7,12 @@
 //!   locally and merges its admissions every `sync_interval`, reading back the shared
 //!   state; a rate limit with `sync_interval: 0` asks Redis on every request instead.
 //!
-//! A `Store` is process-wide and outlives config reloads: limiters are kept by limit id
-//! and reused while their parameters are unchanged, so counts carry over. One thread
-//! per store runs the syncs; `flush_all` runs a last one before the process exits.
+//! A `Store` outlives config reloads: the process's `Registry` (owned by
+//! `runtime::Resources`, reached through `Shared`) hands the running store to a config
+//! whose store settings are unchanged, and limiters are kept by limit id and reused
+//! while their parameters are unchanged, so counts carry over. One thread per store runs
+//! the syncs; `Registry::flush_all` runs a last one before the process exits. Every store
+//! reads the process clock (`crate::clock`).
 
 pub mod counts;
 pub mod gcra;
@@ -20,6 +23,7 @@ pub mod window;
 
 pub use limiter::{QuotaLimiter, RateLimiter};
 
+use crate::clock::Clock;
 use crate::config::model::{OnError, StoreBackend};
 use crate::config::units::RateUnit;
 use crate::config::Config;
@@ -77,6 +81,8 @@ enum Backend {
 
 pub struct Store {
     pub config: StoreConfig,
+    /// The process clock: windows, expiry and sync rounds are on it.
+    clock: Arc<Clock>,
     backend: Backend,
     rates: Mutex<HashMap<String, Weak<RateLimiter>>>,
     quotas: Mutex<HashMap<String, Weak<QuotaLimiter>>>,
@@ -107,18 +113,28 @@ fn due(last: &mut Option<std::time::Instant>, every: Duration) -> bool {
     }
 }
 
-fn registry() -> &'static Mutex<Vec<Weak<Store>>> {
-    static STORES: OnceLock<Mutex<Vec<Weak<Store>>>> = OnceLock::new();
-    STORES.get_or_init(Mutex::default)
+/// The process's stores: the live ones, weakly held (a store lives as long as a
+/// snapshot uses it), so a reload can find the running one and the process can flush
+/// every one before it exits.
+pub struct Registry {
+    clock: Arc<Clock>,
+    stores: Mutex<Vec<Weak<Store>>>,
 }
 
-impl Store {
-    /// The process's store for this config: the running one when its settings are
-    /// unchanged (a reload keeps the counts), else a new one. Nothing is opened or
-    /// connected here (`gatehouse check` builds stores too); see `start`.
-    pub fn for_config(cfg: &Config) -> Result<Arc<Store>, String> {
+impl Registry {
+    pub fn new(clock: Arc<Clock>) -> Registry {
+        Registry {
+            clock,
+            stores: Mutex::default(),
+        }
+    }
+
+    /// The store for this config: the running one when its settings are unchanged (a
+    /// reload keeps the counts), else a new one. Nothing is opened or connected here
+    /// (`gatehouse check` builds stores too); see `Store::start`.
+    pub fn store_for(&self, cfg: &Config) -> Result<Arc<Store>, String> {
         let config = StoreConfig::from_config(cfg);
-        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        let mut reg = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         reg.retain(|w| w.strong_count() > 0);
         if let Some(s) = reg
             .iter()
@@ -136,6 +152,7 @@ impl Store {
         };
         let store = Arc::new(Store {
             config,
+            clock: self.clock.clone(),
             backend,
             rates: Mutex::default(),
             quotas: Mutex::default(),
@@ -144,6 +161,58 @@ impl Store {
         });
         reg.push(Arc::downgrade(&store));
         Ok(store)
+    }
+
+    fn live(&self) -> Vec<Arc<Store>> {
+        self.stores
+            .lock()
+            .map(|r| r.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs a last sync of every store, so that a graceful stop or upgrade loses no
+    /// count. Called from a plain thread (never from inside a runtime).
+    pub fn flush_all(&self) {
+        let stores = self.live();
+        if stores.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            for s in stores {
+                if tokio::time::timeout(Duration::from_secs(2), s.sync_once(true))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("limit store: the last sync did not finish in 2 s");
+                }
+            }
+        });
+    }
+
+    /// Sets `gatehouse_limit_keys` for every live limit (called when /metrics is read).
+    pub fn refresh_gauges(&self) {
+        let g = &crate::metrics::metrics().limit_keys;
+        for s in self.live() {
+            for r in s.live_rates() {
+                g.with_label_values(&[&r.id]).set(r.table.len() as i64);
+            }
+            for q in s.live_quotas() {
+                g.with_label_values(&[&q.id]).set(q.table.len() as i64);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// The clock the limits of this store read.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -280,7 +349,7 @@ impl Store {
     /// of them when `force`) and read back the shared counts.
     pub async fn sync_once(&self, force: bool) {
         let mut st = self.sync.lock().await;
-        let now = crate::clock::now();
+        let now = self.clock.now_ns();
         let since = st.last_sync;
         let quotas_due = due(&mut st.last_quota_sync, self.config.sync_interval) || force;
         match &self.backend {
@@ -456,51 +525,6 @@ async fn sync_redis_quota(q: &QuotaLimiter, r: &redis::Redis, since: u64, now: u
             for ((h, _, w), n) in chunk.iter().zip(counts) {
                 q.table.refreshed(*h, *w, n);
             }
-        }
-    }
-}
-
-/// Runs a last sync of every store, so that a graceful stop or upgrade loses no count.
-/// Called from a plain thread (never from inside a runtime).
-pub fn flush_all() {
-    let stores: Vec<Arc<Store>> = registry()
-        .lock()
-        .map(|r| r.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default();
-    if stores.is_empty() {
-        return;
-    }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    rt.block_on(async {
-        for s in stores {
-            if tokio::time::timeout(Duration::from_secs(2), s.sync_once(true))
-                .await
-                .is_err()
-            {
-                tracing::warn!("limit store: the last sync did not finish in 2 s");
-            }
-        }
-    });
-}
-
-/// Sets `gatehouse_limit_keys` for every live limit (called when /metrics is read).
-pub fn refresh_gauges() {
-    let stores: Vec<Arc<Store>> = registry()
-        .lock()
-        .map(|r| r.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default();
-    let g = &crate::metrics::metrics().limit_keys;
-    for s in stores {
-        for r in s.live_rates() {
-            g.with_label_values(&[&r.id]).set(r.table.len() as i64);
-        }
-        for q in s.live_quotas() {
-            g.with_label_values(&[&q.id]).set(q.table.len() as i64);
         }
     }
 }

@@ -24,17 +24,10 @@ impl Window {
     }
 }
 
-/// The fixed length of a unit, in nanoseconds (a month counts 30 days where a fixed
-/// length is needed: rates written per month).
+/// The fixed length of a unit, in nanoseconds (`RateUnit::nanos`, which validation
+/// uses too).
 pub fn unit_nanos(unit: RateUnit) -> u64 {
-    let secs = match unit {
-        RateUnit::Second => 1,
-        RateUnit::Minute => 60,
-        RateUnit::Hour => 3600,
-        RateUnit::Day => 86_400,
-        RateUnit::Month => 30 * 86_400,
-    };
-    secs * NANOS_PER_SEC
+    unit.nanos()
 }
 
 /// The window of `unit` that contains `now`.

@@ -10,40 +10,65 @@ pub mod health;
 pub mod target;
 
 use crate::config::model::{self, Balance};
+use crate::config::values::resolve;
+use crate::config::ConfigError;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{discovery, Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
 use prometheus::{Histogram, IntCounter};
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 pub use target::Target;
 
-/// What `consistent_hash` hashes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashOn {
-    Consumer,
-    Ip,
-    Path,
-    Header(http::HeaderName),
+pub use crate::config::values::HashOn;
+
+/// What compiling an upstream needs from outside the file: each target's address,
+/// resolved once, and the parsed `hash_on`. Built before anything with side effects
+/// (metric series, health state), so an invalid config never creates either.
+pub struct Plan {
+    pub addrs: Vec<SocketAddr>,
+    pub hash_on: Option<HashOn>,
 }
 
-impl HashOn {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "consumer" => Ok(HashOn::Consumer),
-            "ip" => Ok(HashOn::Ip),
-            "path" => Ok(HashOn::Path),
-            _ => match s.strip_prefix("header:") {
-                Some(name) => http::HeaderName::from_bytes(name.as_bytes())
-                    .map(HashOn::Header)
-                    .map_err(|_| format!("invalid header name {name:?}")),
-                None => Err(format!("{s:?} must be consumer | ip | path | header:NAME")),
-            },
+impl Plan {
+    /// Resolves the targets and parses `hash_on`; every problem under its YAML path.
+    pub fn compile(name: &str, cfg: &model::Upstream) -> Result<Plan, Vec<ConfigError>> {
+        let p = format!("upstreams.{name}");
+        let mut errs = Vec::new();
+        let mut addrs = Vec::with_capacity(cfg.targets.len());
+        for (i, t) in cfg.targets.iter().enumerate() {
+            match resolve(&t.address) {
+                Ok(a) => addrs.push(a),
+                Err(e) => errs.push(ConfigError::new(
+                    format!("{p}.targets[{i}].address"),
+                    e.to_string(),
+                )),
+            }
+        }
+        let hash_on = match cfg.hash_on.as_deref().map(HashOn::parse).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                errs.push(ConfigError::new(format!("{p}.hash_on"), e.to_string()));
+                None
+            }
+        };
+        if errs.is_empty() {
+            Ok(Plan { addrs, hash_on })
+        } else {
+            Err(errs)
         }
     }
 }
+
+/// One target of one upstream: what `Upstream::select` returns and what a request's
+/// attempts remember. Only `Upstream` makes them, so an id always names a target of the
+/// upstream that chose it (the request keeps that upstream, through its route, across a
+/// reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetId(usize);
 
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -112,15 +137,15 @@ where
 }
 
 impl Upstream {
-    pub fn build(name: &str, cfg: &model::Upstream) -> Result<Self, String> {
+    /// The runtime upstream of a valid config; `plan` is what `Plan::compile` made of it.
+    pub fn build(name: &str, cfg: &model::Upstream, plan: Plan) -> Self {
         let has_active = cfg.health.active.is_some();
-        let mut targets = Vec::with_capacity(cfg.targets.len());
-        for t in &cfg.targets {
-            let addr = crate::config::validate::resolve(&t.address)?;
-            targets.push(Arc::new(Target::new(
-                name, &t.address, addr, t.weight, has_active,
-            )));
-        }
+        let targets: Vec<Arc<Target>> = cfg
+            .targets
+            .iter()
+            .zip(plan.addrs)
+            .map(|(t, addr)| Arc::new(Target::new(name, &t.address, addr, t.weight, has_active)))
+            .collect();
         let selector = match cfg.balance {
             Balance::RoundRobin => Selector::RoundRobin(lb(&targets)),
             Balance::Random => Selector::Random(lb(&targets)),
@@ -166,12 +191,12 @@ impl Upstream {
             })
             .collect();
         let m = crate::metrics::metrics();
-        Ok(Upstream {
+        Upstream {
             name: name.to_string(),
             balance: cfg.balance,
             targets,
             selector,
-            hash_on: cfg.hash_on.as_deref().map(HashOn::parse).transpose()?,
+            hash_on: plan.hash_on,
             retries: cfg.retries,
             max_inflight: cfg.max_inflight,
             inflight: AtomicUsize::new(0),
@@ -193,7 +218,7 @@ impl Upstream {
             conn_reused: m.upstream_connections.with_label_values(&[name, "true"]),
             conn_new: m.upstream_connections.with_label_values(&[name, "false"]),
             source: serde_json::to_string(cfg).unwrap_or_default(),
-        })
+        }
     }
 
     fn index_of(&self, b: &Backend) -> Option<usize> {
@@ -201,16 +226,21 @@ impl Upstream {
         self.targets.iter().position(|t| t.addr == *a)
     }
 
-    /// Chooses a target index, skipping `tried` ones and those out of service.
+    /// Chooses a target, skipping `tried` ones and those out of service.
     /// `key` feeds `consistent_hash`.
-    pub fn select(&self, key: &[u8], tried: &[usize]) -> Option<usize> {
+    pub fn select(&self, key: &[u8], tried: &[TargetId]) -> Option<TargetId> {
+        self.select_index(key, tried).map(TargetId)
+    }
+
+    fn select_index(&self, key: &[u8], tried: &[TargetId]) -> Option<usize> {
         let now = target::now_ms();
         let unknown_ok = self.active.is_none()
             || self
                 .targets
                 .iter()
                 .all(|t| t.active_state() == target::UNKNOWN);
-        let ok = |i: usize| !tried.contains(&i) && self.targets[i].usable(now, unknown_ok);
+        let ok =
+            |i: usize| !tried.contains(&TargetId(i)) && self.targets[i].usable(now, unknown_ok);
         let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         let n = self.targets.len();
         match &self.selector {
@@ -251,8 +281,19 @@ impl Upstream {
         }
     }
 
-    pub fn peer(&self, idx: usize) -> HttpPeer {
-        self.peers[idx].clone()
+    /// The ready-made peer of `id`.
+    pub fn peer(&self, id: TargetId) -> HttpPeer {
+        self.peers[id.0].clone()
+    }
+
+    /// The target `id` names.
+    pub fn target(&self, id: TargetId) -> &Arc<Target> {
+        &self.targets[id.0]
+    }
+
+    /// Every target's id, in config order.
+    pub fn target_ids(&self) -> impl Iterator<Item = TargetId> {
+        (0..self.targets.len()).map(TargetId)
     }
 
     /// Sets `gatehouse_upstream_target_healthy` from the current state (called before

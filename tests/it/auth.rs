@@ -430,7 +430,7 @@ async fn websocket_upgrade_to_a_protected_route_needs_credentials() {
 async fn the_demo_config_accepts_the_demo_token_and_key() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let yaml = std::fs::read_to_string(root.join("conf/gatehouse.yaml"))
+    let yaml = std::fs::read_to_string(root.join("conf/demo.yaml"))
         .unwrap()
         .replace(
             "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",

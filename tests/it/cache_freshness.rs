@@ -4,8 +4,15 @@
 
 use crate::common;
 
-use common::origin::{advance, cache_gateway, cache_status, send, Origin, Reply};
-use common::{client, Resp};
+use common::origin::{
+    advance, cache_gateway, cache_gateway_with, cache_status, send, Origin, Reply,
+};
+use common::{assert_problem, client, Resp};
+
+/// 2030-01-01T00:00:00Z and 2020-01-01T00:00:00Z: a test clock ahead of the wall clock,
+/// and one behind it.
+const AHEAD: u64 = 1_893_456_000;
+const BEHIND: u64 = 1_577_836_800;
 
 async fn get(gw: &common::Gateway, path: &str) -> Resp {
     send(&client(), "GET", &gw.url(path), &[]).await
@@ -214,4 +221,142 @@ async fn lookups_are_counted_by_route_and_result() {
     // The successful POST invalidated the stored response.
     assert_eq!(m.get("gatehouse_cache_entries", &[]), Some(0.0));
     assert_eq!(m.get("gatehouse_cache_stored_bytes", &[]), Some(0.0));
+}
+
+/// One clock drives a rate window and cache freshness together: each `advance` moves the
+/// limiter's refill and the stored response's age by the same amount. The clock stands
+/// ahead of the wall clock (2030).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_clock_drives_a_rate_window_and_cache_freshness() {
+    let o = Origin::start().await;
+    o.set("/lim", Reply::ok("max-age=30", "lim"));
+    o.set("/c", Reply::ok("max-age=30", "c"));
+    let gw = cache_gateway_with(
+        &o,
+        Some(AHEAD),
+        "{ memory: 4MiB }",
+        "- { name: lim, match: { path_prefix: /lim }, upstream: o, cache: {}, \
+           rate_limit: { limit: 1/min, burst: 1, key: route } }
+         - { name: c, match: { path_prefix: / }, upstream: o, cache: {} }",
+        "",
+    )
+    .await;
+    let clock = gw.admin_get("/admin/clock").await;
+    assert_eq!(clock.status(), 200);
+    let clock: serde_json::Value = clock.json().await.expect("clock JSON");
+    assert_eq!(clock["now"], "2030-01-01T00:00:00.000Z");
+    assert_eq!(clock["unix_ms"], AHEAD * 1000);
+
+    // t=0: one admission; the response is stored.
+    assert_forwarded(&get(&gw, "/lim").await, "/lim at 0s");
+    let r = get(&gw, "/lim").await;
+    assert_problem(&r, 429);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    assert_forwarded(&get(&gw, "/c").await, "/c at 0s");
+    assert_hit(&get(&gw, "/c").await, "/c at 0s");
+
+    // t=29: the last fresh second; the limit still refuses, 31 s to go.
+    advance(&gw, &o, 29).await;
+    let r = get(&gw, "/c").await;
+    assert_hit(&r, "/c at 29s");
+    assert!(cache_status(&r).contains("ttl=1"), "{}", cache_status(&r));
+    let r = get(&gw, "/lim").await;
+    assert_eq!(
+        (r.status, r.header("retry-after")),
+        (429, Some("31")),
+        "{}",
+        r.text()
+    );
+
+    // t=30: the age reaches max-age (stale, RFC 9111 §4.2); the limit counts down with it.
+    advance(&gw, &o, 1).await;
+    assert_forwarded(&get(&gw, "/c").await, "/c at 30s");
+    assert_eq!(get(&gw, "/lim").await.header("retry-after"), Some("30"));
+
+    // t=60: the next admission, and it finds the stored response stale.
+    advance(&gw, &o, 30).await;
+    let r = get(&gw, "/lim").await;
+    assert_forwarded(&r, "/lim at 60s");
+    assert!(
+        cache_status(&r).contains("fwd=stale"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_problem(&get(&gw, "/lim").await, 429);
+    assert_eq!(
+        o.hits("/lim"),
+        2,
+        "refused requests reach neither cache nor origin"
+    );
+    assert_eq!(o.hits("/c"), 2);
+}
+
+/// A test clock behind the wall clock (2020): Pingora's own wall-clock checks would call
+/// every entry expired and every stale window closed; the cache decides on its clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_behind_the_wall_clock_keeps_freshness_and_stale_windows() {
+    let o = Origin::start().await;
+    o.set("/fresh", Reply::ok("max-age=30", "f"));
+    o.set(
+        "/swr",
+        Reply::ok("max-age=10, stale-while-revalidate=60", "s"),
+    );
+    o.set("/sie", Reply::ok("max-age=10, stale-if-error=60", "e"));
+    let gw = cache_gateway_with(
+        &o,
+        Some(BEHIND),
+        "{ memory: 4MiB }",
+        "- { name: c, match: { path_prefix: / }, upstream: o, cache: {} }",
+        "",
+    )
+    .await;
+    for p in ["/fresh", "/swr", "/sie"] {
+        assert_forwarded(&get(&gw, p).await, p);
+        let r = get(&gw, p).await;
+        assert_hit(&r, p);
+        assert_eq!(
+            r.header("age"),
+            Some("0"),
+            "{p}: Age is on the gateway's clock"
+        );
+    }
+    // t=20: /fresh is fresh for 10 s more; /swr is served stale at once while it is
+    // refreshed in the background.
+    advance(&gw, &o, 20).await;
+    let r = get(&gw, "/fresh").await;
+    assert_hit(&r, "/fresh at 20s");
+    assert!(cache_status(&r).contains("ttl=10"), "{}", cache_status(&r));
+    assert_eq!(r.header("age"), Some("20"));
+    let r = get(&gw, "/swr").await;
+    assert_eq!(r.text(), "s#1", "the stale response is served");
+    assert!(
+        cache_status(&r).contains("detail=stale-while-revalidate"),
+        "{}",
+        cache_status(&r)
+    );
+    let mut refreshed = false;
+    for _ in 0..100 {
+        if o.hits("/swr") == 2 && get(&gw, "/swr").await.text() == "s#2" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        refreshed,
+        "background refresh; origin hits {}",
+        o.hits("/swr")
+    );
+    // The origin goes away: /sie is within its stale-if-error window (10 s + 60 s).
+    o.stop().await;
+    let r = get(&gw, "/sie").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "e#1"));
+    assert!(
+        cache_status(&r).contains("detail=stale-if-error"),
+        "{}",
+        cache_status(&r)
+    );
+    // t=71: past it, the error reaches the client.
+    advance(&gw, &o, 51).await;
+    assert_problem(&get(&gw, "/sie").await, 502);
 }

@@ -325,6 +325,23 @@ async fn a_reload_applies_the_new_bound_at_once_and_removing_the_cache_frees_it(
             assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
         }
     };
+    // A reload that keeps the cache section keeps what is stored.
+    reload(yaml.clone()).await;
+    assert!(cache_status(&get(&gw, "/obj?k=0", &[]).await).contains("; hit"));
+    // A refused reload touches nothing, not even the bound its config asked for.
+    let refused = yaml
+        .replace("memory: 4MiB", "memory: 64KiB")
+        .replace("upstream: o, cache", "upstream: nowhere, cache");
+    std::fs::write(&gw.config_path, refused).expect("write config");
+    let r = gw.admin_post("/admin/reload", &json!({})).await;
+    assert_eq!(r.status(), 422);
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.get("gatehouse_cache_memory_limit_bytes", &[]),
+        Some(4_194_304.0)
+    );
+    assert!(stored(&m).unwrap_or(0.0) > 600_000.0);
+    assert!(cache_status(&get(&gw, "/obj?k=0", &[]).await).contains("; hit"));
     reload(yaml.replace("memory: 4MiB", "memory: 128KiB")).await;
     let m = gw.metrics().await;
     assert!(
@@ -336,6 +353,9 @@ async fn a_reload_applies_the_new_bound_at_once_and_removing_the_cache_frees_it(
         m.get("gatehouse_cache_memory_limit_bytes", &[]),
         Some(131_072.0)
     );
+    // What fits the new bound is kept across the reload.
+    assert!(stored(&m).unwrap_or(0.0) > 0.0);
+    assert!(m.get("gatehouse_cache_entries", &[]).unwrap_or(0.0) >= 1.0);
     // Without the cache section the route serves uncached and the memory is freed.
     let no_cache = yaml
         .lines()

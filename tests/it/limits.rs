@@ -8,7 +8,7 @@ use common::gateway::check;
 use common::ratelimit::Fields;
 use common::{assert_problem, client, config, Gateway, Resp, Upstream};
 
-const CLOCK: (&str, &str) = ("GATEHOUSE_TEST_CLOCK", "2030-01-01T00:00:00Z");
+const CLOCK: (&str, &str) = common::test_clock("2030-01-01T00:00:00Z");
 
 async fn get_h(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Resp {
     let mut req = http.get(url);
@@ -152,7 +152,7 @@ async fn headers_report_the_actual_state() {
              rate_limit: {{ limit: 10/s, burst: 5, key: ip }}\n    quota: {{ limit: 3/day, key: ip }}\n",
             upstream_cfg(&up)
         )),
-        &[("GATEHOUSE_TEST_CLOCK", "2030-06-15T23:00:00Z")],
+        &[common::test_clock("2030-06-15T23:00:00Z")],
     )
     .await;
     let http = client();

@@ -9,7 +9,7 @@ use common::ratelimit::Fields;
 use common::{client, config_with_server, Gateway, Resp, TestDir, Upstream};
 use std::time::{Duration, Instant};
 
-const BEFORE_MIDNIGHT: (&str, &str) = ("GATEHOUSE_TEST_CLOCK", "2030-01-01T23:59:00Z");
+const BEFORE_MIDNIGHT: (&str, &str) = common::test_clock("2030-01-01T23:59:00Z");
 
 async fn get_user(http: &reqwest::Client, gw: &Gateway, user: &str) -> Resp {
     let r = http

@@ -24,6 +24,7 @@ mod cache_freshness;
 mod cache_ops;
 mod cache_variants;
 mod config_check;
+mod defaults;
 mod echo;
 mod failures;
 mod jose_vectors;

@@ -395,3 +395,87 @@ async fn access_log_writes_one_json_line_per_request() {
     let missing = lines.iter().find(|l| l["status"] == 404).expect("404 line");
     assert_eq!(missing["route"], "unmatched");
 }
+
+/// The one test clock through the admin API: `GATEHOUSE_TEST_CLOCK=now` starts it at the
+/// real time, `set` and `advance` move it, bad bodies are 400s, the old cache-only
+/// endpoint is gone, an unreadable variable refuses to start, and without the variable
+/// nothing can move the clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_clock_is_the_one_test_clock() {
+    let up = Upstream::start("u").await;
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = wall_ms();
+    let gw = Gateway::start_env(&simple(&up), &[common::test_clock("now")]).await;
+    let shown = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.expect("clock JSON");
+        (
+            v["now"].as_str().unwrap_or("").to_owned(),
+            v["unix_ms"].as_u64().unwrap_or(0),
+        )
+    };
+    let (_, at) = shown(gw.admin_get("/admin/clock").await).await;
+    assert!(
+        at >= before && at <= wall_ms(),
+        "`now` starts at the real time: {at}"
+    );
+    let (_, still) = shown(gw.admin_get("/admin/clock").await).await;
+    assert_eq!(still, at, "and stands still");
+    let set = |v: serde_json::Value| {
+        let gw = &gw;
+        async move { gw.admin_post("/admin/clock", &v).await }
+    };
+    let (now, ms) = shown(set(serde_json::json!({ "set": "2030-01-01T23:59:59Z" })).await).await;
+    assert_eq!(
+        (now.as_str(), ms),
+        ("2030-01-01T23:59:59.000Z", 1_893_542_399_000)
+    );
+    let (now, _) = shown(set(serde_json::json!({ "advance": "1500ms" })).await).await;
+    assert_eq!(now, "2030-01-02T00:00:00.500Z");
+    let (_, ms) = shown(set(serde_json::json!({ "set": "1700000000" })).await).await;
+    assert_eq!(ms, 1_700_000_000_000, "Unix seconds, and back in time");
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!({ "advance": "soon" }),
+        serde_json::json!({ "set": "yesterday" }),
+        serde_json::json!({ "advance": "1s", "set": "now" }),
+        serde_json::json!({ "offset": "1s" }),
+    ] {
+        let r = set(bad.clone()).await;
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = gw
+        .admin_post("/admin/test/clock", &serde_json::json!({ "advance": "1s" }))
+        .await;
+    assert_eq!(r.status(), 404, "the cache's own clock endpoint is gone");
+
+    let mut refused = Gateway::spawn_env(&simple(&up), &[common::test_clock("1")]);
+    // `1` is a valid instant (Unix second 1); a word is not.
+    refused
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("GATEHOUSE_TEST_CLOCK=1");
+    drop(refused);
+    let mut refused = Gateway::spawn_env(&simple(&up), &[common::test_clock("tomorrow")]);
+    let st = refused.wait_exit(Duration::from_secs(10)).await;
+    assert!(st.is_some_and(|s| !s.success()), "{st:?}");
+    assert!(
+        refused
+            .stderr()
+            .contains("GATEHOUSE_TEST_CLOCK=\"tomorrow\""),
+        "{}",
+        refused.logs_tail()
+    );
+
+    let system = Gateway::start(&simple(&up)).await;
+    assert_eq!(system.admin_get("/admin/clock").await.status(), 404);
+    let r = system
+        .admin_post("/admin/clock", &serde_json::json!({ "advance": "1s" }))
+        .await;
+    assert_eq!(r.status(), 404, "the system clock cannot be moved");
+}

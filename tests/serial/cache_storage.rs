@@ -250,3 +250,54 @@ async fn seeks_span_chunks_and_updates_keep_the_body() {
     assert!(body_of(s, &k).await.is_none());
     assert_eq!(s.stats().stored_bytes, 0);
 }
+
+/// What a hit hands Pingora: open stale windows (it checks them on the wall clock) with
+/// the real ones kept for the gateway, and `created` stamps that order admissions even
+/// when the clock stands still.
+#[tokio::test]
+async fn hits_carry_the_real_stale_windows_and_admissions_stay_ordered() {
+    use gatehouse::cache::storage::StaleWindows;
+    let _one_at_a_time = SERIAL.lock().await;
+    let s = storage(1 << 20, 1 << 20);
+    let span = Span::inactive().handle();
+    let frozen = SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000);
+    let header = ResponseHeader::build(200, None).unwrap();
+    let windowed = CacheMeta::new(frozen + Duration::from_secs(10), frozen, 30, 60, header);
+    let (a, b) = (key(10), key(11));
+    for k in [&a, &b] {
+        let mut miss = s.get_miss_handler(k, &windowed, &span).await.unwrap();
+        miss.write_body(Bytes::from_static(b"x"), false)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+    }
+    let (ma, _) = s.lookup(&a, &span).await.unwrap().unwrap();
+    let (mb, _) = s.lookup(&b, &span).await.unwrap().unwrap();
+    assert_eq!(
+        (ma.stale_while_revalidate_sec(), ma.stale_if_error_sec()),
+        (u32::MAX, u32::MAX),
+        "Pingora's wall-clock gates pass"
+    );
+    let real = StaleWindows {
+        while_revalidate: 30,
+        if_error: 60,
+    };
+    assert_eq!(StaleWindows::of(&ma), real);
+    assert_eq!(StaleWindows::of(&windowed), real, "a meta not looked up");
+    assert!(
+        ma.created() >= frozen && mb.created() > ma.created(),
+        "two admissions at one instant are still ordered"
+    );
+    assert_eq!(ma.fresh_until(), frozen + Duration::from_secs(10));
+    // Writing a looked-up meta back keeps the real windows, not the open ones.
+    assert!(s.update_meta(&a, &ma, &span).await.unwrap());
+    let (again, _) = s.lookup(&a, &span).await.unwrap().unwrap();
+    assert_eq!(StaleWindows::of(&again), real);
+    // A meta without windows stays without them.
+    let (plain, _) = {
+        fill(s, &key(12), &[Bytes::from_static(b"y")]).await;
+        s.lookup(&key(12), &span).await.unwrap().unwrap()
+    };
+    assert_eq!(StaleWindows::of(&plain), StaleWindows::default());
+    assert_eq!(plain.stale_while_revalidate_sec(), 0);
+}

@@ -88,7 +88,7 @@ async fn a_flood_of_header_keys_through_the_gateway() {
              rate_limit: {{ limit: 1/s, burst: 10, key: \"header:X-Key\" }}\n",
             up.address()
         )),
-        &[("GATEHOUSE_TEST_CLOCK", "2030-01-01T00:00:00Z")],
+        &[common::test_clock("2030-01-01T00:00:00Z")],
     )
     .await;
     let http = client();

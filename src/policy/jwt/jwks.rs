@@ -127,7 +127,7 @@ impl KeySource {
         let outcome = match get(url).await {
             Err(e) => Fetched::Error(e),
             Ok((body, max_age)) => match parse_jwks(&body, &self.algs, false) {
-                Err(e) => Fetched::Malformed(e),
+                Err(e) => Fetched::Malformed(e.to_string()),
                 Ok(p) if p.keys.is_empty() => {
                     Fetched::Malformed(format!("no usable key ({})", p.skipped.join("; ")))
                 }

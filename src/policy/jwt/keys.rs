@@ -15,103 +15,89 @@ use jsonwebtoken::DecodingKey;
 use std::fmt;
 use std::sync::Arc;
 
-/// A JWS algorithm we can verify. `none` is not one of them, by construction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    /// An extension: `jsonwebtoken` has no P-521; see `Verifier::Es512`.
-    ES512,
-    EdDSA,
+pub use crate::config::values::{Alg, ALL_ALGS};
+
+/// The `jsonwebtoken` algorithm of `alg`; `None` for ES512, which it lacks.
+fn to_jwt(alg: Alg) -> Option<jsonwebtoken::Algorithm> {
+    use jsonwebtoken::Algorithm as A;
+    Some(match alg {
+        Alg::HS256 => A::HS256,
+        Alg::HS384 => A::HS384,
+        Alg::HS512 => A::HS512,
+        Alg::RS256 => A::RS256,
+        Alg::RS384 => A::RS384,
+        Alg::RS512 => A::RS512,
+        Alg::PS256 => A::PS256,
+        Alg::PS384 => A::PS384,
+        Alg::PS512 => A::PS512,
+        Alg::ES256 => A::ES256,
+        Alg::ES384 => A::ES384,
+        Alg::EdDSA => A::EdDSA,
+        Alg::ES512 => return None,
+    })
 }
 
-pub const ALL_ALGS: [Alg; 13] = [
-    Alg::HS256,
-    Alg::HS384,
-    Alg::HS512,
-    Alg::RS256,
-    Alg::RS384,
-    Alg::RS512,
-    Alg::PS256,
-    Alg::PS384,
-    Alg::PS512,
-    Alg::ES256,
-    Alg::ES384,
-    Alg::ES512,
-    Alg::EdDSA,
-];
-
-impl Alg {
-    /// The exact, case-sensitive JWA name (RFC 7518 §3.1); anything else is refused.
-    pub fn parse(name: &str) -> Option<Alg> {
-        ALL_ALGS.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::HS256 => "HS256",
-            Alg::HS384 => "HS384",
-            Alg::HS512 => "HS512",
-            Alg::RS256 => "RS256",
-            Alg::RS384 => "RS384",
-            Alg::RS512 => "RS512",
-            Alg::PS256 => "PS256",
-            Alg::PS384 => "PS384",
-            Alg::PS512 => "PS512",
-            Alg::ES256 => "ES256",
-            Alg::ES384 => "ES384",
-            Alg::ES512 => "ES512",
-            Alg::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-
-    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
-    pub fn min_secret_len(self) -> usize {
-        match self {
-            Alg::HS384 => 48,
-            Alg::HS512 => 64,
-            _ => 32,
-        }
-    }
-
-    fn to_jwt(self) -> Option<jsonwebtoken::Algorithm> {
-        use jsonwebtoken::Algorithm as A;
-        Some(match self {
-            Alg::HS256 => A::HS256,
-            Alg::HS384 => A::HS384,
-            Alg::HS512 => A::HS512,
-            Alg::RS256 => A::RS256,
-            Alg::RS384 => A::RS384,
-            Alg::RS512 => A::RS512,
-            Alg::PS256 => A::PS256,
-            Alg::PS384 => A::PS384,
-            Alg::PS512 => A::PS512,
-            Alg::ES256 => A::ES256,
-            Alg::ES384 => A::ES384,
-            Alg::EdDSA => A::EdDSA,
-            Alg::ES512 => return None,
-        })
-    }
+/// Why one JWK cannot be used; a JWKS skips that key with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRejected {
+    UnknownType,
+    NotForSigning,
+    NoVerifyOp,
+    UnsupportedAlg(String),
+    EcOnEd25519,
+    OkpNotEd25519,
+    /// An `oct` key where secrets must not come from (a published JWKS).
+    Symmetric,
+    NoAcceptedAlgorithm,
+    BadBase64,
+    EcCoordinateSize,
+    InvalidPoint,
+    RsaTooSmall(usize),
+    BadMaterial(Option<String>),
 }
 
-impl fmt::Display for Alg {
+impl fmt::Display for KeyRejected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            KeyRejected::UnknownType => f.write_str("unknown key type"),
+            KeyRejected::NotForSigning => f.write_str("its `use` is not \"sig\""),
+            KeyRejected::NoVerifyOp => f.write_str("its `key_ops` do not include \"verify\""),
+            KeyRejected::UnsupportedAlg(a) => write!(f, "unsupported alg {a}"),
+            KeyRejected::EcOnEd25519 => f.write_str("an EC key on Ed25519"),
+            KeyRejected::OkpNotEd25519 => f.write_str("an OKP key that is not Ed25519"),
+            KeyRejected::Symmetric => f.write_str("a symmetric (oct) key in a published JWKS"),
+            KeyRejected::NoAcceptedAlgorithm => f.write_str("no accepted algorithm fits this key"),
+            KeyRejected::BadBase64 => f.write_str("bad base64url in the key"),
+            KeyRejected::EcCoordinateSize => f.write_str("EC coordinates of the wrong size"),
+            KeyRejected::InvalidPoint => f.write_str("the public key is not a valid point"),
+            KeyRejected::RsaTooSmall(bits) => {
+                write!(f, "an RSA key of {bits} bits (2048 or more needed)")
+            }
+            KeyRejected::BadMaterial(None) => f.write_str("bad key material"),
+            KeyRejected::BadMaterial(Some(e)) => write!(f, "bad key material: {e}"),
+        }
     }
 }
+
+impl std::error::Error for KeyRejected {}
+
+/// Why a JWKS document as a whole cannot be read.
+#[derive(Debug)]
+pub enum JwksError {
+    NotJson(serde_json::Error),
+    NotJwks,
+}
+
+impl fmt::Display for JwksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksError::NotJson(e) => write!(f, "not JSON: {e}"),
+            JwksError::NotJwks => f.write_str("not a JWKS (a JSON object with a \"keys\" array)"),
+        }
+    }
+}
+
+impl std::error::Error for JwksError {}
 
 enum Verifier {
     /// `jsonwebtoken`'s verifier objects are not `Send`, so the key is kept and the
@@ -177,16 +163,16 @@ impl VerifyKey {
         v: &serde_json::Value,
         algs: &[Alg],
         allow_symmetric: bool,
-    ) -> Result<VerifyKey, String> {
-        let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|_| "unknown key type")?;
+    ) -> Result<VerifyKey, KeyRejected> {
+        let jwk: Jwk = serde_json::from_value(v.clone()).map_err(|_| KeyRejected::UnknownType)?;
         if let Some(u) = &jwk.common.public_key_use {
             if *u != PublicKeyUse::Signature {
-                return Err("its `use` is not \"sig\"".into());
+                return Err(KeyRejected::NotForSigning);
             }
         }
         if let Some(ops) = &jwk.common.key_operations {
             if !ops.contains(&KeyOperations::Verify) {
-                return Err("its `key_ops` do not include \"verify\"".into());
+                return Err(KeyRejected::NoVerifyOp);
             }
         }
         // Read from the JSON: jsonwebtoken's `KeyAlgorithm` has no ES512.
@@ -195,7 +181,7 @@ impl VerifyKey {
             Some(a) => Some(
                 a.as_str()
                     .and_then(Alg::parse)
-                    .ok_or_else(|| format!("unsupported alg {a}"))?,
+                    .ok_or_else(|| KeyRejected::UnsupportedAlg(a.to_string()))?,
             ),
         };
         let secret_len = match &jwk.algorithm {
@@ -209,7 +195,7 @@ impl VerifyKey {
             .filter(|a| !a.is_hmac() || secret_len >= a.min_secret_len())
             .collect();
         let Some(&first) = wanted.first() else {
-            return Err("no accepted algorithm fits this key".into());
+            return Err(KeyRejected::NoAcceptedAlgorithm);
         };
         let verifiers = match &jwk.algorithm {
             AlgorithmParameters::EllipticCurve(p) if first == Alg::ES512 => {
@@ -218,7 +204,7 @@ impl VerifyKey {
                     &aws_lc_rs::signature::ECDSA_P521_SHA512_FIXED,
                     &point,
                 )
-                .map_err(|_| "the public key is not a valid point")?;
+                .map_err(|_| KeyRejected::InvalidPoint)?;
                 vec![(Alg::ES512, Verifier::Es512(key))]
             }
             other => {
@@ -230,13 +216,13 @@ impl VerifyKey {
                     AlgorithmParameters::OctetKeyPair(p) => check_point(first, &b64url(&p.x)?)?,
                     AlgorithmParameters::OctetKey(_) => {}
                 }
-                let key =
-                    DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+                let key = DecodingKey::from_jwk(&jwk)
+                    .map_err(|e| KeyRejected::BadMaterial(Some(e.to_string())))?;
                 build(&key, wanted.into_iter())
             }
         };
         if verifiers.is_empty() {
-            return Err("bad key material".into());
+            return Err(KeyRejected::BadMaterial(None));
         }
         Ok(VerifyKey {
             kid: jwk.common.key_id.clone(),
@@ -249,7 +235,7 @@ impl VerifyKey {
 fn algs_of_type(
     params: &AlgorithmParameters,
     allow_symmetric: bool,
-) -> Result<&'static [Alg], String> {
+) -> Result<&'static [Alg], KeyRejected> {
     Ok(match params {
         AlgorithmParameters::RSA(_) => &[
             Alg::RS256,
@@ -263,15 +249,13 @@ fn algs_of_type(
             EllipticCurve::P256 => &[Alg::ES256],
             EllipticCurve::P384 => &[Alg::ES384],
             EllipticCurve::P521 => &[Alg::ES512],
-            EllipticCurve::Ed25519 => return Err("an EC key on Ed25519".into()),
+            EllipticCurve::Ed25519 => return Err(KeyRejected::EcOnEd25519),
         },
         AlgorithmParameters::OctetKeyPair(p) => match p.curve {
             EllipticCurve::Ed25519 => &[Alg::EdDSA],
-            _ => return Err("an OKP key that is not Ed25519".into()),
+            _ => return Err(KeyRejected::OkpNotEd25519),
         },
-        AlgorithmParameters::OctetKey(_) if !allow_symmetric => {
-            return Err("a symmetric (oct) key in a published JWKS".into())
-        }
+        AlgorithmParameters::OctetKey(_) if !allow_symmetric => return Err(KeyRejected::Symmetric),
         AlgorithmParameters::OctetKey(_) => &[Alg::HS256, Alg::HS384, Alg::HS512],
     })
 }
@@ -282,7 +266,7 @@ static PROVIDER: &jsonwebtoken::crypto::CryptoProvider =
 /// One verifier per algorithm that this key material really supports.
 fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifier)> {
     algs.filter_map(|a| {
-        let jwt_alg = a.to_jwt()?;
+        let jwt_alg = to_jwt(a)?;
         (PROVIDER.verifier_factory)(&jwt_alg, key).ok()?;
         Some((a, Verifier::Jwt(jwt_alg, key.clone())))
     })
@@ -290,25 +274,25 @@ fn build(key: &DecodingKey, algs: impl Iterator<Item = Alg>) -> Vec<(Alg, Verifi
 }
 
 /// RFC 7518 §3.3: RSA keys of 2048 bits or more.
-fn check_rsa_size(n_b64: &str) -> Result<(), String> {
+fn check_rsa_size(n_b64: &str) -> Result<(), KeyRejected> {
     let n = b64url(n_b64)?;
     let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
     let bits = (n.len() - first) * 8;
     if bits < 2048 {
-        return Err(format!("an RSA key of {bits} bits (2048 or more needed)"));
+        return Err(KeyRejected::RsaTooSmall(bits));
     }
     Ok(())
 }
 
-fn b64url(s: &str) -> Result<Vec<u8>, String> {
+fn b64url(s: &str) -> Result<Vec<u8>, KeyRejected> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| "bad base64url in the key".to_string())
+        .map_err(|_| KeyRejected::BadBase64)
 }
 
 /// The uncompressed SEC1 point of an EC JWK, with coordinates of the curve's size.
-fn ec_point(x: &str, y: &str, alg: Alg) -> Result<Vec<u8>, String> {
+fn ec_point(x: &str, y: &str, alg: Alg) -> Result<Vec<u8>, KeyRejected> {
     let size = match alg {
         Alg::ES256 => 32,
         Alg::ES384 => 48,
@@ -316,7 +300,7 @@ fn ec_point(x: &str, y: &str, alg: Alg) -> Result<Vec<u8>, String> {
     };
     let (x, y) = (b64url(x)?, b64url(y)?);
     if x.len() != size || y.len() != size {
-        return Err("EC coordinates of the wrong size".into());
+        return Err(KeyRejected::EcCoordinateSize);
     }
     Ok([&[4u8][..], &x, &y].concat())
 }
@@ -333,7 +317,7 @@ fn aws_lc_alg(alg: Alg) -> Option<&'static aws_lc_rs::signature::EcdsaVerificati
 
 /// Refuses a public key that is not a valid point at load time, rather than at each
 /// verification (jsonwebtoken's backend only parses it when verifying).
-fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), String> {
+fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), KeyRejected> {
     use aws_lc_rs::signature::{ParsedPublicKey, ED25519};
     let ok = match aws_lc_alg(alg) {
         Some(a) => ParsedPublicKey::new(a, bytes).is_ok(),
@@ -342,7 +326,7 @@ fn check_point(alg: Alg, bytes: &[u8]) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("the public key is not a valid point".into())
+        Err(KeyRejected::InvalidPoint)
     }
 }
 
@@ -384,13 +368,12 @@ pub struct Parsed {
 
 /// Parses a JWKS document (`{"keys": [...]}`). The document itself must be well formed;
 /// a key that cannot be used is skipped with its reason.
-pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<Parsed, String> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<Parsed, JwksError> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(JwksError::NotJson)?;
     let list = doc
         .get("keys")
         .and_then(|k| k.as_array())
-        .ok_or("not a JWKS (a JSON object with a \"keys\" array)")?;
+        .ok_or(JwksError::NotJwks)?;
     let mut out = Parsed {
         keys: Vec::new(),
         skipped: Vec::new(),

@@ -49,14 +49,17 @@ pub fn unix_now() -> u64 {
 }
 
 impl Issuer {
-    /// Builds an issuer from its (validated) config, reusing the key source of
-    /// `previous` when the config is unchanged.
+    /// Builds an issuer from its config at YAML path `path`, reusing the key source of
+    /// `previous` when the config is unchanged. The keys that come with the config are
+    /// read and checked here, once, on every compile (so a `jwks_file` that broke since
+    /// fails a reload even when the config text did not change).
     pub fn build(
         path: &str,
         cfg: &JwtIssuer,
         previous: Option<&Issuer>,
     ) -> Result<Issuer, ConfigError> {
         let source = serde_json::to_string(cfg).unwrap_or_default();
+        // Names that are not algorithms were reported by validation.
         let algs: Vec<Alg> = cfg
             .algorithms
             .iter()
@@ -68,12 +71,18 @@ impl Issuer {
             consumer_claim: cfg.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
             scope_claim: cfg.scope_claim.clone().unwrap_or_else(|| "scope".into()),
         };
+        // Without a usable algorithm no key can be checked; validation said why.
+        let fixed = if algs.is_empty() {
+            Vec::new()
+        } else {
+            fixed_keys(path, cfg, &algs)?
+        };
         let keys = match previous.filter(|p| p.source == source) {
             Some(p) => p.keys.clone(),
             None => Arc::new(jwks::KeySource::new(
                 &cfg.name,
                 cfg.jwks_url.clone(),
-                fixed_keys(path, cfg, &algs)?,
+                fixed,
                 algs.clone(),
             )),
         };
@@ -88,7 +97,7 @@ impl Issuer {
 }
 
 /// The keys that come with the config: `hmac_secret` and `jwks_file`.
-pub fn fixed_keys(
+fn fixed_keys(
     path: &str,
     cfg: &JwtIssuer,
     algs: &[Alg],

@@ -131,3 +131,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "token_props.rs"]
+mod props;

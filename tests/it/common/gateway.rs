@@ -246,7 +246,8 @@ impl Gateway {
         metrics::parse(&text).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
     }
 
-    /// Moves the test clock (the process must run with `GATEHOUSE_TEST_CLOCK`).
+    /// Moves the gateway's one clock (limits, quotas, cache) forward by `by` (`"61s"`,
+    /// `"10ms"`); the process must run with `GATEHOUSE_TEST_CLOCK` (`super::test_clock`).
     pub async fn advance_clock(&self, by: &str) {
         let r = self
             .admin_post("/admin/clock", &serde_json::json!({ "advance": by }))

@@ -32,6 +32,13 @@ use std::time::Duration;
 pub use gateway::Gateway;
 pub use upstream::Upstream;
 
+/// The environment pair that starts a gateway on its test clock, frozen at `at` (`now`,
+/// an RFC 3339 UTC time or Unix seconds); `Gateway::advance_clock` then moves it. Limits,
+/// quotas and the cache all read that one clock.
+pub const fn test_clock(at: &str) -> (&'static str, &str) {
+    ("GATEHOUSE_TEST_CLOCK", at)
+}
+
 /// A port that was free a moment ago: bind 127.0.0.1:0, read it, drop. Never one this
 /// process handed out before (see `claim_port`).
 pub fn free_port() -> u16 {

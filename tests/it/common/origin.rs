@@ -3,13 +3,14 @@
 //! and of how many times that path was asked. It counts requests per path, records
 //! them, can be killed and restarted on its port (the same `server::Server` as the
 //! upstreams), and stamps `Date` from a clock the test moves together with the gateway's
-//! test clock.
+//! test clock (`cache_gateway` starts both at the same frozen instant, `advance` moves
+//! both).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -92,7 +93,19 @@ struct State {
     scripts: Mutex<HashMap<String, Script>>,
     hits: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<Seen>>,
+    /// Where the `Date` clock stands still, in Unix ms (0: it follows the wall clock).
+    date_frozen_ms: AtomicU64,
     date_offset_ms: AtomicU64,
+}
+
+impl State {
+    fn now(&self) -> SystemTime {
+        let base = match self.date_frozen_ms.load(Ordering::SeqCst) {
+            0 => SystemTime::now(),
+            ms => UNIX_EPOCH + Duration::from_millis(ms),
+        };
+        base + Duration::from_millis(self.date_offset_ms.load(Ordering::SeqCst))
+    }
 }
 
 pub struct Origin {
@@ -107,6 +120,7 @@ impl Origin {
             scripts: Mutex::new(HashMap::new()),
             hits: Mutex::new(HashMap::new()),
             seen: Mutex::new(Vec::new()),
+            date_frozen_ms: AtomicU64::new(0),
             date_offset_ms: AtomicU64::new(0),
         });
         let handler_state = state.clone();
@@ -166,7 +180,24 @@ impl Origin {
     }
 
     pub fn now(&self) -> SystemTime {
-        SystemTime::now() + Duration::from_millis(self.state.date_offset_ms.load(Ordering::SeqCst))
+        self.state.now()
+    }
+
+    /// Stops the `Date` clock at `at` (Unix seconds), or at its current time rounded down
+    /// to the second; returns that instant (for the gateway's `GATEHOUSE_TEST_CLOCK`).
+    /// From then on only `advance_date` moves it.
+    pub fn freeze_date(&self, at: Option<u64>) -> u64 {
+        let secs = at.unwrap_or_else(|| {
+            self.now()
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs()
+        });
+        self.state.date_offset_ms.store(0, Ordering::SeqCst);
+        self.state
+            .date_frozen_ms
+            .store(secs * 1000, Ordering::SeqCst);
+        secs
     }
 
     /// Kills the listener and every connection; the port then refuses connections.
@@ -186,7 +217,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let (parts, body) = req.into_parts();
     let _ = body.collect().await;
     let seen = Seen {
-        now: SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst)),
+        now: state.now(),
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -221,8 +252,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let mut r = Response::new(body);
     *r.status_mut() =
         hyper::StatusCode::from_u16(reply.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    let now =
-        SystemTime::now() + Duration::from_millis(state.date_offset_ms.load(Ordering::SeqCst));
+    let now = state.now();
     let h = r.headers_mut();
     h.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
     for (k, v) in &reply.headers {
@@ -236,12 +266,25 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(r)
 }
 
-/// A gateway with `cache:` (memory `memory`, the rest given) in front of `origin`, its
-/// clock drivable. `routes` is the `routes:` list, one flow-style route per line, each on
-/// upstream `o`.
+/// A gateway with `cache:` (memory `memory`, the rest given) in front of `origin`, on a
+/// test clock frozen at the instant the origin's `Date` clock is frozen at: both stand
+/// still until `advance` moves them together. `routes` is the `routes:` list, one
+/// flow-style route per line, each on upstream `o`.
 pub async fn cache_gateway(origin: &Origin, cache: &str, routes: &str) -> super::Gateway {
+    cache_gateway_with(origin, None, cache, routes, "").await
+}
+
+/// `cache_gateway` with both clocks frozen at `at` (Unix seconds; `None`: the current
+/// second) and more top-level config (`tiers:`, `store:`, ...) before `routes:`.
+pub async fn cache_gateway_with(
+    origin: &Origin,
+    at: Option<u64>,
+    cache: &str,
+    routes: &str,
+    extra: &str,
+) -> super::Gateway {
     let yaml = super::config(&format!(
-        "cache: {cache}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n{}",
+        "cache: {cache}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n{extra}routes:\n{}",
         origin.address(),
         routes
             .lines()
@@ -250,18 +293,13 @@ pub async fn cache_gateway(origin: &Origin, cache: &str, routes: &str) -> super:
             .map(|l| format!("  {l}\n"))
             .collect::<String>()
     ));
-    super::Gateway::start_with_env(&yaml, &[("GATEHOUSE_TEST_CLOCK", "1")]).await
+    let at = origin.freeze_date(at).to_string();
+    super::Gateway::start_with_env(&yaml, &[super::test_clock(&at)]).await
 }
 
-/// Moves the gateway's cache clock and the origin's `Date` clock forward together.
+/// Moves the gateway's clock and the origin's `Date` clock forward together.
 pub async fn advance(gw: &super::Gateway, origin: &Origin, secs: u64) {
-    let r = gw
-        .admin_post(
-            "/admin/test/clock",
-            &serde_json::json!({ "advance": format!("{secs}s") }),
-        )
-        .await;
-    assert_eq!(r.status(), 200, "advancing the test clock");
+    gw.advance_clock(&format!("{secs}s")).await;
     origin.advance_date(Duration::from_secs(secs));
 }
 

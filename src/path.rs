@@ -3,6 +3,9 @@
 //! percent-decode unreserved characters (RFC 3986 §2.3) and upper-case the other escapes,
 //! collapse duplicate slashes, remove `.` and `..` segments (RFC 3986 §5.2.4).
 //! `%2F` stays encoded, so it never becomes a separator.
+//!
+//! A leaf module (it depends on nothing in the crate): the proxy normalises before
+//! routing, and the cache names purge and invalidation targets the same way.
 
 use std::borrow::Cow;
 

@@ -1,0 +1,195 @@
+//! Per-request state carried through Pingora's phases (`proxy::Gateway`'s `CTX`).
+//!
+//! It lives here, below the proxy, so that whatever works on one part of a request (the
+//! cache phases, the policies) can be handed that part without importing `proxy`. It is
+//! grouped by who fills it in, in request order: the request itself (`admit`), the
+//! routing, the identity (an authentication policy), each attempt at a target, the
+//! timings for `Server-Timing`, what is added to or sent as the response, and the cache.
+
+use crate::cache::status::CacheCtx;
+use crate::error::Reject;
+use crate::policy::Identity;
+use crate::runtime::{Route, Shared, Snapshot};
+use crate::upstream::{Target, TargetId, Upstream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Counts the request in `Shared::active_requests` for as long as it lives.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_requests.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Holds one slot of an upstream's `max_inflight`.
+pub struct UpstreamSlot(Arc<Upstream>);
+
+impl UpstreamSlot {
+    /// Takes a slot whatever the count (the caller compares the count returned with the
+    /// bound and rejects the request while holding the slot, which it then gives back
+    /// when the context is dropped).
+    pub fn take(up: &Arc<Upstream>) -> (UpstreamSlot, usize) {
+        let before = up.inflight.fetch_add(1, Relaxed);
+        (UpstreamSlot(up.clone()), before)
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts the request against one target (least_requests reads this).
+struct TargetSlot(Arc<Target>);
+
+impl Drop for TargetSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The request as the client sent it.
+#[derive(Default)]
+pub struct RequestState {
+    /// `X-Request-ID`: the client's when well formed, else a new one.
+    pub(crate) id: String,
+    /// The client connection is TLS (`X-Forwarded-Proto`, cache keys).
+    pub(crate) https: bool,
+    /// Request body bytes read so far (`max_body`, the access log).
+    pub(crate) body_bytes: u64,
+}
+
+/// Which snapshot and route serve the request.
+#[derive(Default)]
+pub struct Routing {
+    /// The snapshot the request started with; it keeps it to the end, across reloads.
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
+    pub(crate) route: Option<Arc<Route>>,
+    /// Path to send upstream when it differs from the client's. The query is taken from
+    /// the request as the policies left it (an API key parameter may be removed).
+    pub(crate) upstream_path: Option<String>,
+}
+
+/// The attempts at the route's upstream: one per `upstream_peer` call (retries included).
+#[derive(Default)]
+pub struct Attempt {
+    /// Every target tried so far, in order; never chosen again for this request.
+    tried: Vec<TargetId>,
+    /// The target being tried now (or last tried), with its in-flight count held.
+    current: Option<TargetSlot>,
+    /// The upstream's `max_inflight` slot, held from `admit` to `logging`.
+    pub(crate) upstream_slot: Option<UpstreamSlot>,
+    /// The status of the upstream's response header, when one came.
+    pub(crate) upstream_status: Option<u16>,
+}
+
+impl Attempt {
+    /// Targets already tried, the current one included.
+    pub fn tried(&self) -> &[TargetId] {
+        &self.tried
+    }
+
+    /// Records that `id` of `up` is being tried now and counts it as in flight on it.
+    pub fn start(&mut self, up: &Upstream, id: TargetId) {
+        self.tried.push(id);
+        let target = up.target(id).clone();
+        target.inflight.fetch_add(1, Relaxed);
+        // Replacing the previous attempt's slot gives its in-flight count back.
+        self.current = Some(TargetSlot(target));
+    }
+
+    /// The target being tried (or last tried).
+    pub fn target(&self) -> Option<&Arc<Target>> {
+        self.current.as_ref().map(|s| &s.0)
+    }
+
+    /// Whether another attempt is allowed: `retries` more than the first, and never more
+    /// than one per target.
+    pub fn may_retry(&self, up: &Upstream) -> bool {
+        self.tried.len() <= up.retries && self.tried.len() < up.targets.len()
+    }
+
+    /// Gives back the in-flight counts (the target's and the upstream's) now rather than
+    /// when the context is dropped. The end of `logging`: nothing reads the attempt after.
+    pub fn release(&mut self) {
+        self.current = None;
+        self.upstream_slot = None;
+    }
+}
+
+/// Instants for `Server-Timing` and the access log.
+pub struct Timing {
+    pub(crate) start: Instant,
+    /// The last `upstream_peer` call.
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) connected_at: Option<Instant>,
+    pub(crate) upstream_header_at: Option<Instant>,
+    /// The response gets a `Server-Timing` field (the route or the listener asks for it).
+    pub(crate) server_timing: bool,
+}
+
+/// What this request adds to its response, or sends instead of one.
+#[derive(Default)]
+pub struct ResponseState {
+    /// The rejection sent (or, once a response was written, the one that would have been).
+    pub(crate) reject: Option<Reject>,
+    /// Added to the response, whatever it is (see `policy::PolicyCtx::response_headers`).
+    pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+pub struct Ctx {
+    pub(crate) request: RequestState,
+    pub(crate) routing: Routing,
+    /// Set by an authentication policy.
+    pub(crate) identity: Option<Arc<Identity>>,
+    pub(crate) attempt: Attempt,
+    pub(crate) timing: Timing,
+    pub(crate) response: ResponseState,
+    /// What the response cache did for this request.
+    pub(crate) cache: CacheCtx,
+    _active: ActiveGuard,
+}
+
+impl Ctx {
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.active_requests.fetch_add(1, Relaxed);
+        Ctx {
+            request: RequestState::default(),
+            routing: Routing::default(),
+            identity: None,
+            attempt: Attempt::default(),
+            timing: Timing {
+                start: Instant::now(),
+                upstream_start: None,
+                connected_at: None,
+                upstream_header_at: None,
+                server_timing: false,
+            },
+            response: ResponseState::default(),
+            cache: CacheCtx::default(),
+            _active: ActiveGuard(shared.clone()),
+        }
+    }
+
+    pub fn route(&self) -> Option<&Arc<Route>> {
+        self.routing.route.as_ref()
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route().map(|r| r.name.as_str()).unwrap_or("unmatched")
+    }
+
+    /// The route's upstream and the target being tried on it, once one was chosen.
+    pub fn current_target(&self) -> Option<(&Upstream, &Target)> {
+        Some((&self.route()?.upstream, self.attempt.target()?))
+    }
+
+    /// The authenticated consumer, if any.
+    pub fn consumer_id(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.consumer_id.as_str())
+    }
+}

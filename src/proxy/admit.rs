@@ -1,0 +1,278 @@
+//! Admission: what `request_filter` checks before a route's policies run, one step per
+//! function, in the order they run. A step either fills in its part of the context or
+//! returns the rejection to send; the first rejection ends admission. The order is part
+//! of the behaviour (which problem a bad request gets told about first), and
+//! `docs/REQUEST_PATH.md` lists it.
+
+use super::Gateway;
+use crate::cache::status::CacheCtx;
+use crate::context::{Attempt, Ctx, UpstreamSlot};
+use crate::error::Reject;
+use crate::path;
+use crate::policy::headers;
+use crate::runtime::{router::host_of, Route, Snapshot};
+use crate::upstream::Upstream;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+impl Gateway {
+    /// Everything before the policies: returns the rejection to send, if any. The
+    /// request keeps the snapshot loaded here to its end, whatever the outcome (the
+    /// metrics of an unrouted request are the snapshot's).
+    pub(super) fn admit(&self, session: &Session, ctx: &mut Ctx) -> Option<Reject> {
+        let snap = self.shared.snapshot.load_full();
+        let verdict = admit_on(&snap, session, ctx);
+        ctx.routing.snapshot = Some(snap);
+        verdict.err()
+    }
+}
+
+/// The steps of `admit`, against one snapshot.
+fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Reject> {
+    let req = session.req_header();
+    ctx.request.id = assign_request_id(req);
+    check_header_size(snap, req)?;
+    reject_bad_framing(session)?;
+    let raw_path = req.uri.path();
+    let normalized = normalize_path(raw_path)?;
+    let host = host_of(request_host(req));
+    // From here on a rejection names the route (its metrics, its access-log field).
+    let route = ctx
+        .routing
+        .route
+        .insert(find_route(snap, &host, &normalized, req)?);
+    remember_url_for_cache(snap, &mut ctx.cache, host, &normalized);
+    ctx.routing.upstream_path = rewrite_path(route.strip_prefix.as_deref(), normalized, raw_path);
+    check_declared_body(route.max_body, req)?;
+    take_upstream_slot(&route.upstream, &mut ctx.attempt)?;
+    ctx.request.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    ctx.timing.server_timing = wants_server_timing(snap, session, route);
+    Ok(())
+}
+
+/// The client's `X-Request-ID` when it is well formed, else a new one. First, so that
+/// every answer, a rejection included, carries one.
+fn assign_request_id(req: &RequestHeader) -> String {
+    match req.headers.get(headers::X_REQUEST_ID) {
+        Some(v) if headers::well_formed_request_id(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => headers::new_request_id(),
+    }
+}
+
+/// 431 when the header block (names, values and the request target) is over the
+/// snapshot's `max_header_size`.
+fn check_header_size(snap: &Snapshot, req: &RequestHeader) -> Result<(), Reject> {
+    if header_bytes(req) > snap.max_header_size {
+        return Err(Reject::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().len())
+            .unwrap_or(0)
+}
+
+/// RFC 9112 §6.3: both framings at once is a smuggling vector; refuse, don't guess.
+/// Pingora drops Content-Length when Transfer-Encoding is present, so look at the raw
+/// header block (only when Transfer-Encoding is there at all: rare).
+fn reject_bad_framing(session: &Session) -> Result<(), Reject> {
+    if session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING)
+        && raw_has_content_length(&session.as_downstream().to_h1_raw())
+    {
+        return Err(Reject::BadRequest(
+            "both Content-Length and Transfer-Encoding are present".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn raw_has_content_length(raw: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n')
+        .skip(1)
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// The path routes match and the upstream is sent (`path::normalize`); 400 when
+/// it cannot be normalised.
+fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
+    path::normalize(raw).map_err(|_| Reject::BadRequest("the request path is not valid".into()))
+}
+
+/// The host the client asked for: the request target's authority (HTTP/2, absolute
+/// form), else `Host`, else none.
+fn request_host(req: &RequestHeader) -> &str {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
+/// The route for host, normalised path, method and headers; 404 when none matches.
+fn find_route(
+    snap: &Snapshot,
+    host: &str,
+    path: &str,
+    req: &RequestHeader,
+) -> Result<Arc<Route>, Reject> {
+    snap.router
+        .find(host, path, &req.method, &req.headers)
+        .cloned()
+        .ok_or(Reject::NotFound)
+}
+
+/// Cache keys and unsafe-method invalidation name the URL the client asked for, not the
+/// one sent upstream; kept only when a cache exists at all.
+fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) {
+    if snap.cache.is_some() {
+        cache.host = host.into_owned();
+        cache.path = path.to_string();
+    }
+}
+
+/// The path to send upstream when it differs from the client's: normalised, then the
+/// route's `strip_prefix` taken off at a segment boundary. The query is added later
+/// (`upstream_request_filter`), as the policies leave it.
+fn rewrite_path(strip_prefix: Option<&str>, normalized: Cow<'_, str>, raw: &str) -> Option<String> {
+    let mut up_path = normalized;
+    if let Some(sp) = strip_prefix {
+        if let Some(rest) = up_path.strip_prefix(sp) {
+            if rest.is_empty() || rest.starts_with('/') {
+                up_path = if rest.is_empty() {
+                    "/".to_string().into()
+                } else {
+                    rest.to_string().into()
+                };
+            }
+        }
+    }
+    (up_path != raw).then(|| up_path.into_owned())
+}
+
+/// 413 at once when a declared `Content-Length` is over the route's `max_body` (a body
+/// without one is counted as it arrives, in `request_body_filter`).
+fn check_declared_body(max_body: Option<u64>, req: &RequestHeader) -> Result<(), Reject> {
+    let Some(max) = max_body else {
+        return Ok(());
+    };
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Reject::PayloadTooLarge(max));
+    }
+    Ok(())
+}
+
+/// One of the upstream's `max_inflight` slots, held until `logging`; 503 when they are all
+/// taken. The slot is held even then and given back with the context, so the count stays
+/// right whatever the outcome.
+fn take_upstream_slot(up: &Arc<Upstream>, attempt: &mut Attempt) -> Result<(), Reject> {
+    if up.max_inflight == 0 {
+        return Ok(());
+    }
+    let (slot, before) = UpstreamSlot::take(up);
+    attempt.upstream_slot = Some(slot);
+    if before >= up.max_inflight {
+        return Err(Reject::Overloaded(up.name.clone()));
+    }
+    Ok(())
+}
+
+/// `Server-Timing` is added when the route asks for it or the request came in on a
+/// listener that does.
+fn wants_server_timing(snap: &Snapshot, session: &Session, route: &Route) -> bool {
+    route.server_timing
+        || (!snap.server_timing_listeners.is_empty()
+            && session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .is_some_and(|a| snap.server_timing_listeners.contains(a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn request_id_is_kept_only_when_well_formed() {
+        assert_eq!(
+            assign_request_id(&req("/", &[("x-request-id", "abc-1")])),
+            "abc-1"
+        );
+        let fresh = assign_request_id(&req("/", &[("x-request-id", "a b")]));
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, "a b");
+        assert_eq!(assign_request_id(&req("/", &[])).len(), 32);
+    }
+
+    #[test]
+    fn header_bytes_count_names_values_and_target() {
+        // "a" + "bc" + 4, and "/x?y" (4).
+        assert_eq!(header_bytes(&req("/x?y", &[("a", "bc")])), 7 + 4);
+    }
+
+    #[test]
+    fn content_length_is_found_in_the_raw_block_only_after_the_request_line() {
+        let raw =
+            b"POST /content-length: HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!raw_has_content_length(raw));
+        let raw = b"POST / HTTP/1.1\r\nHost: a\r\nCONTENT-LENGTH: 3\r\n\r\n";
+        assert!(raw_has_content_length(raw));
+    }
+
+    #[test]
+    fn strip_prefix_applies_at_a_segment_boundary() {
+        let up = |sp, norm: &'static str, raw| rewrite_path(sp, Cow::Borrowed(norm), raw);
+        assert_eq!(
+            up(Some("/api"), "/api/users", "/api/users"),
+            Some("/users".into())
+        );
+        assert_eq!(up(Some("/api"), "/api", "/api"), Some("/".into()));
+        assert_eq!(up(Some("/api"), "/apix", "/apix"), None);
+        assert_eq!(up(None, "/a", "/a"), None);
+        // Normalisation alone changes what is sent.
+        assert_eq!(up(None, "/a/b", "/a/./b"), Some("/a/b".into()));
+    }
+
+    #[test]
+    fn declared_body_over_max_is_refused() {
+        let r = req("/", &[("content-length", " 11 ")]);
+        assert!(matches!(
+            check_declared_body(Some(10), &r),
+            Err(Reject::PayloadTooLarge(10))
+        ));
+        assert!(check_declared_body(Some(11), &r).is_ok());
+        assert!(check_declared_body(None, &r).is_ok());
+        assert!(check_declared_body(Some(0), &req("/", &[])).is_ok());
+    }
+}
