@@ -15,6 +15,7 @@
 
 mod common;
 
+mod architecture;
 mod auth;
 mod bad_input;
 mod balancing;
