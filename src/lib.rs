@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod runtime;
+pub mod server;
 pub mod store;
 pub mod tls;
 pub mod upgrade;
@@ -62,12 +63,14 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// Per-client-connection socket buffers. Pingora's default read buffer is 64 KiB per
-/// connection, which alone is 640 MiB for 10,000 idle keep-alive clients. Request
-/// headers are parsed from their own growing buffer, and reads larger than this buffer
-/// bypass it, so 4 KiB costs little throughput and bounds idle memory.
+/// Per-client-connection socket buffers, allocated at accept for the connection's whole
+/// life (Pingora cannot resize or release them while it is idle). Pingora's default read
+/// buffer is 64 KiB per connection, 640 MiB for 10,000 idle keep-alive clients. None is
+/// kept: our connection loop (`server`) reads request heads into its own buffer, and
+/// Pingora reads bodies in 64 KiB chunks, which would bypass a small buffer anyway. The
+/// write buffer stays: it joins a small response's header and body into one write.
 fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(4 * 1024, 1460)
+    L4BufferSettings::new(0, 1460)
 }
 
 /// Loads and validates a config file and compiles it, as `gatehouse check` does.
@@ -168,12 +171,25 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut http = pingora::proxy::http_proxy(
         &server_conf,
         proxy::Gateway {
             shared: shared.clone(),
         },
-        "gatehouse",
+    );
+    // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for the
+    // preface again; it only sees connections that carry one.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
+    http.server_options = Some(options);
+    let listeners = cfg
+        .listeners
+        .iter()
+        .filter_map(server::ListenerRt::new)
+        .collect();
+    let mut proxy = pingora::services::listening::Service::new(
+        "gatehouse".to_string(),
+        server::App::new(http, shared.clone(), listeners),
     );
     for l in &cfg.listeners {
         match &l.tls {

@@ -34,6 +34,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     resp.insert_header("content-type", "application/problem+json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
+    crate::server::apply_server_header(&mut resp, server_header(ctx));
     if !ctx.request_id.is_empty() {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request_id.as_str())?;
     }
@@ -68,6 +69,13 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `server.server_header` of the snapshot the request started with.
+fn server_header(ctx: &Ctx) -> &str {
+    ctx.snapshot
+        .as_ref()
+        .map_or("", |s| s.loaded.config.server.server_header.as_str())
 }
 
 fn raw_has_content_length(raw: &[u8]) -> bool {
@@ -577,6 +585,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
+        crate::server::apply_server_header(resp, server_header(ctx));
         if let Some(route) = &ctx.route {
             route.response_headers.apply_response(resp);
         }
