@@ -200,7 +200,9 @@ async fn a_thousand_parked_connections_stay_usable() {
     let mut conns = Vec::with_capacity(N);
     for i in 0..N {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        let a = ask(&mut s, &format!("/first/{i}")).await.expect("first answer");
+        let a = ask(&mut s, &format!("/first/{i}"))
+            .await
+            .expect("first answer");
         assert_eq!(a.status, 200);
         assert_eq!(a.header("connection"), Some("keep-alive"));
         conns.push(s);
@@ -227,7 +229,11 @@ async fn a_thousand_parked_connections_stay_usable() {
     for t in tasks {
         assert_eq!(t.await.expect("task").expect("second answer"), 200);
     }
-    assert_eq!(up.hits(), hits + N, "every parked connection was served again");
+    assert_eq!(
+        up.hits(),
+        hits + N,
+        "every parked connection was served again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -383,7 +389,10 @@ async fn oversized_head_is_refused_at_the_bound() {
         .await,
         1.0
     );
-    wait_log_line(&gw, "the 431", |l| l["status"] == 431 && l["path"] == "/big").await;
+    wait_log_line(&gw, "the 431", |l| {
+        l["status"] == 431 && l["path"] == "/big"
+    })
+    .await;
     assert!(up.requests().iter().all(|r| r.path != "/big"));
 }
 
@@ -498,7 +507,10 @@ async fn server_header_applies_to_every_answer() {
     let refused = send_raw(gw.addr(), b"THIS IS NOT HTTP\r\n\r\n").await;
     assert_eq!(refused.header("server"), Some("edge/1"));
     let mut s = TcpStream::connect(gw.addr()).await.unwrap();
-    assert_eq!(ask(&mut s, "/x").await.unwrap().header("server"), Some("edge/1"));
+    assert_eq!(
+        ask(&mut s, "/x").await.unwrap().header("server"),
+        Some("edge/1")
+    );
     // A refusal written by the proxy phases (both framings at once).
     let framing = send_raw(
         gw.addr(),
@@ -523,7 +535,9 @@ async fn h2c_prior_knowledge_beside_http1() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     // Several streams on that one connection.
-    let many: Vec<_> = (0..10).map(|i| h2.get(gw.url(&format!("/h2/{i}"))).send()).collect();
+    let many: Vec<_> = (0..10)
+        .map(|i| h2.get(gw.url(&format!("/h2/{i}"))).send())
+        .collect();
     for r in futures::future::join_all(many).await {
         assert_eq!(r.expect("h2c stream").status(), 200);
     }
@@ -560,4 +574,37 @@ async fn sigterm_closes_parked_connections_and_exits() {
         status.is_some_and(|s| s.success()),
         "gateway did not exit cleanly after SIGTERM: {status:?}"
     );
+}
+
+#[test]
+fn connection_keys_are_checked_with_their_paths() {
+    let yaml = format!(
+        "version: 1\n\
+         server: {{ header_timeout: 0s, server_header: \"a\\tb\" }}\n\
+         listeners:\n\
+         \x20 - name: tls\n\
+         \x20   address: \"127.0.0.1:{}\"\n\
+         \x20   http2: true\n\
+         \x20   max_connections: 0\n\
+         \x20   keepalive_timeout: 0s\n\
+         \x20   keepalive_requests: 0\n\
+         \x20   tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ] }}\n\
+         upstreams:\n  u: {{ targets: [ {{ address: \"127.0.0.1:1\" }} ] }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        free_port(),
+        common::certs_dir().join("a.test.pem").display(),
+        common::certs_dir().join("a.test.key").display(),
+    );
+    let (code, out) = common::gateway::check(&yaml, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    for path in [
+        "server.header_timeout",
+        "server.server_header",
+        "listeners[0].http2",
+        "listeners[0].max_connections",
+        "listeners[0].keepalive_timeout",
+        "listeners[0].keepalive_requests",
+    ] {
+        assert!(out.contains(path), "no error for {path}: {out}");
+    }
 }

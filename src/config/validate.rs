@@ -119,7 +119,10 @@ fn listeners(v: &mut V, cfg: &Config) {
         }
         let ka = l.keepalive_timeout.0;
         if ka < std::time::Duration::from_millis(100) || ka > std::time::Duration::from_secs(3600) {
-            v.err(format!("{p}.keepalive_timeout"), "must be between 100ms and 1h");
+            v.err(
+                format!("{p}.keepalive_timeout"),
+                "must be between 100ms and 1h",
+            );
         }
         if l.keepalive_requests == Some(0) {
             v.err(format!("{p}.keepalive_requests"), "must be at least 1");

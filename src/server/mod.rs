@@ -206,19 +206,17 @@ impl App {
                 Instant::now() + header_timeout
             };
             let head = match read_head(&mut stream, &buf[..n], limit, head_due).await {
-                HeadRead::Done(head, end) => {
-                    match check(&head[..end]) {
-                        Check::Plain => head,
-                        Check::Pingora(info) => match Box::pin(pingora_refusal(&head[..end])).await {
-                            None => head,
-                            Some(detail) => {
-                                let reject = Reject::BadRequest(detail);
-                                Box::pin(self.refuse(stream, reject, info, accepted)).await;
-                                return;
-                            }
-                        },
-                    }
-                }
+                HeadRead::Done(head, end) => match check(&head[..end]) {
+                    Check::Plain => head,
+                    Check::Pingora(info) => match Box::pin(pingora_refusal(&head[..end])).await {
+                        None => head,
+                        Some(detail) => {
+                            let reject = Reject::BadRequest(detail);
+                            Box::pin(self.refuse(stream, reject, info, accepted)).await;
+                            return;
+                        }
+                    },
+                },
                 HeadRead::Closed => return,
                 HeadRead::Refuse(reject, partial) => {
                     let info = HeadInfo::from_partial(&partial);
@@ -282,11 +280,7 @@ impl App {
         if info.method.as_deref() != Some("HEAD") {
             out.push_str(&body);
         }
-        let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
-            stream.write_all(out.as_bytes()).await?;
-            stream.flush().await
-        })
-        .await;
+        // Counted and logged before the answer leaves, so whoever reads it sees the count.
         let m = crate::metrics::metrics();
         m.rejected.with_label_values(&[reject.slug()]).inc();
         crate::metrics::http_requests("unmatched", info.method_label(), status).inc();
@@ -294,6 +288,11 @@ impl App {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         log_refusal(&request_id, &info, status, &reject, client, accepted);
+        let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
+            stream.write_all(out.as_bytes()).await?;
+            stream.flush().await
+        })
+        .await;
         if matches!(wrote, Ok(Ok(()))) {
             linger(stream).await;
         }
@@ -487,7 +486,7 @@ fn check(head: &[u8]) -> Check {
     if !plain_target {
         return Check::Pingora(info_with_host());
     }
-    let mut hosts = 0;
+    let (mut hosts, mut lengths) = (0, 0);
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
         if n.eq_ignore_ascii_case(b"host") {
@@ -495,9 +494,16 @@ fn check(head: &[u8]) -> Check {
             if hosts > 1 || h.value.contains(&b'@') {
                 return Check::Pingora(info_with_host());
             }
-        } else if n.eq_ignore_ascii_case(b"content-length")
-            || n.eq_ignore_ascii_case(b"transfer-encoding")
-        {
+        } else if n.eq_ignore_ascii_case(b"content-length") {
+            // One plain decimal length (the usual POST) is what Pingora accepts as is;
+            // lists, repeats and anything else go to its reconciliation rules.
+            lengths += 1;
+            let digits =
+                (1..=18).contains(&h.value.len()) && h.value.iter().all(u8::is_ascii_digit);
+            if lengths > 1 || !digits {
+                return Check::Pingora(info_with_host());
+            }
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
             return Check::Pingora(info_with_host());
         }
     }
@@ -578,7 +584,11 @@ pub fn apply_server_header(resp: &mut ResponseHeader, value: &str) {
 
 #[async_trait]
 impl ServerApp for App {
-    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let accepted = Instant::now();
         let l = self.listener_of(&stream)?;
         let Some(_open) = Open::take(l) else {
@@ -656,10 +666,20 @@ mod tests {
 
     #[test]
     fn only_unusual_heads_go_to_pingora() {
-        let plain = check(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n");
-        assert!(matches!(plain, Check::Plain));
         for h in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n"[..],
+            &b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"[..],
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 120\r\n\r\n",
+        ] {
+            assert!(
+                matches!(check(h), Check::Plain),
+                "{}",
+                String::from_utf8_lossy(h)
+            );
+        }
+        for h in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
             b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
@@ -681,11 +701,11 @@ mod tests {
             None
         );
         assert!(pingora_refusal(b"THIS IS NOT HTTP\r\n\r\n").await.is_some());
-        assert!(
-            pingora_refusal(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n")
-                .await
-                .is_some()
-        );
+        assert!(pingora_refusal(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n"
+        )
+        .await
+        .is_some());
         assert!(
             pingora_refusal(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n")
                 .await
