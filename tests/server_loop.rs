@@ -552,19 +552,40 @@ async fn h2c_prior_knowledge_beside_http1() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigterm_closes_parked_connections_and_exits() {
+async fn sigterm_closes_parked_connections_and_answers_in_flight_with_close() {
     let up = Upstream::start("u").await;
     let mut gw = Gateway::start(&config("", "", &up)).await;
     let mut parked = TcpStream::connect(gw.addr()).await.unwrap();
     assert_eq!(ask(&mut parked, "/a").await.unwrap().status, 200);
+    let mut busy = TcpStream::connect(gw.addr()).await.unwrap();
+    assert_eq!(ask(&mut busy, "/b").await.unwrap().status, 200);
     wait_metric(
         &gw,
         "gatehouse_downstream_connections",
         &[("listener", "public")],
-        1.0,
+        2.0,
     )
     .await;
+    // A request in flight when SIGTERM arrives.
+    up.set_delay(Duration::from_millis(800));
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if up.inflight() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.inflight(), 1, "the slow request reached the upstream");
     gw.signal("TERM");
+    let a = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut busy))
+        .await
+        .expect("the in-flight request was answered")
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("connection"), Some("close"), "drain says close");
+    assert!(closed_within(&mut busy, Duration::from_secs(10)).await);
     assert!(
         closed_within(&mut parked, Duration::from_secs(10)).await,
         "a parked connection outlived SIGTERM"
@@ -574,6 +595,30 @@ async fn sigterm_closes_parked_connections_and_exits() {
         status.is_some_and(|s| s.success()),
         "gateway did not exit cleanly after SIGTERM: {status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_before_closing_says_close() {
+    // Nothing listens on the upstream's port: the request fails upstream, the
+    // connection is not reused, and the answer says so.
+    let dead = free_port();
+    let yaml = format!(
+        "version: 1\n\
+         server: {{ threads: 1, grace_period: 5s }}\n\
+         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
+         access_log: {{ path: \"off\" }}\n\
+         upstreams:\n  u: {{ targets: [ {{ address: \"127.0.0.1:{dead}\" }} ], retries: 0 }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        free_port(),
+        free_port(),
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    let a = ask(&mut s, "/x").await.unwrap();
+    assert!(a.status == 502 || a.status == 503, "{a:?}");
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
+    assert!(closed_within(&mut s, Duration::from_secs(10)).await);
 }
 
 #[test]

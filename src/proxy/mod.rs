@@ -609,6 +609,9 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = to_reject(e, ctx);
         let code = reject.status();
+        // The connection is not reused after this (can_reuse_downstream below), so the
+        // answer says `Connection: close` rather than inviting a request that reads EOF.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             if let Err(err) = respond(session, ctx, reject).await {
                 tracing::debug!("could not send the error response: {err}");
