@@ -182,15 +182,24 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let mut options = pingora::apps::HttpServerOptions::default();
     options.h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
     http.server_options = Some(options);
-    let listeners = cfg
+    let listeners: Arc<[server::ListenerRt]> = cfg
         .listeners
         .iter()
         .filter_map(server::ListenerRt::new)
         .collect();
     let mut proxy = pingora::services::listening::Service::new(
         "gatehouse".to_string(),
-        server::App::new(http, shared.clone(), listeners),
+        server::App::new(http, shared.clone(), listeners.clone()),
     );
+    if cfg
+        .listeners
+        .iter()
+        .any(|l| l.tls.is_some() && l.max_connections.is_some())
+    {
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(server::TlsGate(listeners)));
+    }
     for l in &cfg.listeners {
         match &l.tls {
             None => proxy

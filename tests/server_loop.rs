@@ -653,3 +653,88 @@ fn connection_keys_are_checked_with_their_paths() {
         assert!(out.contains(path), "no error for {path}: {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_on_tls_refuses_before_the_handshake() {
+    let up = Upstream::start("u").await;
+    let certs = common::certs_dir();
+    let port = free_port();
+    let yaml = format!(
+        "version: 1\n\
+         server: {{ threads: 1, grace_period: 5s }}\n\
+         listeners:\n\
+         \x20 - name: tls\n\
+         \x20   address: \"127.0.0.1:{port}\"\n\
+         \x20   max_connections: 1\n\
+         \x20   tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ], http2: true }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
+         access_log: {{ path: \"off\" }}\n\
+         upstreams:\n  u: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        certs.join("a.test.pem").display(),
+        certs.join("a.test.key").display(),
+        free_port(),
+        up.address()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let https = |h2: bool| {
+        let b = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .resolve("a.test", gw.addr())
+            .pool_max_idle_per_host(1);
+        if h2 { b } else { b.http1_only() }.build().unwrap()
+    };
+    let url = format!("https://a.test:{port}/x");
+    // The one allowed connection: HTTP/2 through ALPN, several requests on it.
+    let first = https(true);
+    for _ in 0..3 {
+        let r = first.get(&url).send().await.expect("first TLS connection");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+    }
+    // A raw TCP connection that sends nothing is closed at once: no ClientHello is
+    // awaited (Pingora would wait up to 60 s for one).
+    let mut raw = TcpStream::connect(gw.addr()).await.unwrap();
+    assert!(
+        closed_within(&mut raw, Duration::from_secs(5)).await,
+        "refused before the handshake"
+    );
+    // A second client needs a second connection: refused the same way.
+    let second = https(false);
+    assert!(
+        second.get(&url).send().await.is_err(),
+        "second connection admitted"
+    );
+    assert!(
+        metric(
+            &gw,
+            "gatehouse_downstream_connections_refused_total",
+            &[("listener", "tls")]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "gatehouse_downstream_connections",
+            &[("listener", "tls")]
+        )
+        .await,
+        1.0
+    );
+    // Once the first goes away, a new one is admitted.
+    drop(first);
+    wait_metric(
+        &gw,
+        "gatehouse_downstream_connections",
+        &[("listener", "tls")],
+        0.0,
+    )
+    .await;
+    let r = https(false).get(&url).send().await.expect("admitted again");
+    assert_eq!(r.status(), 200);
+}

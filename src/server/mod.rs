@@ -40,7 +40,10 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::http::ResponseHeader;
+use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::GetSocketDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -124,38 +127,22 @@ impl Drop for Open<'_> {
 pub struct App {
     proxy: Arc<HttpProxy<Gateway>>,
     shared: Arc<Shared>,
-    listeners: Vec<ListenerRt>,
+    listeners: Arc<[ListenerRt]>,
 }
 
 impl App {
     /// `proxy` comes from `pingora::proxy::http_proxy`; its `server_options.h2c` must be
     /// on when any listener serves h2c (Pingora's h2 loop peeks for the preface again).
-    pub fn new(proxy: HttpProxy<Gateway>, shared: Arc<Shared>, listeners: Vec<ListenerRt>) -> App {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        shared: Arc<Shared>,
+        listeners: Arc<[ListenerRt]>,
+    ) -> App {
         App {
             proxy: Arc::new(proxy),
             shared,
             listeners,
         }
-    }
-
-    /// The listener a connection arrived on, by its local address (a listener on an
-    /// unspecified address matches any local address with its port).
-    fn listener_of(&self, stream: &Stream) -> Option<&ListenerRt> {
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let Some(local) = local else {
-            return self.listeners.first();
-        };
-        self.listeners
-            .iter()
-            .find(|l| l.addr == local)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
-            })
-            .or_else(|| self.listeners.first())
     }
 
     fn head_limits(&self) -> (Duration, usize) {
@@ -296,6 +283,50 @@ impl App {
         if matches!(wrote, Ok(Ok(()))) {
             linger(stream).await;
         }
+    }
+}
+
+/// The listener a connection arrived on, by its local address (a listener on an
+/// unspecified address matches any local address with its port).
+fn listener_of(listeners: &[ListenerRt], local: Option<SocketAddr>) -> Option<&ListenerRt> {
+    let Some(local) = local else {
+        return listeners.first();
+    };
+    listeners
+        .iter()
+        .find(|l| l.addr == local)
+        .or_else(|| {
+            listeners
+                .iter()
+                .find(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
+        })
+        .or_else(|| listeners.first())
+}
+
+/// Refuses a TLS connection before its handshake when its listener is at
+/// `max_connections` (Pingora runs the handshake before the app sees the stream, so
+/// `App::process_new` alone would only refuse after paying for it). Connections still
+/// handshaking are not counted; `App::process_new` checks again once they are done.
+pub struct TlsGate(pub Arc<[ListenerRt]>);
+
+#[async_trait]
+impl PreTlsProcess for TlsGate {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        if let Some(l) = listener_of(&self.0, local) {
+            if l.max_connections
+                .is_some_and(|max| l.open.load(Ordering::Acquire) >= max)
+            {
+                l.refused.inc();
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::AcceptError,
+                    "listener at max_connections",
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -590,7 +621,10 @@ impl ServerApp for App {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
-        let l = self.listener_of(&stream)?;
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let l = listener_of(&self.listeners, local)?;
         let Some(_open) = Open::take(l) else {
             // At max_connections: closed unanswered, without reading anything.
             l.refused.inc();
