@@ -187,11 +187,9 @@ impl App {
                 // request is still served, with keep-alive off).
                 _ = stopped(&mut stopping), if !first => return,
             };
-            let head_due = if first {
-                accepted + header_timeout
-            } else {
-                Instant::now() + header_timeout
-            };
+            // The request's start: accept for the first, its first byte for later ones.
+            let started = if first { accepted } else { Instant::now() };
+            let head_due = started + header_timeout;
             let head = match read_head(&mut stream, &buf[..n], limit, head_due).await {
                 HeadRead::Done(head, end) => match check(&head[..end]) {
                     Check::Plain => head,
@@ -199,7 +197,7 @@ impl App {
                         None => head,
                         Some(detail) => {
                             let reject = Reject::BadRequest(detail);
-                            Box::pin(self.refuse(stream, reject, info, accepted)).await;
+                            Box::pin(self.refuse(stream, reject, info, started)).await;
                             return;
                         }
                     },
@@ -207,7 +205,7 @@ impl App {
                 HeadRead::Closed => return,
                 HeadRead::Refuse(reject, partial) => {
                     let info = HeadInfo::from_partial(&partial);
-                    Box::pin(self.refuse(stream, reject, info, accepted)).await;
+                    Box::pin(self.refuse(stream, reject, info, started)).await;
                     return;
                 }
             };
@@ -240,7 +238,7 @@ impl App {
     }
 
     /// Answers a refused request head with problem+json, counts and logs it, and closes.
-    async fn refuse(&self, mut stream: Stream, reject: Reject, info: HeadInfo, accepted: Instant) {
+    async fn refuse(&self, mut stream: Stream, reject: Reject, info: HeadInfo, started: Instant) {
         let request_id = crate::policy::headers::new_request_id();
         let snap = self.shared.snapshot.load();
         let server = &snap.loaded.config.server.server_header;
@@ -274,7 +272,7 @@ impl App {
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        log_refusal(&request_id, &info, status, &reject, client, accepted);
+        log_refusal(&request_id, &info, status, &reject, client, started);
         let wrote = tokio::time::timeout(WRITE_TIMEOUT, async {
             stream.write_all(out.as_bytes()).await?;
             stream.flush().await
@@ -574,7 +572,7 @@ fn log_refusal(
     status: u16,
     reject: &Reject,
     client: Option<SocketAddr>,
-    accepted: Instant,
+    started: Instant,
 ) {
     if !crate::accesslog::enabled() {
         return;
@@ -591,7 +589,7 @@ fn log_refusal(
         "upstream_target": null,
         "upstream_status": null,
         "upstream_ms": null,
-        "total_ms": (accepted.elapsed().as_micros() as f64) / 1000.0,
+        "total_ms": (started.elapsed().as_micros() as f64) / 1000.0,
         "attempts": 0,
         "bytes_in": 0,
         "bytes_out": 0,
