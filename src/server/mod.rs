@@ -26,6 +26,10 @@
 //! true`) goes to Pingora's own loop: its per-connection state is the h2 connection,
 //! which has no per-request session to park.
 //!
+//! Each connection runs in a task of its own: Pingora's accept task (whose future is
+//! sized for its whole accept path, TLS handshake state included) ends as soon as the
+//! connection is handed over, instead of living as long as the connection.
+//!
 //! What Pingora keeps while a connection is parked: the l4 `Stream` with its write
 //! buffer (1460 bytes here) and, on TLS, the rustls connection's buffers. Pingora sizes
 //! l4 buffers once at accept (`set_buffer` is crate-private) and cannot resize them in
@@ -102,25 +106,37 @@ impl ListenerRt {
 }
 
 /// Counts one open connection of a listener for as long as it lives.
-struct Open<'a>(&'a ListenerRt);
+struct Open {
+    listeners: Arc<[ListenerRt]>,
+    idx: usize,
+}
 
-impl<'a> Open<'a> {
+impl Open {
     /// `None` when the listener is at `max_connections`.
-    fn take(l: &'a ListenerRt) -> Option<Open<'a>> {
+    fn take(listeners: &Arc<[ListenerRt]>, idx: usize) -> Option<Open> {
+        let l = &listeners[idx];
         let before = l.open.fetch_add(1, Ordering::AcqRel);
         if l.max_connections.is_some_and(|max| before >= max) {
             l.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
         l.gauge.inc();
-        Some(Open(l))
+        Some(Open {
+            listeners: listeners.clone(),
+            idx,
+        })
+    }
+
+    fn listener(&self) -> &ListenerRt {
+        &self.listeners[self.idx]
     }
 }
 
-impl Drop for Open<'_> {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.gauge.dec();
+        let l = self.listener();
+        l.open.fetch_sub(1, Ordering::AcqRel);
+        l.gauge.dec();
     }
 }
 
@@ -151,6 +167,44 @@ impl App {
             snap.loaded.config.server.header_timeout.0,
             snap.max_header_size,
         )
+    }
+
+    /// One connection, from accept (and TLS handshake) to close.
+    async fn serve(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        open: Open,
+        accepted: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
+        let l = open.listener();
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            return;
+        }
+        if l.h2c {
+            let (header_timeout, _) = self.head_limits();
+            let due = accepted + header_timeout;
+            // Four bytes tell an h2 preface ("PRI ") from any HTTP/1 request line; only
+            // then wait for the whole preface. Peeked bytes are put back for the reader.
+            let mut p = [0u8; 4];
+            match timeout_at(due.into(), stream.try_peek(&mut p)).await {
+                Ok(Ok(_)) => {}
+                _ => return,
+            }
+            if &p == b"PRI " {
+                let mut pre = [0u8; 24];
+                match timeout_at(due.into(), stream.try_peek(&mut pre)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+                if pre == H2_PREFACE {
+                    ServerApp::process_new(&self.proxy, stream, shutdown).await;
+                    return;
+                }
+            }
+        }
+        self.serve_h1(stream, l, accepted, shutdown).await;
     }
 
     /// The HTTP/1 loop: park, read the head, check it, hand it to the proxy; repeat while
@@ -286,19 +340,20 @@ impl App {
 
 /// The listener a connection arrived on, by its local address (a listener on an
 /// unspecified address matches any local address with its port).
-fn listener_of(listeners: &[ListenerRt], local: Option<SocketAddr>) -> Option<&ListenerRt> {
+fn listener_of(listeners: &[ListenerRt], local: Option<SocketAddr>) -> Option<usize> {
+    let first = if listeners.is_empty() { None } else { Some(0) };
     let Some(local) = local else {
-        return listeners.first();
+        return first;
     };
     listeners
         .iter()
-        .find(|l| l.addr == local)
+        .position(|l| l.addr == local)
         .or_else(|| {
             listeners
                 .iter()
-                .find(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
+                .position(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
         })
-        .or_else(|| listeners.first())
+        .or(first)
 }
 
 /// Refuses a TLS connection before its handshake when its listener is at
@@ -313,7 +368,7 @@ impl PreTlsProcess for TlsGate {
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        if let Some(l) = listener_of(&self.0, local) {
+        if let Some(l) = listener_of(&self.0, local).map(|i| &self.0[i]) {
             if l.max_connections
                 .is_some_and(|max| l.open.load(Ordering::Acquire) >= max)
             {
@@ -615,46 +670,26 @@ pub fn apply_server_header(resp: &mut ResponseHeader, value: &str) {
 impl ServerApp for App {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
         let local = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let l = listener_of(&self.listeners, local)?;
-        let Some(_open) = Open::take(l) else {
+        let idx = listener_of(&self.listeners, local)?;
+        let Some(open) = Open::take(&self.listeners, idx) else {
             // At max_connections: closed unanswered, without reading anything.
-            l.refused.inc();
+            self.listeners[idx].refused.inc();
             return None;
         };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            ServerApp::process_new(&self.proxy, stream, shutdown).await;
-            return None;
-        }
-        if l.h2c {
-            let (header_timeout, _) = self.head_limits();
-            let due = accepted + header_timeout;
-            // Four bytes tell an h2 preface ("PRI ") from any HTTP/1 request line; only
-            // then wait for the whole preface. Peeked bytes are put back for the reader.
-            let mut p = [0u8; 4];
-            match timeout_at(due.into(), stream.try_peek(&mut p)).await {
-                Ok(Ok(_)) => {}
-                _ => return None,
-            }
-            if &p == b"PRI " {
-                let mut pre = [0u8; 24];
-                match timeout_at(due.into(), stream.try_peek(&mut pre)).await {
-                    Ok(Ok(_)) => {}
-                    _ => return None,
-                }
-                if pre == H2_PREFACE {
-                    ServerApp::process_new(&self.proxy, stream, shutdown).await;
-                    return None;
-                }
-            }
-        }
-        self.serve_h1(stream, l, accepted, shutdown).await;
+        // The connection gets a task of its own, and Pingora's accept task ends here.
+        // That task's future is sized for Pingora's whole accept path (the TLS handshake
+        // state included), and would otherwise stay allocated for as long as the
+        // connection is open, parked or not.
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(stream, open, accepted, &shutdown).await });
         None
     }
 
