@@ -16,8 +16,9 @@
 //! 3. **Check it as Pingora's parser would.** Pingora answers its own parser refusals
 //!    with an empty 400 and `Server: Pingora`, before any `ProxyHttp` phase runs. The
 //!    head is parsed once with httparse (as Pingora does); only heads that parser
-//!    refuses, or that carry what Pingora's `validate_request` looks at (framing fields,
-//!    `Host`, a non-origin-form target, CONNECT), are run through Pingora's own
+//!    refuses, or that carry what Pingora's `validate_request` looks at (framing fields
+//!    other than one plain `Content-Length`, `Host` repeated or with userinfo, a target
+//!    that is not plain origin-form, CONNECT), are run through Pingora's own
 //!    `read_request` on a throwaway in-memory session, and refused by us if it refuses.
 //! 4. **Hand over.** A fresh `ServerSession` gets the head as its pipelined prefix, so
 //!    Pingora parses it without another read, and the proxy runs as before.
@@ -29,6 +30,10 @@
 //! Each connection runs in a task of its own: Pingora's accept task (whose future is
 //! sized for its whole accept path, TLS handshake state included) ends as soon as the
 //! connection is handed over, instead of living as long as the connection.
+//!
+//! Measured (release build, one thread, 10,000 idle keep-alive connections): 82 MiB RSS
+//! against 444 MiB with Pingora's own loop; 186 MiB with this loop inside Pingora's
+//! accept task.
 //!
 //! What Pingora keeps while a connection is parked: the l4 `Stream` with its write
 //! buffer (1460 bytes here) and, on TLS, the rustls connection's buffers. Pingora sizes
