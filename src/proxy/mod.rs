@@ -541,15 +541,12 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = to_reject(e, ctx);
         let code = reject.status();
-        // The connection is not reused after this (can_reuse_downstream below), so the
-        // answer says `Connection: close` rather than inviting a request that reads EOF.
+        // The connection is closed after this answer (`can_reuse_downstream: false`
+        // below): say so. Pingora writes `Connection: keep-alive` while keep-alive is on,
+        // and a client that believed it would send its next request on a socket we are
+        // closing, and get a reset instead of an answer.
         session.set_keepalive(None);
         if session.response_written().is_none() {
-            // The connection is closed after this answer (`can_reuse_downstream: false`
-            // below): say so. Pingora writes `Connection: keep-alive` while keep-alive is
-            // on, and a client that believed it would send its next request on a socket
-            // we are closing, and get a reset instead of an answer.
-            session.set_keepalive(None);
             if let Err(err) = respond(session, ctx, reject).await {
                 tracing::debug!("could not send the error response: {err}");
             }
