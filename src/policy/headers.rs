@@ -119,6 +119,16 @@ pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>,
     let _ = h.insert_header("x-forwarded-proto", if https { "https" } else { "http" });
 }
 
+/// Sets the `Server` field of a response the gateway sends (`server.server_header`): the
+/// configured value, or none at all (an upstream's own `Server` is replaced either way).
+pub fn apply_server_header(resp: &mut pingora::http::ResponseHeader, value: &str) {
+    if value.is_empty() {
+        resp.remove_header(&http::header::SERVER);
+    } else {
+        let _ = resp.insert_header(http::header::SERVER, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

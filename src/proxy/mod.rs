@@ -42,7 +42,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     resp.insert_header("content-type", "application/problem+json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    crate::server::apply_server_header(&mut resp, server_header(ctx));
+    headers::apply_server_header(&mut resp, server_header(ctx));
     if !ctx.request.id.is_empty() {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
     }
@@ -516,7 +516,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
-        crate::server::apply_server_header(resp, server_header(ctx));
+        headers::apply_server_header(resp, server_header(ctx));
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
         }

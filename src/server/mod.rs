@@ -48,7 +48,6 @@ use crate::runtime::Shared;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::http::ResponseHeader;
 use pingora::listeners::PreTlsProcess;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -657,16 +656,6 @@ fn log_refusal(
         "reject": reject.slug(),
     });
     crate::accesslog::write(format!("{line}\n"));
-}
-
-/// Sets the `Server` field of a response the gateway sends: the configured value, or
-/// none at all (an upstream's own `Server` is replaced either way).
-pub fn apply_server_header(resp: &mut ResponseHeader, value: &str) {
-    if value.is_empty() {
-        resp.remove_header(&http::header::SERVER);
-    } else {
-        let _ = resp.insert_header(http::header::SERVER, value);
-    }
 }
 
 #[async_trait]
