@@ -43,6 +43,10 @@ impl Challenge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     BadRequest(String),
+    /// 400: the listener's or route's `path_policy` refuses the path.
+    BadPath(crate::path::Refusal),
+    /// 400: an HTTP/1.1 request without `Host`, or with more than one (RFC 9112 §3.2).
+    BadHost,
     /// 401: no credential, or one that was refused.
     Unauthorized(Challenge),
     /// 403: a valid credential without the route's scopes (space-separated).
@@ -80,7 +84,7 @@ pub struct Limited {
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
-            Reject::BadRequest(_) => 400,
+            Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => 400,
             Reject::Unauthorized(_) => 401,
             Reject::Forbidden(_) => 403,
             Reject::NotFound => 404,
@@ -99,6 +103,8 @@ impl Reject {
     pub fn slug(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "bad-request",
+            Reject::BadPath(r) => r.slug(),
+            Reject::BadHost => "bad-host",
             Reject::Unauthorized(_) => "unauthorized",
             Reject::Forbidden(_) => "insufficient-scope",
             Reject::NotFound => "no-route",
@@ -118,7 +124,7 @@ impl Reject {
 
     pub fn title(&self) -> &'static str {
         match self {
-            Reject::BadRequest(_) => "Bad Request",
+            Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => "Bad Request",
             Reject::Unauthorized(_) => "Unauthorized",
             Reject::Forbidden(_) => "Forbidden",
             Reject::NotFound => "Not Found",
@@ -137,6 +143,8 @@ impl Reject {
     pub fn detail(&self) -> String {
         match self {
             Reject::BadRequest(d) => d.clone(),
+            Reject::BadPath(r) => r.detail().into(),
+            Reject::BadHost => "an HTTP/1.1 request must carry exactly one Host field".into(),
             // Generic on purpose: never the credential, never which check failed.
             Reject::Unauthorized(c) if c.refused.is_some() => {
                 "the credential was not accepted".into()
