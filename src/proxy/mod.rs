@@ -482,9 +482,6 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // First: the client's hop-by-hop fields (and what its `Connection` names) go, and
-        // then the gateway's own fields are set, so a client cannot name those away.
-        headers::strip_hop_by_hop_request(req);
         if let Some(path) = &ctx.routing.upstream_path {
             let uri = match req.uri.query() {
                 Some(q) => format!("{path}?{q}"),
