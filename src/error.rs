@@ -81,6 +81,31 @@ pub struct Limited {
     pub retry_after: u64,
 }
 
+/// Every `slug` there is: the problem types, and the `reason` label values of
+/// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
+pub const REASONS: [&str; 20] = [
+    "bad-request",
+    "escaped-slash",
+    "backslash",
+    "matrix-dot-segment",
+    "path-route-mismatch",
+    "bad-host",
+    "unauthorized",
+    "insufficient-scope",
+    "no-route",
+    "body-too-large",
+    "headers-too-large",
+    "no-healthy-target",
+    "upstream-overloaded",
+    "bad-gateway",
+    "gateway-timeout",
+    "not-cached",
+    "internal-error",
+    "rate-limited",
+    "quota-exceeded",
+    "limit-store-unavailable",
+];
+
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
@@ -242,6 +267,50 @@ impl fmt::Display for Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `REASONS` is exactly the set of slugs (the metric's documented label values).
+    #[test]
+    fn reasons_are_exactly_the_slugs() {
+        use crate::path::Refusal;
+        let limited = |quota| {
+            Reject::Limited(Box::new(Limited {
+                limit: "rate",
+                quota,
+                policy: String::new(),
+                label: String::new(),
+                retry_after: 1,
+            }))
+        };
+        let challenge = Challenge {
+            bearer: true,
+            api_key: false,
+            refused: None,
+        };
+        let all = [
+            Reject::BadRequest(String::new()),
+            Reject::BadPath(Refusal::EscapedSlash),
+            Reject::BadPath(Refusal::Backslash),
+            Reject::BadPath(Refusal::MatrixDotSegment),
+            Reject::BadPath(Refusal::RouteMismatch),
+            Reject::BadHost,
+            Reject::Unauthorized(challenge),
+            Reject::Forbidden(String::new()),
+            Reject::NotFound,
+            Reject::PayloadTooLarge(1),
+            Reject::HeadersTooLarge,
+            Reject::NoHealthyTarget(String::new()),
+            Reject::Overloaded(String::new()),
+            Reject::BadGateway(String::new()),
+            Reject::GatewayTimeout(String::new()),
+            Reject::NotCached,
+            Reject::Internal,
+            limited(false),
+            limited(true),
+            Reject::LimitStoreUnavailable,
+        ];
+        let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
+        assert_eq!(slugs, REASONS);
+    }
 
     /// Problem bodies go to clients: they never carry the upstream's name.
     #[test]

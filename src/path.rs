@@ -434,7 +434,10 @@ mod tests {
 
     #[test]
     fn strip_route_prefix_counts_segments_as_routed() {
-        assert_eq!(strip_route_prefix("/api/users", "/api", true), Some("/users"));
+        assert_eq!(
+            strip_route_prefix("/api/users", "/api", true),
+            Some("/users")
+        );
         assert_eq!(strip_route_prefix("/api", "/api", true), Some(""));
         assert_eq!(strip_route_prefix("/apix", "/api", true), None);
         assert_eq!(

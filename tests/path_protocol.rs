@@ -305,14 +305,24 @@ async fn default_path_policy_refuses_what_backends_read_differently() {
         assert_problem(&r, 401);
         eprintln!("{path} -> {}", r.status);
     }
-    assert!(o.heads().is_empty(), "refused requests reached the origin: {:?}", o.targets());
+    assert!(
+        o.heads().is_empty(),
+        "refused requests reached the origin: {:?}",
+        o.targets()
+    );
 
     // Legitimate paths pass, forwarded as routed.
     for path in ["/public/ok", "/public/a;v=1/b", "/public/a%20b"] {
         let r = common::raw::get(addr, path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
-    let r = common::raw::get_with(addr, "/admin;x", "localhost", &[("X-API-Key", "acme-secret-key")]).await;
+    let r = common::raw::get_with(
+        addr,
+        "/admin;x",
+        "localhost",
+        &[("X-API-Key", "acme-secret-key")],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         o.targets(),
@@ -368,7 +378,10 @@ async fn path_policy_options_and_route_overrides() {
     // ...and a decoding that would leave the route is refused, not forwarded.
     let r = common::raw::get(s, "/dec/x%2F..%2F..%2Fadmin").await;
     assert_problem(&r, 400);
-    assert!(r.json()["type"].as_str().unwrap().ends_with("path-route-mismatch"));
+    assert!(r.json()["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("path-route-mismatch"));
 
     // The decoding listener routes the decoded path: a traversal through %2F lands on the
     // admin route, which asks for a credential.
@@ -402,7 +415,10 @@ async fn path_policy_options_and_route_overrides() {
 async fn max_inflight_is_held_only_by_requests_that_go_upstream() {
     let origin = Origin::start().await;
     origin.set("/c/hit", Reply::ok("max-age=600", "stored"));
-    origin.set("/slow", Reply::ok("no-store", "slow").delay(Duration::from_secs(3)));
+    origin.set(
+        "/slow",
+        Reply::ok("no-store", "slow").delay(Duration::from_secs(3)),
+    );
     origin.set("/c/miss", Reply::ok("max-age=600", "miss"));
     let yaml = common::config(&format!(
         "{API_KEY_AUTH}cache: {{ memory: 4MiB }}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ], max_inflight: 1 }}\n\
@@ -423,8 +439,14 @@ async fn max_inflight_is_held_only_by_requests_that_go_upstream() {
         let (http, gw) = (http.clone(), gw.clone());
         tokio::spawn(async move { get(&http, &gw.url("/slow")).await })
     };
-    let reached = common::eventually(Duration::from_secs(5), || async { origin.hits("/slow") == 1 }).await;
-    assert!(reached.is_some(), "the slow request never reached the origin");
+    let reached = common::eventually(Duration::from_secs(5), || async {
+        origin.hits("/slow") == 1
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "the slow request never reached the origin"
+    );
 
     // While the slow miss holds the only slot:
     let hit = get(&http, &gw.url("/c/hit")).await;
@@ -437,7 +459,11 @@ async fn max_inflight_is_held_only_by_requests_that_go_upstream() {
     assert_problem(&get(&http, &gw.url("/keyed/x")).await, 401);
     let miss = get(&http, &gw.url("/c/miss")).await;
     assert_problem(&miss, 503);
-    assert_eq!(origin.hits("/c/miss"), 0, "the refused miss reached the origin");
+    assert_eq!(
+        origin.hits("/c/miss"),
+        0,
+        "the refused miss reached the origin"
+    );
     eprintln!(
         "during the slow miss: hit {}, no key {}, another miss {}",
         hit.status, 401, miss.status
@@ -445,7 +471,11 @@ async fn max_inflight_is_held_only_by_requests_that_go_upstream() {
 
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, 200);
-    assert_eq!(get(&http, &gw.url("/c/miss")).await.status, 200, "the slot came back");
+    assert_eq!(
+        get(&http, &gw.url("/c/miss")).await.status,
+        200,
+        "the slot came back"
+    );
     let m = gw.metrics().await;
     assert_eq!(rejected(&m, "upstream-overloaded"), 1.0);
 }
@@ -478,7 +508,9 @@ async fn http11_without_host_is_refused() {
     .await
     .unwrap();
     assert_eq!(two.status, 400);
-    let old = common::raw::request(addr, b"GET /http10 HTTP/1.0\r\n\r\n").await.unwrap();
+    let old = common::raw::request(addr, b"GET /http10 HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(old.status, 200, "{}", old.text());
     let fine = common::raw::get(addr, "/with-host").await;
     assert_eq!(fine.status, 200);
@@ -510,13 +542,27 @@ async fn connection_close_is_announced_when_the_gateway_closes() {
     assert_eq!(nf.status, 404);
     assert_eq!(nf.header("connection"), Some("keep-alive"));
     let ok = c.send(&get_req("/ok")).await;
-    assert_eq!(ok.status, 200, "the kept connection answers the next request");
+    assert_eq!(
+        ok.status, 200,
+        "the kept connection answers the next request"
+    );
 
     let failed = c.send(&get_req("/dead")).await;
     assert_problem(&failed, 502);
-    assert_eq!(failed.header("connection"), Some("close"), "{:?}", failed.headers);
-    assert!(c.closed().await, "the gateway said close and must then close");
-    eprintln!("502 after an upstream failure: Connection: {:?}", failed.header("connection"));
+    assert_eq!(
+        failed.header("connection"),
+        Some("close"),
+        "{:?}",
+        failed.headers
+    );
+    assert!(
+        c.closed().await,
+        "the gateway said close and must then close"
+    );
+    eprintln!(
+        "502 after an upstream failure: Connection: {:?}",
+        failed.header("connection")
+    );
 }
 
 /// §6: hop-by-hop fields (RFC 9110 §7.6.1) are not forwarded, either way. Toward the
@@ -551,18 +597,44 @@ async fn hop_by_hop_fields_are_stripped_both_ways() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    for name in ["x-hop", "keep-alive", "proxy-connection", "trailer", "upgrade"] {
-        assert!(r.header(name).is_none(), "{name} reached the client: {:?}", r.headers);
+    for name in [
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            r.header(name).is_none(),
+            "{name} reached the client: {:?}",
+            r.headers
+        );
     }
     assert_eq!(r.header("x-kept"), Some("yes"));
-    assert_eq!(r.header("connection"), Some("keep-alive"), "the gateway's own");
+    assert_eq!(
+        r.header("connection"),
+        Some("keep-alive"),
+        "the gateway's own"
+    );
 
     let head = o.heads().pop().expect("the request reached the origin");
-    for name in ["x-client-hop", "keep-alive", "proxy-connection", "te", "trailer"] {
-        assert!(header_of(&head, name).is_none(), "{name} reached the origin:\n{head}");
+    for name in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+    ] {
+        assert!(
+            header_of(&head, name).is_none(),
+            "{name} reached the origin:\n{head}"
+        );
     }
     assert_eq!(header_of(&head, "x-client-kept"), Some("yes"));
-    assert!(header_of(&head, "x-request-id").is_some(), "named away:\n{head}");
+    assert!(
+        header_of(&head, "x-request-id").is_some(),
+        "named away:\n{head}"
+    );
     eprintln!("the origin got:\n{head}");
 
     let hide = common::raw::get_with(
@@ -573,7 +645,11 @@ async fn hop_by_hop_fields_are_stripped_both_ways() {
     )
     .await;
     assert_problem(&hide, 400);
-    assert_eq!(o.heads().len(), 1, "the request naming X-Forwarded-For reached the origin");
+    assert_eq!(
+        o.heads().len(),
+        1,
+        "the request naming X-Forwarded-For reached the origin"
+    );
 }
 
 /// §6: the origin closes a kept-alive connection when the next request arrives on it (what
@@ -582,7 +658,10 @@ async fn hop_by_hop_fields_are_stripped_both_ways() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
     // Every connection answers its first request and drops on its second.
-    let o = RawOrigin::start(Arc::new(|head: &str, n| (n == 1).then(|| ok_echo(head, n)).flatten())).await;
+    let o = RawOrigin::start(Arc::new(|head: &str, n| {
+        (n == 1).then(|| ok_echo(head, n)).flatten()
+    }))
+    .await;
     let gw = Gateway::start(&yaml(
         &[format!("{{ name: public, address: \"127.0.0.1:{}\" }}", free_port())],
         &format!(
@@ -610,15 +689,27 @@ async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
         statuses.push(r.status);
     }
     let m = gw.metrics().await;
-    let reused = m.sum("gatehouse_upstream_connections_total", &[("reused", "true")]);
-    let stale = m.sum("gatehouse_upstream_requests_total", &[("status", "stale_connection")]);
+    let reused = m.sum(
+        "gatehouse_upstream_connections_total",
+        &[("reused", "true")],
+    );
+    let stale = m.sum(
+        "gatehouse_upstream_requests_total",
+        &[("status", "stale_connection")],
+    );
     let errors = m.sum("gatehouse_upstream_requests_total", &[("status", "error")]);
     eprintln!(
         "statuses {statuses:?}; reused {reused}, stale retries {stale}, origin connections {}",
         o.connections.load(Ordering::SeqCst)
     );
     assert_eq!(statuses, [200; 6]);
-    assert!(reused >= 1.0, "no pooled connection was reused: the test proved nothing");
-    assert_eq!(stale, reused, "every reused connection here is stale and retried once");
+    assert!(
+        reused >= 1.0,
+        "no pooled connection was reused: the test proved nothing"
+    );
+    assert_eq!(
+        stale, reused,
+        "every reused connection here is stale and retried once"
+    );
     assert_eq!(errors, 0.0, "a stale connection is not a target failure");
 }

@@ -171,7 +171,8 @@ mod tests {
     #[test]
     fn hop_by_hop_fields_of_a_response_are_stripped() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.append_header("connection", "x-hop, Content-Length").unwrap();
+        resp.append_header("connection", "x-hop, Content-Length")
+            .unwrap();
         resp.append_header("content-length", "0").unwrap();
         resp.append_header("x-hop", "1").unwrap();
         resp.append_header("keep-alive", "timeout=5").unwrap();

@@ -38,7 +38,8 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     check_host(req)?;
     let raw_path = req.uri.path();
     let host = host_of(request_host(req));
-    let listener_policy = snap.path_policy(session.server_addr().and_then(|a| a.as_inet()).copied());
+    let listener_policy =
+        snap.path_policy(session.server_addr().and_then(|a| a.as_inet()).copied());
     let (route, path) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
     // From here on a rejection names the route (its metrics, its access-log field).
     let route = ctx.routing.route.insert(route);
@@ -158,7 +159,13 @@ fn route_by_path<'a>(
             .find(host, routed, &req.method, &req.headers)
             .cloned()
     };
-    choose_route(raw, listener, find, |r: &Arc<Route>| r.path_policy, Arc::ptr_eq)
+    choose_route(
+        raw,
+        listener,
+        find,
+        |r: &Arc<Route>| r.path_policy,
+        Arc::ptr_eq,
+    )
 }
 
 /// `route_by_path` over any router (`find` takes the path as routed), so that the

@@ -39,7 +39,10 @@ fn router() -> Router<R> {
         (PathMatch::Exact("/health".into()), ("health", None)),
         (PathMatch::Prefix("/admin".into()), ("admin", None)),
         (PathMatch::Prefix("/public".into()), ("public", None)),
-        (PathMatch::Prefix("/files".into()), ("files", Some(keep_slash))),
+        (
+            PathMatch::Prefix("/files".into()),
+            ("files", Some(keep_slash)),
+        ),
         (PathMatch::Prefix("/raw".into()), ("raw", Some(raw))),
         (PathMatch::Prefix("/dec".into()), ("dec", Some(decode))),
         (PathMatch::Prefix("/".into()), ("catch-all", None)),
@@ -74,7 +77,7 @@ fn policies() -> Vec<Policy> {
     out
 }
 
-fn admit_path<'a>(r: &Router<R>, raw: &'a str, listener: Policy) -> Result<(R, String), Reject> {
+fn admit_path(r: &Router<R>, raw: &str, listener: Policy) -> Result<(R, String), Reject> {
     let find = |p: &str| r.find("", p, &Method::GET, &HeaderMap::new()).copied();
     choose_route(raw, listener, find, |r: &R| r.1, |a: &R, b: &R| a.0 == b.0)
         .map(|(route, read)| (route, read.forwarded.into_owned()))
@@ -94,7 +97,11 @@ fn backend_view(forwarded: &str) -> String {
         decoded.push(b'/');
         let mut i = 0;
         while i < name.len() {
-            match (name[i], name.get(i + 1).and_then(|&c| unhex(c)), name.get(i + 2).and_then(|&c| unhex(c))) {
+            match (
+                name[i],
+                name.get(i + 1).and_then(|&c| unhex(c)),
+                name.get(i + 2).and_then(|&c| unhex(c)),
+            ) {
                 (b'%', Some(h), Some(l)) => {
                     decoded.push(h * 16 + l);
                     i += 3;
@@ -167,9 +174,9 @@ fn check(r: &Router<R>, raw: &str) -> Result<(), TestCaseError> {
 /// Paths built from the pieces backends disagree on.
 fn tricky_path() -> impl Strategy<Value = String> {
     let piece = prop::sample::select(vec![
-        "admin", "public", "files", "raw", "dec", "health", "a", "..", ".", "..;", "..;x",
-        ".;", "%2e%2e", "%2E", "%2F", "%2f", "%5C", "%5c", "\\", ";x", ";", ";v=1", "%61dmin",
-        "adm%69n", "%25", "%252F", "%3B", "", "%",
+        "admin", "public", "files", "raw", "dec", "health", "a", "..", ".", "..;", "..;x", ".;",
+        "%2e%2e", "%2E", "%2F", "%2f", "%5C", "%5c", "\\", ";x", ";", ";v=1", "%61dmin", "adm%69n",
+        "%25", "%252F", "%3B", "", "%",
     ]);
     prop::collection::vec((piece, any::<bool>()), 1..7).prop_map(|pieces| {
         let mut p = String::from("/");
@@ -207,7 +214,10 @@ fn known_attacks_get_the_answers_the_issue_asks_for() {
         refusal("/public%2F..%2Fadmin"),
         Some(path::Refusal::EscapedSlash)
     );
-    assert_eq!(refusal("/public\\..\\admin"), Some(path::Refusal::Backslash));
+    assert_eq!(
+        refusal("/public\\..\\admin"),
+        Some(path::Refusal::Backslash)
+    );
     assert_eq!(
         refusal("/dec/x%2F..%2F..%2Fadmin"),
         Some(path::Refusal::RouteMismatch)

@@ -324,6 +324,51 @@ mod tests {
     }
 
     #[test]
+    fn path_policies_compile_per_listener_and_route() {
+        use crate::path::{Action, Policy};
+        let s = compile(
+            "listeners:\n  - { name: a, address: \"127.0.0.1:18080\" }\n  - { name: b, address: \"0.0.0.0:18081\", path_policy: { escaped_slash: decode, matrix_params: keep } }\n\
+             routes:\n  - { name: r0, upstream: u, path_policy: { backslash: keep } }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let at = |a: &str| s.path_policy(Some(a.parse().unwrap()));
+        assert_eq!(at("127.0.0.1:18080"), Policy::default());
+        let b = at("127.0.0.1:18081");
+        assert_eq!(
+            (b.escaped_slash, b.backslash, b.matrix_params),
+            (Action::Decode, Action::Reject, Action::Keep),
+            "a 0.0.0.0 listener is found by its port; unset keys are reject"
+        );
+        assert_eq!(s.path_policy(None), Policy::default());
+        let route = s
+            .router
+            .find("x", "/", &http::Method::GET, &http::HeaderMap::new())
+            .unwrap();
+        let o = route.path_policy.unwrap();
+        assert_eq!((o.backslash, o.escaped_slash), (Some(Action::Keep), None));
+    }
+
+    #[test]
+    fn bad_path_policies_are_refused_with_their_path() {
+        let e = errors(
+            "listeners: [ { name: a, address: \"127.0.0.1:18080\", path_policy: { backslash: decode } } ]\nroutes: [ { name: r0, upstream: u } ]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|(p, m)| p == "listeners[0].path_policy.backslash" && m.contains("decode")),
+            "{e:?}"
+        );
+        let e = errors(
+            "routes: [ { name: r0, upstream: u, path_policy: { escaped_slashes: keep } } ]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|(p, _)| p == "routes[0].path_policy.escaped_slashes"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn valid_configs_compile() {
         let hmac = "0123456789abcdef0123456789abcdef";
         let jwks = dir("keys/ec256.jwk.json");
