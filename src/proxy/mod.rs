@@ -487,9 +487,12 @@ impl ProxyHttp for Gateway {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
             };
-            if let Ok(u) = uri.parse::<http::Uri>() {
-                req.set_uri(u);
-            }
+            // Never fall back to the client's target: what was routed is what is sent.
+            let u = uri.parse::<http::Uri>().or_err(
+                ErrorType::InternalError,
+                "the rewritten upstream path is not a valid URI",
+            )?;
+            req.set_uri(u);
         }
         req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         let client_ip = session
