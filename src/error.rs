@@ -81,31 +81,6 @@ pub struct Limited {
     pub retry_after: u64,
 }
 
-/// Every `slug` there is: the problem types, and the `reason` label values of
-/// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-pub const REASONS: [&str; 20] = [
-    "bad-request",
-    "escaped-slash",
-    "backslash",
-    "matrix-dot-segment",
-    "path-route-mismatch",
-    "bad-host",
-    "unauthorized",
-    "insufficient-scope",
-    "no-route",
-    "body-too-large",
-    "headers-too-large",
-    "no-healthy-target",
-    "upstream-overloaded",
-    "bad-gateway",
-    "gateway-timeout",
-    "not-cached",
-    "internal-error",
-    "rate-limited",
-    "quota-exceeded",
-    "limit-store-unavailable",
-];
-
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
@@ -267,6 +242,31 @@ impl fmt::Display for Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `slug` there is: the problem types, and the `reason` label values of
+    /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
+    const REASONS: [&str; 20] = [
+        "bad-request",
+        "escaped-slash",
+        "backslash",
+        "matrix-dot-segment",
+        "path-route-mismatch",
+        "bad-host",
+        "unauthorized",
+        "insufficient-scope",
+        "no-route",
+        "body-too-large",
+        "headers-too-large",
+        "no-healthy-target",
+        "upstream-overloaded",
+        "bad-gateway",
+        "gateway-timeout",
+        "not-cached",
+        "internal-error",
+        "rate-limited",
+        "quota-exceeded",
+        "limit-store-unavailable",
+    ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
     #[test]

@@ -27,7 +27,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
     /// Rejections the gateway answered itself, by reason: the problem type's slug
-    /// (`error::REASONS`): bad-request, escaped-slash, backslash, matrix-dot-segment,
+    /// (`error::Reject::slug`; a test in `error` keeps this list
+    /// exact): bad-request, escaped-slash, backslash, matrix-dot-segment,
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
