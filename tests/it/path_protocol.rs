@@ -237,13 +237,18 @@ fn yaml(listeners: &[String], body: &str) -> String {
     y
 }
 
-/// The access-log lines (JSON) of requests to `path`.
-fn log_lines(gw: &Gateway, path: &str) -> Vec<serde_json::Value> {
-    gw.stdout()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["path"] == path)
-        .collect()
+/// The access-log lines (JSON) of requests to `path`, once there is one: the log is
+/// written after the response, so it is polled for (up to 5 s), not read at once.
+async fn log_lines(gw: &Gateway, path: &str) -> Vec<serde_json::Value> {
+    let read = || {
+        gw.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["path"] == path)
+            .collect::<Vec<_>>()
+    };
+    common::eventually(Duration::from_secs(5), || async { !read().is_empty() }).await;
+    read()
 }
 
 fn rejected(m: &common::metrics::Metrics, reason: &str) -> f64 {
@@ -333,7 +338,7 @@ async fn default_path_policy_refuses_what_backends_read_differently() {
     assert_eq!(rejected(&m, "matrix-dot-segment"), 2.0);
     assert_eq!(rejected(&m, "escaped-slash"), 3.0);
     assert_eq!(rejected(&m, "backslash"), 1.0);
-    let lines = log_lines(&gw, "/public/..;/admin");
+    let lines = log_lines(&gw, "/public/..;/admin").await;
     assert_eq!(lines.len(), 1, "one access-log line per refusal");
     assert_eq!(lines[0]["status"], 400);
     assert_eq!(lines[0]["reject"], "matrix-dot-segment");
@@ -517,7 +522,7 @@ async fn http11_without_host_is_refused() {
     assert_eq!(o.targets(), ["/http10", "/with-host"]);
     let m = gw.metrics().await;
     assert_eq!(rejected(&m, "bad-host"), 1.0);
-    assert_eq!(log_lines(&gw, "/no-host")[0]["status"], 400);
+    assert_eq!(log_lines(&gw, "/no-host").await[0]["status"], 400);
 }
 
 /// §6: when the gateway closes the connection after an upstream failure, its answer says
