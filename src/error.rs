@@ -65,6 +65,8 @@ pub enum Reject {
     Limited(Box<Limited>),
     /// 503: the limit store is unreachable and `on_error: fail_closed`.
     LimitStoreUnavailable,
+    /// 408: the request head did not arrive within `server.header_timeout`.
+    RequestTimeout,
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -96,6 +98,7 @@ impl Reject {
             Reject::Internal => 500,
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
+            Reject::RequestTimeout => 408,
         }
     }
 
@@ -119,6 +122,7 @@ impl Reject {
             Reject::Limited(l) if l.quota => "quota-exceeded",
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
+            Reject::RequestTimeout => "request-timeout",
         }
     }
 
@@ -137,6 +141,7 @@ impl Reject {
             Reject::Internal => "Internal Server Error",
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
+            Reject::RequestTimeout => "Request Timeout",
         }
     }
 
@@ -174,6 +179,7 @@ impl Reject {
             Reject::LimitStoreUnavailable => {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
+            Reject::RequestTimeout => "the request head did not arrive in time".into(),
         }
     }
 
@@ -245,7 +251,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 20] = [
+    const REASONS: [&str; 21] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -266,6 +272,7 @@ mod tests {
         "rate-limited",
         "quota-exceeded",
         "limit-store-unavailable",
+        "request-timeout",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -307,6 +314,7 @@ mod tests {
             limited(false),
             limited(true),
             Reject::LimitStoreUnavailable,
+            Reject::RequestTimeout,
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

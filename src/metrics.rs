@@ -32,7 +32,7 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable.
+    /// quota-exceeded, limit-store-unavailable, request-timeout.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -40,6 +40,10 @@ pub struct Metrics {
     pub store_up: IntGaugeVec,
     /// Keys each limit holds in memory (refreshed when /metrics is read).
     pub limit_keys: IntGaugeVec,
+    /// Client connections open, by listener (parked keep-alive ones included).
+    pub downstream_connections: IntGaugeVec,
+    /// Client connections closed at accept because the listener was at `max_connections`.
+    pub downstream_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -144,6 +148,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_limit_keys",
             "Keys a rate limit or quota holds in memory (bounded by store.max_keys)",
             &["limit"]
+        )?,
+        downstream_connections: register_int_gauge_vec!(
+            "gatehouse_downstream_connections",
+            "Client connections open, by listener",
+            &["listener"]
+        )?,
+        downstream_refused: register_int_counter_vec!(
+            "gatehouse_downstream_connections_refused_total",
+            "Client connections refused at accept because the listener was at max_connections",
+            &["listener"]
         )?,
     })
 }
