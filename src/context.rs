@@ -85,6 +85,11 @@ pub struct Attempt {
     pub(crate) upstream_slot: Option<UpstreamSlot>,
     /// The status of the upstream's response header, when one came.
     pub(crate) upstream_status: Option<u16>,
+    /// A reused pooled connection failed before any response byte: the next
+    /// `upstream_peer` tries the same target again on a fresh connection.
+    fresh_retry: bool,
+    /// That retry was spent (once per request).
+    stale_retried: bool,
 }
 
 impl Attempt {
@@ -100,6 +105,27 @@ impl Attempt {
         target.inflight.fetch_add(1, Relaxed);
         // Replacing the previous attempt's slot gives its in-flight count back.
         self.current = Some(TargetSlot(target));
+    }
+
+    /// A reused connection to the current target went stale: allows one more attempt at
+    /// the same target, on a fresh connection, once per request. False when it was spent
+    /// (or there is no current target).
+    pub fn retry_stale(&mut self) -> bool {
+        if self.stale_retried || self.current.is_none() {
+            return false;
+        }
+        self.stale_retried = true;
+        self.fresh_retry = true;
+        true
+    }
+
+    /// The target to try again on a fresh connection, when `retry_stale` asked for it
+    /// (taken once). It stays in `tried` once and keeps its in-flight count.
+    pub fn take_fresh_retry(&mut self) -> Option<TargetId> {
+        if !std::mem::take(&mut self.fresh_retry) {
+            return None;
+        }
+        self.tried.last().copied()
     }
 
     /// The target being tried (or last tried).

@@ -43,6 +43,10 @@ impl Challenge {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     BadRequest(String),
+    /// 400: the listener's or route's `path_policy` refuses the path.
+    BadPath(crate::path::Refusal),
+    /// 400: an HTTP/1.1 request without `Host`, or with more than one (RFC 9112 §3.2).
+    BadHost,
     /// 401: no credential, or one that was refused.
     Unauthorized(Challenge),
     /// 403: a valid credential without the route's scopes (space-separated).
@@ -82,7 +86,7 @@ pub struct Limited {
 impl Reject {
     pub fn status(&self) -> u16 {
         match self {
-            Reject::BadRequest(_) => 400,
+            Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => 400,
             Reject::Unauthorized(_) => 401,
             Reject::Forbidden(_) => 403,
             Reject::NotFound => 404,
@@ -102,6 +106,8 @@ impl Reject {
     pub fn slug(&self) -> &'static str {
         match self {
             Reject::BadRequest(_) => "bad-request",
+            Reject::BadPath(r) => r.slug(),
+            Reject::BadHost => "bad-host",
             Reject::Unauthorized(_) => "unauthorized",
             Reject::Forbidden(_) => "insufficient-scope",
             Reject::NotFound => "no-route",
@@ -122,7 +128,7 @@ impl Reject {
 
     pub fn title(&self) -> &'static str {
         match self {
-            Reject::BadRequest(_) => "Bad Request",
+            Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => "Bad Request",
             Reject::Unauthorized(_) => "Unauthorized",
             Reject::Forbidden(_) => "Forbidden",
             Reject::NotFound => "Not Found",
@@ -142,6 +148,8 @@ impl Reject {
     pub fn detail(&self) -> String {
         match self {
             Reject::BadRequest(d) => d.clone(),
+            Reject::BadPath(r) => r.detail().into(),
+            Reject::BadHost => "an HTTP/1.1 request must carry exactly one Host field".into(),
             // Generic on purpose: never the credential, never which check failed.
             Reject::Unauthorized(c) if c.refused.is_some() => {
                 "the credential was not accepted".into()
@@ -240,6 +248,77 @@ impl fmt::Display for Reject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `slug` there is: the problem types, and the `reason` label values of
+    /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
+    const REASONS: [&str; 21] = [
+        "bad-request",
+        "escaped-slash",
+        "backslash",
+        "matrix-dot-segment",
+        "path-route-mismatch",
+        "bad-host",
+        "unauthorized",
+        "insufficient-scope",
+        "no-route",
+        "body-too-large",
+        "headers-too-large",
+        "no-healthy-target",
+        "upstream-overloaded",
+        "bad-gateway",
+        "gateway-timeout",
+        "not-cached",
+        "internal-error",
+        "rate-limited",
+        "quota-exceeded",
+        "limit-store-unavailable",
+        "request-timeout",
+    ];
+
+    /// `REASONS` is exactly the set of slugs (the metric's documented label values).
+    #[test]
+    fn reasons_are_exactly_the_slugs() {
+        use crate::path::Refusal;
+        let limited = |quota| {
+            Reject::Limited(Box::new(Limited {
+                limit: "rate",
+                quota,
+                policy: String::new(),
+                label: String::new(),
+                retry_after: 1,
+            }))
+        };
+        let challenge = Challenge {
+            bearer: true,
+            api_key: false,
+            refused: None,
+        };
+        let all = [
+            Reject::BadRequest(String::new()),
+            Reject::BadPath(Refusal::EscapedSlash),
+            Reject::BadPath(Refusal::Backslash),
+            Reject::BadPath(Refusal::MatrixDotSegment),
+            Reject::BadPath(Refusal::RouteMismatch),
+            Reject::BadHost,
+            Reject::Unauthorized(challenge),
+            Reject::Forbidden(String::new()),
+            Reject::NotFound,
+            Reject::PayloadTooLarge(1),
+            Reject::HeadersTooLarge,
+            Reject::NoHealthyTarget(String::new()),
+            Reject::Overloaded(String::new()),
+            Reject::BadGateway(String::new()),
+            Reject::GatewayTimeout(String::new()),
+            Reject::NotCached,
+            Reject::Internal,
+            limited(false),
+            limited(true),
+            Reject::LimitStoreUnavailable,
+            Reject::RequestTimeout,
+        ];
+        let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
+        assert_eq!(slugs, REASONS);
+    }
 
     /// Problem bodies go to clients: they never carry the upstream's name.
     #[test]

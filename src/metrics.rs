@@ -26,8 +26,13 @@ pub struct Metrics {
     pub cache_evicted_bytes: IntCounter,
     pub config_reloads: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
-    /// Requests the gateway refused itself, by reason: the label is `error::Reject::slug`,
-    /// the one list of refusal reasons (`bad-request`, `no-route`, `headers-too-large`, ...).
+    /// Rejections the gateway answered itself, by reason: the problem type's slug
+    /// (`error::Reject::slug`; a test in `error` keeps this list
+    /// exact): bad-request, escaped-slash, backslash, matrix-dot-segment,
+    /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
+    /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
+    /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
+    /// quota-exceeded, limit-store-unavailable, request-timeout.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -126,7 +131,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         rejected: register_int_counter_vec!(
             "gatehouse_rejected_requests_total",
-            "Requests the gateway refused before routing or proxying, by reason",
+            "Rejections the gateway answered itself (problem+json), by reason",
             &["reason"]
         )?,
         store_errors: register_int_counter_vec!(

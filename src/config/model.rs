@@ -133,6 +133,40 @@ pub struct Listener {
     /// `Connection: close` (nginx's `keepalive_requests`). Unset = no limit.
     #[serde(default)]
     pub keepalive_requests: Option<u32>,
+    /// What to do with paths that backends may read differently (every key: `reject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_policy: Option<PathPolicy>,
+}
+
+/// `path_policy:` of a listener (an unset key is `reject`) or of a route (an unset key is
+/// the listener's).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PathPolicy {
+    /// `%2F` and `%5C`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slash: Option<EscapedSlashAction>,
+    /// A raw `\`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backslash: Option<PathAction>,
+    /// A segment that is a dot-segment once its `;` parameter is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_params: Option<PathAction>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashAction {
+    Reject,
+    Decode,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathAction {
+    Reject,
+    Keep,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -487,6 +521,9 @@ pub struct Route {
     /// Extension: add `Server-Timing` to this route's responses.
     #[serde(default)]
     pub server_timing: bool,
+    /// Overrides the listener's `path_policy`, key by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_policy: Option<PathPolicy>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

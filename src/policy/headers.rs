@@ -129,9 +129,77 @@ pub fn apply_server_header(resp: &mut pingora::http::ResponseHeader, value: &str
     }
 }
 
+/// Hop-by-hop fields of a response (RFC 9110 §7.6.1) besides `Connection` itself and the
+/// names it lists. `Transfer-Encoding` is not here: Pingora's framing layer reads and
+/// rewrites it on each hop.
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// Never removed because `Connection` names them: they frame or address the message, and
+/// a peer listing them would desynchronise the next hop (the classic hop-by-hop abuse).
+/// `Host` is there for symmetry with Pingora's request-side rule.
+const FRAMING: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
+/// The names a `Connection` field lists, lower-cased (every `Connection` line), less the
+/// framing fields.
+fn connection_tokens(h: &http::HeaderMap) -> Vec<String> {
+    h.get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && !FRAMING.contains(&t.as_str()))
+        .collect()
+}
+
+/// The upstream's response loses its hop-by-hop fields (RFC 9110 §7.6.1): every name
+/// its `Connection` lists, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, and
+/// `Upgrade` unless the response is a real switch (101). Pingora writes the client's own
+/// `Connection` on HTTP/1 and drops it on HTTP/2. (The request side needs nothing here:
+/// Pingora's default `HttpUpstreamRequestPolicy` strips the client's hop-by-hop fields
+/// and the names its `Connection` lists before `upstream_request_filter`, and refuses a
+/// request that names `Host` or an `X-Forwarded-*` field.)
+pub fn strip_hop_by_hop_response(h: &mut ResponseHeader) {
+    let switching = h.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let tokens = connection_tokens(&h.headers);
+    for name in tokens.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        if switching && name == "upgrade" {
+            continue;
+        }
+        if h.headers.contains_key(name) {
+            h.remove_header(name);
+        }
+    }
+    if !switching && h.headers.contains_key(http::header::CONNECTION) {
+        h.remove_header(&http::header::CONNECTION);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_of_a_response_are_stripped() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("connection", "x-hop, Content-Length")
+            .unwrap();
+        resp.append_header("content-length", "0").unwrap();
+        resp.append_header("x-hop", "1").unwrap();
+        resp.append_header("keep-alive", "timeout=5").unwrap();
+        resp.append_header("upgrade", "h2c").unwrap();
+        resp.append_header("content-type", "text/plain").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        let mut names: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "content-type"]);
+
+        let mut switch = ResponseHeader::build(101, None).unwrap();
+        switch.append_header("connection", "upgrade").unwrap();
+        switch.append_header("upgrade", "websocket").unwrap();
+        strip_hop_by_hop_response(&mut switch);
+        assert_eq!(switch.headers["upgrade"], "websocket");
+        assert_eq!(switch.headers["connection"], "upgrade");
+    }
 
     #[test]
     fn request_ids() {

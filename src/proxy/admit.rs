@@ -35,18 +35,22 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     ctx.request.id = assign_request_id(req);
     check_header_size(snap, req)?;
     reject_bad_framing(session)?;
+    check_host(req)?;
     let raw_path = req.uri.path();
-    let normalized = normalize_path(raw_path)?;
     let host = host_of(request_host(req));
+    let listener_policy =
+        snap.path_policy(session.server_addr().and_then(|a| a.as_inet()).copied());
+    let (route, path) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
     // From here on a rejection names the route (its metrics, its access-log field).
-    let route = ctx
-        .routing
-        .route
-        .insert(find_route(snap, &host, &normalized, req)?);
-    remember_url_for_cache(snap, &mut ctx.cache, host, &normalized);
-    ctx.routing.upstream_path = rewrite_path(route.strip_prefix.as_deref(), normalized, raw_path);
+    let route = ctx.routing.route.insert(route);
+    remember_url_for_cache(snap, &mut ctx.cache, host, &path.forwarded);
+    ctx.routing.upstream_path = rewrite_path(
+        route.strip_prefix.as_deref(),
+        path.forwarded,
+        path.ignore_params,
+        raw_path,
+    );
     check_declared_body(route.max_body, req)?;
-    take_upstream_slot(&route.upstream, &mut ctx.attempt)?;
     ctx.request.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     ctx.timing.server_timing = wants_server_timing(snap, session, route);
     Ok(())
@@ -107,10 +111,97 @@ fn raw_has_content_length(raw: &[u8]) -> bool {
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
-/// The path routes match and the upstream is sent (`path::normalize`); 400 when
-/// it cannot be normalised.
-fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
-    path::normalize(raw).map_err(|_| Reject::BadRequest("the request path is not valid".into()))
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host` (even with an
+/// absolute-form target); HTTP/1.0 need not, HTTP/2 has `:authority`.
+fn check_host(req: &RequestHeader) -> Result<(), Reject> {
+    if req.version == http::Version::HTTP_11
+        && req.headers.get_all(http::header::HOST).iter().count() != 1
+    {
+        return Err(Reject::BadHost);
+    }
+    Ok(())
+}
+
+/// The path as a path policy read it: what is forwarded, and whether the router
+/// matched it without `;` parameters.
+struct ReadPath<'a> {
+    forwarded: Cow<'a, str>,
+    ignore_params: bool,
+}
+
+/// The path under `policy`'s reading (`path::normalize_with`); 400 when it cannot be
+/// normalised.
+fn read_path(raw: &str, policy: path::Policy) -> Result<ReadPath<'_>, Reject> {
+    let forwarded = path::normalize_with(raw, policy.reading())
+        .map_err(|_| Reject::BadRequest("the request path is not valid".into()))?;
+    Ok(ReadPath {
+        forwarded,
+        ignore_params: policy.reading().ignore_params,
+    })
+}
+
+/// Routing under the path policies, and the path to forward. The path is read under
+/// the listener's policy and routed; the route found may override the policy. When the
+/// override reads the path differently (`decode` or `;` parameters), the path is read
+/// and routed again under it, and must reach the same route, or the request is refused
+/// (what is routed is what is forwarded). Then the effective policy (the route's merged
+/// over the listener's) refuses what it refuses. Without a route, the listener's policy
+/// refuses first, so a path it refuses gets 400 rather than 404.
+fn route_by_path<'a>(
+    snap: &Snapshot,
+    host: &str,
+    raw: &'a str,
+    listener: path::Policy,
+    req: &RequestHeader,
+) -> Result<(Arc<Route>, ReadPath<'a>), Reject> {
+    let find = |routed: &str| {
+        snap.router
+            .find(host, routed, &req.method, &req.headers)
+            .cloned()
+    };
+    choose_route(
+        raw,
+        listener,
+        find,
+        |r: &Arc<Route>| r.path_policy,
+        Arc::ptr_eq,
+    )
+}
+
+/// `route_by_path` over any router (`find` takes the path as routed), so that the
+/// property tests run the same steps.
+fn choose_route<'a, R>(
+    raw: &'a str,
+    listener: path::Policy,
+    find: impl Fn(&str) -> Option<R>,
+    policy_of: impl Fn(&R) -> Option<path::Override>,
+    same: impl Fn(&R, &R) -> bool,
+) -> Result<(R, ReadPath<'a>), Reject> {
+    let routed = |read: &ReadPath<'_>| find(&path::route_form(&read.forwarded, read.ignore_params));
+    let read = read_path(raw, listener)?;
+    let Some(route) = routed(&read) else {
+        refuse(listener, &read)?;
+        return Err(Reject::NotFound);
+    };
+    let effective = policy_of(&route).map_or(listener, |o| o.over(listener));
+    if effective.reading() == listener.reading() {
+        refuse(effective, &read)?;
+        return Ok((route, read));
+    }
+    let again = read_path(raw, effective)?;
+    refuse(effective, &again)?;
+    match routed(&again) {
+        Some(r) if same(&r, &route) => Ok((route, again)),
+        _ => Err(Reject::BadPath(path::Refusal::RouteMismatch)),
+    }
+}
+
+/// The first thing `policy` refuses in the path, if any.
+fn refuse(policy: path::Policy, read: &ReadPath<'_>) -> Result<(), Reject> {
+    match policy.refusal(path::inspect(&read.forwarded)) {
+        Some(r) => Err(Reject::BadPath(r)),
+        None => Ok(()),
+    }
 }
 
 /// The host the client asked for: the request target's authority (HTTP/2, absolute
@@ -127,19 +218,6 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-/// The route for host, normalised path, method and headers; 404 when none matches.
-fn find_route(
-    snap: &Snapshot,
-    host: &str,
-    path: &str,
-    req: &RequestHeader,
-) -> Result<Arc<Route>, Reject> {
-    snap.router
-        .find(host, path, &req.method, &req.headers)
-        .cloned()
-        .ok_or(Reject::NotFound)
-}
-
 /// Cache keys and unsafe-method invalidation name the URL the client asked for, not the
 /// one sent upstream; kept only when a cache exists at all.
 fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) {
@@ -150,19 +228,23 @@ fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, host: Cow<'_, s
 }
 
 /// The path to send upstream when it differs from the client's: normalised, then the
-/// route's `strip_prefix` taken off at a segment boundary. The query is added later
-/// (`upstream_request_filter`), as the policies leave it.
-fn rewrite_path(strip_prefix: Option<&str>, normalized: Cow<'_, str>, raw: &str) -> Option<String> {
+/// route's `strip_prefix` taken off at a segment boundary (of the path as routed:
+/// `path::strip_route_prefix`). The query is added later (`upstream_request_filter`), as
+/// the policies leave it.
+fn rewrite_path(
+    strip_prefix: Option<&str>,
+    normalized: Cow<'_, str>,
+    ignore_params: bool,
+    raw: &str,
+) -> Option<String> {
     let mut up_path = normalized;
     if let Some(sp) = strip_prefix {
-        if let Some(rest) = up_path.strip_prefix(sp) {
-            if rest.is_empty() || rest.starts_with('/') {
-                up_path = if rest.is_empty() {
-                    "/".to_string().into()
-                } else {
-                    rest.to_string().into()
-                };
-            }
+        if let Some(rest) = path::strip_route_prefix(&up_path, sp, ignore_params) {
+            up_path = if rest.is_empty() {
+                "/".to_string().into()
+            } else {
+                rest.to_string().into()
+            };
         }
     }
     (up_path != raw).then(|| up_path.into_owned())
@@ -186,10 +268,11 @@ fn check_declared_body(max_body: Option<u64>, req: &RequestHeader) -> Result<(),
 }
 
 /// One of the upstream's `max_inflight` slots, held until `logging`; 503 when they are all
-/// taken. The slot is held even then and given back with the context, so the count stays
-/// right whatever the outcome.
-fn take_upstream_slot(up: &Arc<Upstream>, attempt: &mut Attempt) -> Result<(), Reject> {
-    if up.max_inflight == 0 {
+/// taken. Taken only when the request is about to go upstream (`proxy_upstream_filter`),
+/// so a rejection or a cache hit never holds one. The slot is held even when refused and
+/// given back with the context, so the count stays right whatever the outcome.
+pub(super) fn take_upstream_slot(up: &Arc<Upstream>, attempt: &mut Attempt) -> Result<(), Reject> {
+    if up.max_inflight == 0 || attempt.upstream_slot.is_some() {
         return Ok(());
     }
     let (slot, before) = UpstreamSlot::take(up);
@@ -210,6 +293,10 @@ fn wants_server_timing(snap: &Snapshot, session: &Session, route: &Route) -> boo
                 .and_then(|a| a.as_inet())
                 .is_some_and(|a| snap.server_timing_listeners.contains(a)))
 }
+
+#[cfg(test)]
+#[path = "path_props.rs"]
+mod path_props;
 
 #[cfg(test)]
 mod tests {
@@ -252,7 +339,7 @@ mod tests {
 
     #[test]
     fn strip_prefix_applies_at_a_segment_boundary() {
-        let up = |sp, norm: &'static str, raw| rewrite_path(sp, Cow::Borrowed(norm), raw);
+        let up = |sp, norm: &'static str, raw| rewrite_path(sp, Cow::Borrowed(norm), true, raw);
         assert_eq!(
             up(Some("/api"), "/api/users", "/api/users"),
             Some("/users".into())

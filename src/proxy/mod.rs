@@ -166,6 +166,23 @@ fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
     }
 }
 
+/// Group keys for fresh connections of a stale-connection retry: each is new, so the
+/// connector's pool has nothing under it (0 is every ordinary peer's).
+static FRESH_GROUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A reused connection failed before the target answered anything: Pingora marks such a
+/// read failure `ReusedOnly`; a write that found the connection closed counts too.
+fn stale_pooled(e: &Error, client_reused: bool, ctx: &Ctx) -> bool {
+    client_reused
+        && ctx.attempt.upstream_status.is_none()
+        && e.esource() == &ErrorSource::Upstream
+        && (matches!(e.retry, pingora::RetryType::ReusedOnly)
+            || matches!(
+                e.etype(),
+                ErrorType::WriteError | ErrorType::ConnectionClosed
+            ))
+}
+
 /// The rejection to send for an error that ended the request: the one a phase already
 /// chose, else one from the error's type and source.
 fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
@@ -326,10 +343,20 @@ impl ProxyHttp for Gateway {
         phases::serve_stale(session, &mut ctx.cache, error, cache)
     }
 
-    /// `Cache-Control: only-if-cached` with nothing usable stored: 504, never the origin.
+    /// The request is about to go upstream (no rejection, no cache hit):
+    /// `Cache-Control: only-if-cached` with nothing usable stored is 504, never the
+    /// origin; otherwise one of the upstream's `max_inflight` slots is taken here, not in
+    /// admission, so 401s, 429s and cache hits never hold one.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if ctx.cache.active && ctx.cache.directives.only_if_cached {
             respond(session, ctx, Reject::NotCached).await?;
+            return Ok(false);
+        }
+        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+            return Ok(true);
+        };
+        if let Err(reject) = admit::take_upstream_slot(&up, &mut ctx.attempt) {
+            respond(session, ctx, reject).await?;
             return Ok(false);
         }
         Ok(true)
@@ -342,6 +369,16 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
         let up = &route.upstream;
+        if let Some(id) = ctx.attempt.take_fresh_retry() {
+            // The same target, never from the pool: a group key no pooled connection has.
+            ctx.timing.upstream_start = Some(Instant::now());
+            let mut peer = up.peer(id);
+            peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
+            if let Some(rt) = route.read_timeout {
+                peer.options.read_timeout = Some(rt);
+            }
+            return Ok(Box::new(peer));
+        }
         let key = match &up.hash_on {
             Some(on) => hash_key(session, on, ctx.identity.as_deref()),
             None => Vec::new(),
@@ -380,8 +417,11 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// An exchange with the target broke. Only idempotent requests whose body is still
-    /// buffered go to another target.
+    /// An exchange with the target broke. A reused pooled connection that failed before
+    /// any response byte (the target closed it while idle) is tried once more on a fresh
+    /// connection to the same target, not counted as a failure: any method whose body was
+    /// not sent yet, idempotent ones otherwise. Beyond that, only idempotent requests whose
+    /// body is still buffered go to another target.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -391,12 +431,27 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        let idempotent = session.req_header().method.is_idempotent();
+        let truncated = session.as_ref().retry_buffer_truncated();
+        if stale_pooled(&e, client_reused, ctx)
+            && !truncated
+            && (idempotent || ctx.request.body_bytes == 0)
+            && ctx.attempt.retry_stale()
+        {
+            // Counted apart from failures: it says nothing about the target's health.
+            if let Some((up, target)) = ctx.current_target() {
+                crate::metrics::metrics()
+                    .upstream_requests
+                    .with_label_values(&[&up.name, &target.address, "stale_connection"])
+                    .inc();
+            }
+            e.set_retry(true);
+            return e;
+        }
         if let Some((up, target)) = ctx.current_target() {
             if e.esource() == &ErrorSource::Upstream {
                 attempt_failed(up, target, "error");
             }
-            let idempotent = session.req_header().method.is_idempotent();
-            let truncated = session.as_ref().retry_buffer_truncated();
             if idempotent && !truncated && ctx.attempt.may_retry(up) {
                 e.set_retry(true);
             } else if !idempotent || truncated {
@@ -441,9 +496,12 @@ impl ProxyHttp for Gateway {
                 Some(q) => format!("{path}?{q}"),
                 None => path.clone(),
             };
-            if let Ok(u) = uri.parse::<http::Uri>() {
-                req.set_uri(u);
-            }
+            // Never fall back to the client's target: what was routed is what is sent.
+            let u = uri.parse::<http::Uri>().or_err(
+                ErrorType::InternalError,
+                "the rewritten upstream path is not a valid URI",
+            )?;
+            req.set_uri(u);
         }
         req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         let client_ip = session
@@ -470,6 +528,8 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Before the cache sees it: a stored response never carries another hop's fields.
+        headers::strip_hop_by_hop_response(resp);
         let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
         phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();

@@ -29,6 +29,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub read_timeout: Option<Duration>,
     pub server_timing: bool,
+    /// `path_policy:` of the route, merged over the listener's per request.
+    pub path_policy: Option<crate::path::Override>,
     pub duration: Histogram,
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
@@ -43,6 +45,8 @@ pub struct Snapshot {
     pub max_header_size: usize,
     /// Listener addresses with `server_timing: true`.
     pub server_timing_listeners: HashSet<SocketAddr>,
+    /// Each listener's `path_policy` (listeners without one have the default).
+    pub path_policies: Vec<(SocketAddr, crate::path::Policy)>,
     pub unmatched_duration: Histogram,
     pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
@@ -55,6 +59,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The path policy of the listener at `local` (the address a connection came in on;
+    /// a listener bound to `0.0.0.0` or `[::]` is found by its port).
+    pub fn path_policy(&self, local: Option<SocketAddr>) -> crate::path::Policy {
+        let Some(local) = local else {
+            return crate::path::Policy::default();
+        };
+        self.path_policies
+            .iter()
+            .find(|(a, _)| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
+            .map(|(_, p)| *p)
+            .unwrap_or_default()
+    }
+
     /// Checks and builds the runtime form: the one function `gatehouse check`, start-up
     /// and reload all use. It reports what `load_file` found (unknown keys, shapes)
     /// together with every check that needs a built object, each made here once: TLS
@@ -166,6 +183,7 @@ impl Snapshot {
                 max_body: r.max_body.map(|s| s.0),
                 read_timeout: r.timeouts.as_ref().and_then(|t| t.read).map(|d| d.0),
                 server_timing: r.server_timing,
+                path_policy: r.path_policy.map(path_override),
                 duration: m.http_duration.with_label_values(&[&r.name]),
                 requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
@@ -190,7 +208,16 @@ impl Snapshot {
             .filter(|l| l.server_timing)
             .filter_map(|l| l.address.parse().ok())
             .collect();
+        let path_policies = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let policy = path_override(l.path_policy?).over(crate::path::Policy::default());
+                Some((l.address.parse().ok()?, policy))
+            })
+            .collect();
         Ok(Snapshot {
+            path_policies,
             router,
             upstreams,
             max_header_size: cfg.server.max_header_size.0 as usize,
@@ -205,6 +232,25 @@ impl Snapshot {
             cache: resources.cache.bind(cfg.cache.as_ref(), &resources.clock),
             loaded,
         })
+    }
+}
+
+/// The runtime form of a `path_policy:` section.
+fn path_override(p: crate::config::model::PathPolicy) -> crate::path::Override {
+    use crate::config::model::{EscapedSlashAction as E, PathAction as P};
+    use crate::path::Action;
+    let action = |a: P| match a {
+        P::Reject => Action::Reject,
+        P::Keep => Action::Keep,
+    };
+    crate::path::Override {
+        escaped_slash: p.escaped_slash.map(|a| match a {
+            E::Reject => Action::Reject,
+            E::Decode => Action::Decode,
+            E::Keep => Action::Keep,
+        }),
+        backslash: p.backslash.map(action),
+        matrix_params: p.matrix_params.map(action),
     }
 }
 
@@ -275,6 +321,51 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(errs) => errs.into_iter().map(|e| (e.path, e.message)).collect(),
         }
+    }
+
+    #[test]
+    fn path_policies_compile_per_listener_and_route() {
+        use crate::path::{Action, Policy};
+        let s = compile(
+            "listeners:\n  - { name: a, address: \"127.0.0.1:18080\" }\n  - { name: b, address: \"0.0.0.0:18081\", path_policy: { escaped_slash: decode, matrix_params: keep } }\n\
+             routes:\n  - { name: r0, upstream: u, path_policy: { backslash: keep } }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let at = |a: &str| s.path_policy(Some(a.parse().unwrap()));
+        assert_eq!(at("127.0.0.1:18080"), Policy::default());
+        let b = at("127.0.0.1:18081");
+        assert_eq!(
+            (b.escaped_slash, b.backslash, b.matrix_params),
+            (Action::Decode, Action::Reject, Action::Keep),
+            "a 0.0.0.0 listener is found by its port; unset keys are reject"
+        );
+        assert_eq!(s.path_policy(None), Policy::default());
+        let route = s
+            .router
+            .find("x", "/", &http::Method::GET, &http::HeaderMap::new())
+            .unwrap();
+        let o = route.path_policy.unwrap();
+        assert_eq!((o.backslash, o.escaped_slash), (Some(Action::Keep), None));
+    }
+
+    #[test]
+    fn bad_path_policies_are_refused_with_their_path() {
+        let e = errors(
+            "listeners: [ { name: a, address: \"127.0.0.1:18080\", path_policy: { backslash: decode } } ]\nroutes: [ { name: r0, upstream: u } ]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|(p, m)| p == "listeners[0].path_policy.backslash" && m.contains("decode")),
+            "{e:?}"
+        );
+        let e = errors(
+            "routes: [ { name: r0, upstream: u, path_policy: { escaped_slashes: keep } } ]\n",
+        );
+        assert!(
+            e.iter()
+                .any(|(p, _)| p == "routes[0].path_policy.escaped_slashes"),
+            "{e:?}"
+        );
     }
 
     #[test]

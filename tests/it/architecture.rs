@@ -16,7 +16,8 @@ const LAYERS: &[(u8, &str, &[&str])] = &[
     // 0: leaves, depend on nothing in the crate.
     (0, "config", &["proptest_support"]),
     (0, "clock", &[]),
-    (0, "error", &[]),
+    // A rejection can name the path policy's refusal (`Reject::BadPath`).
+    (0, "error", &["path"]),
     (0, "metrics", &[]),
     (0, "path", &[]),
     // test support for the property tests (compiled only with cfg(test))

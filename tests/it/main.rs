@@ -34,6 +34,7 @@ mod limits;
 mod limits_durable;
 mod limits_redis;
 mod operations;
+mod path_protocol;
 mod routing;
 mod server_loop;
 mod tls_h2;
