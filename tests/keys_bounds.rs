@@ -41,10 +41,8 @@ async fn invented_methods_share_one_series() {
     }
     let m = gw.metrics().await;
     let series = m.find("gatehouse_http_requests_total", &[("route", "m")]);
-    let methods: std::collections::BTreeSet<_> = series
-        .iter()
-        .map(|s| s.labels["method"].clone())
-        .collect();
+    let methods: std::collections::BTreeSet<_> =
+        series.iter().map(|s| s.labels["method"].clone()).collect();
     eprintln!(
         "201 requests, 200 invented methods: {} series, methods {methods:?}",
         series.len()
@@ -82,7 +80,9 @@ async fn upstream_statuses_outside_http_share_one_series() {
                     let mut buf = vec![0u8; 4096];
                     let mut got = Vec::new();
                     loop {
-                        let Ok(n) = s.read(&mut buf).await else { return };
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -90,9 +90,8 @@ async fn upstream_statuses_outside_http_share_one_series() {
                         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                             got.drain(..end + 4);
                             let code = next.fetch_add(1, Ordering::SeqCst);
-                            let resp = format!(
-                                "HTTP/1.1 {code} Invented\r\ncontent-length: 2\r\n\r\nok"
-                            );
+                            let resp =
+                                format!("HTTP/1.1 {code} Invented\r\ncontent-length: 2\r\n\r\nok");
                             if s.write_all(resp.as_bytes()).await.is_err() {
                                 return;
                             }
@@ -132,7 +131,10 @@ async fn upstream_statuses_outside_http_share_one_series() {
         let ok = l == "other" || l.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
         assert!(ok, "status label {l:?} is outside 100..=599");
     }
-    assert!(answered.len() <= 3 && upstream.len() <= 3, "{answered:?} {upstream:?}");
+    assert!(
+        answered.len() <= 3 && upstream.len() <= 3,
+        "{answered:?} {upstream:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -186,7 +188,10 @@ async fn wait_db_count(dir: &TestDir, key: &[u8], want: u64) {
         if n == want {
             return;
         }
-        assert!(Instant::now() < deadline, "key holds {n} in SQLite, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "key holds {n} in SQLite, want {want}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -253,7 +258,11 @@ async fn quota_keys_are_bounded_in_memory_and_in_sqlite() {
     eprintln!("5,000 distinct quota keys, max_keys 1024: {keys} in memory, {rows} SQLite rows");
     assert!(keys <= MAX_KEYS, "{keys} keys in memory");
     assert!(rows as f64 <= MAX_KEYS, "{rows} rows in SQLite");
-    assert_eq!(send(&http, &url, "heavy").await, 429, "still held to its quota");
+    assert_eq!(
+        send(&http, &url, "heavy").await,
+        429,
+        "still held to its quota"
+    );
     assert_eq!(send(&http, &url, "newcomer").await, 200);
 }
 
@@ -284,13 +293,17 @@ async fn long_quota_keys_are_stored_as_hashes() {
     eprintln!("SQLite: {rows} rows, longest key {longest} bytes");
     assert_eq!(rows, 2);
     assert_eq!(longest, 71, "sha256: + 64 hex digits");
-    assert_eq!(send(&http, &url, "short").await, 200, "short keys unchanged");
+    assert_eq!(
+        send(&http, &url, "short").await,
+        200,
+        "short keys unchanged"
+    );
     wait_db_count(&dir, b"short", 1).await;
 }
 
 /// During a Redis outage quota admissions are counted locally until Redis is back; a flood
 /// of distinct keys in that time stays under `max_keys`, and the heavy key's admissions
-/// made during the outage still reach Redis when it returns.
+/// made during the outage (the most used, so kept) still reach Redis when it returns.
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_keeps_pending_quota_deltas_bounded() {
     let mut redis = RedisServer::start().await;
@@ -314,7 +327,10 @@ async fn redis_outage_keeps_pending_quota_deltas_bounded() {
             if n == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "heavy holds {n} in Redis, want {want}");
+            assert!(
+                Instant::now() < deadline,
+                "heavy holds {n} in Redis, want {want}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -324,7 +340,11 @@ async fn redis_outage_keeps_pending_quota_deltas_bounded() {
     wait_heavy(10, &redis);
     redis.kill();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.metrics().await.get("gatehouse_limit_store_up", &[("backend", "redis")]) != Some(0.0)
+    while gw
+        .metrics()
+        .await
+        .get("gatehouse_limit_store_up", &[("backend", "redis")])
+        != Some(0.0)
     {
         assert!(Instant::now() < deadline, "the outage was not noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -336,8 +356,10 @@ async fn redis_outage_keeps_pending_quota_deltas_bounded() {
     let keys = limit_keys(&gw).await;
     eprintln!("Redis down, 5,000 distinct quota keys, max_keys 1024: {keys} held in memory");
     assert!(keys <= MAX_KEYS, "{keys} keys pending in memory");
+    // The restarted Redis has no persistence: it starts empty, and gets exactly the 5
+    // admissions the heavy key made during the outage.
     redis.restart().await;
-    wait_heavy(15, &redis);
+    wait_heavy(5, &redis);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -374,7 +396,11 @@ async fn route_idle_timeout_reaches_the_connection_pool() {
         short.connections(),
         long.connections()
     );
-    assert_eq!(short.connections(), 2, "idle: 100ms closed the pooled connection");
+    assert_eq!(
+        short.connections(),
+        2,
+        "idle: 100ms closed the pooled connection"
+    );
     assert_eq!(long.connections(), 1, "the default keeps it");
 }
 
@@ -385,8 +411,13 @@ async fn route_connect_timeout_reaches_the_connector() {
     // Backlog 0 and two unaccepted connections: the queue is full and further SYNs are
     // dropped, so a connect hangs until its timeout.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
-        .unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let addr = sock.local_addr().unwrap().as_socket().unwrap();
     let fillers: Vec<_> = (0..2)
@@ -410,7 +441,10 @@ async fn route_connect_timeout_reaches_the_connector() {
         r.status()
     );
     assert!(r.status().is_server_error());
-    assert!(took < Duration::from_secs(3), "took {took:?}: the route's 200ms was not used");
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}: the route's 200ms was not used"
+    );
     drop((sock, fillers));
 }
 
@@ -431,9 +465,11 @@ async fn tls_health_checks_honour_verify_false() {
     .unwrap()
     .collect::<Result<Vec<_>, _>>()
     .unwrap();
-    let key =
-        PrivateKeyDer::from_pem_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/certs/a.test.key"))
-            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/certs/a.test.key"
+    ))
+    .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -454,7 +490,9 @@ async fn tls_health_checks_honour_verify_false() {
                 };
                 let (acceptor, hits) = (acceptor.clone(), hits.clone());
                 tokio::spawn(async move {
-                    let Ok(mut s) = acceptor.accept(s).await else { return };
+                    let Ok(mut s) = acceptor.accept(s).await else {
+                        return;
+                    };
                     let mut buf = [0u8; 4096];
                     let mut got = Vec::new();
                     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -465,7 +503,9 @@ async fn tls_health_checks_honour_verify_false() {
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
                     let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
                         .await;
                     let _ = s.shutdown().await;
                 });
@@ -542,7 +582,10 @@ async fn http_health_checks_speak_h2c_to_http2_upstreams() {
     );
     got.expect("an h2c-only upstream must pass its HTTP health check");
     assert!(health.load(Ordering::SeqCst) >= 1);
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200
+    );
     server.abort();
 }
 
@@ -569,7 +612,10 @@ fn sub_second_lifecycle_durations_are_refused_with_their_path() {
         let (code, out) = common::gateway::check(&yaml(server), &[]);
         eprintln!("{server}: exit {code:?}: {}", out.trim());
         assert_ne!(code, Some(0), "{server} must be refused");
-        assert!(out.contains(path), "{server}: the error names {path}: {out}");
+        assert!(
+            out.contains(path),
+            "{server}: the error names {path}: {out}"
+        );
     }
     let (code, out) = common::gateway::check(&yaml("grace_period: 2s, shutdown_timeout: 1s"), &[]);
     assert_eq!(code, Some(0), "whole seconds are fine: {out}");
@@ -609,8 +655,14 @@ async fn reload_warns_about_keys_it_cannot_apply() {
     // The old admin address still answers; the new route is live.
     assert_eq!(gw.admin_get("/readyz").await.status(), 200);
     let client = client();
-    assert_eq!(client.get(gw.url("/new")).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(gw.url("/other")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        client.get(gw.url("/new")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        client.get(gw.url("/other")).send().await.unwrap().status(),
+        404
+    );
     let logs = gw.stderr() + &gw.stdout();
     assert!(
         logs.contains("admin.address") && logs.contains("access_log.path"),

@@ -149,7 +149,11 @@ fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
     } else {
         crate::metrics::metrics()
             .upstream_requests
-            .with_label_values(&[&up.name, &target.address, status.as_str()])
+            .with_label_values(&[
+                &up.name,
+                &target.address,
+                crate::metrics::status_label(status.as_u16(), &mut itoa::Buffer::new()),
+            ])
             .inc();
     }
     if up.passive.is_some() {
@@ -471,7 +475,12 @@ impl ProxyHttp for Gateway {
                 up.duration.observe(now.duration_since(s).as_secs_f64());
             }
             if resp.status.as_u16() >= 500 {
-                attempt_failed(up, target, resp.status.as_str());
+                let mut buf = itoa::Buffer::new();
+                attempt_failed(
+                    up,
+                    target,
+                    crate::metrics::status_label(resp.status.as_u16(), &mut buf),
+                );
             } else {
                 attempt_answered(up, target, resp.status);
             }
