@@ -352,9 +352,7 @@ impl ProxyHttp for Gateway {
         ctx.attempt.start(up, id);
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
-        if let Some(rt) = route.read_timeout {
-            peer.options.read_timeout = Some(rt);
-        }
+        route.timeouts.apply(&mut peer.options);
         Ok(Box::new(peer))
     }
 
