@@ -452,7 +452,8 @@ async fn route_connect_timeout_reaches_the_connector() {
 // §7, active health checks
 
 /// A TLS upstream with a certificate from a private CA: with `verify: false` the active
-/// HTTP check succeeds (the target turns healthy and serves).
+/// HTTP check succeeds (the target turns healthy and serves); with `verify: true` the
+/// same target stays unhealthy.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_health_checks_honour_verify_false() {
     use tokio_rustls::rustls;
@@ -515,10 +516,20 @@ async fn tls_health_checks_honour_verify_false() {
     let address = format!("localhost:{}", addr.port());
     let gw = Gateway::start(&config(&format!(
         "upstreams:\n  tls: {{ targets: [ {{ address: \"{address}\" }} ], tls: true, \
-         verify: false, health: {FAST_HEALTH} }}\n\
-         routes:\n  - {{ name: t, match: {{ path_prefix: / }}, upstream: tls }}\n"
+         verify: false, health: {FAST_HEALTH} }}\n  \
+         strict: {{ targets: [ {{ address: \"{address}\" }} ], tls: true, \
+         health: {FAST_HEALTH} }}\n\
+         routes:\n  - {{ name: t, match: {{ path_prefix: / }}, upstream: tls }}\n  \
+         - {{ name: s, match: {{ path_prefix: /strict }}, upstream: strict }}\n"
     )))
     .await;
+    // With the default `verify: true` the same certificate is still refused.
+    let strict = gw
+        .wait_target_health("strict", &address, "unhealthy", Duration::from_secs(5))
+        .await;
+    let detail = gw.target("strict", &address).await;
+    eprintln!("same upstream, verify: true: {strict:?}; target {detail:?}");
+    strict.expect("verify: true must keep refusing a certificate from an unknown CA");
     let got = gw
         .wait_target_health("tls", &address, "healthy", Duration::from_secs(5))
         .await;

@@ -50,12 +50,69 @@ pub struct Shared {
     pub active_requests: AtomicUsize,
     pub config_path: String,
     reload_lock: tokio::sync::Mutex<()>,
+    /// What the process took at start and a reload cannot change.
+    start_only: StartOnly,
+}
+
+/// Config values used once, at start: the access log file is opened and the admin
+/// listener bound before serving. A reload that changes them applies everything else and
+/// says, with their YAML paths, that these keep their running values.
+struct StartOnly {
+    access_log_path: String,
+    admin_address: Option<String>,
+}
+
+impl StartOnly {
+    fn of(cfg: &crate::config::Config) -> StartOnly {
+        StartOnly {
+            access_log_path: cfg.access_log.path.clone(),
+            admin_address: cfg.admin.as_ref().map(|a| a.address.clone()),
+        }
+    }
+
+    /// One warning per start-only key that `next` sets differently.
+    fn changes(&self, next: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let mut out = Vec::new();
+        if next.access_log.path != self.access_log_path {
+            out.push(ConfigError::new(
+                "access_log.path",
+                format!(
+                    "changed to {:?}, but the access log is opened at start: it stays {:?} \
+                     until a restart or `gatehouse upgrade`",
+                    next.access_log.path, self.access_log_path
+                ),
+            ));
+        }
+        let next_admin = next.admin.as_ref().map(|a| a.address.clone());
+        if next_admin != self.admin_address {
+            let shown = |a: &Option<String>| a.as_deref().unwrap_or("off").to_string();
+            out.push(ConfigError::new(
+                "admin.address",
+                format!(
+                    "changed to {:?}, but the admin listener is bound at start: it stays on \
+                     {:?} until a restart or `gatehouse upgrade`",
+                    shown(&next_admin),
+                    shown(&self.admin_address)
+                ),
+            ));
+        }
+        out
+    }
+}
+
+/// A reload that was applied, and what it could not apply.
+pub struct Reloaded {
+    pub version_hash: String,
+    pub warnings: Vec<crate::config::ConfigError>,
 }
 
 impl Shared {
     /// `snapshot` was compiled with `resources`.
     pub fn new(snapshot: Snapshot, resources: Resources, config_path: String) -> Arc<Self> {
+        let start_only = StartOnly::of(&snapshot.loaded.config);
         Arc::new(Shared {
+            start_only,
             snapshot: ArcSwap::from_pointee(snapshot),
             resources,
             ready: AtomicBool::new(false),
@@ -73,8 +130,9 @@ impl Shared {
     /// Reload is all or nothing: parse, validate, compile (reusing unchanged upstreams
     /// with their health, the running store and the cache storage, whose bounds the new
     /// config sets), then swap. Any error leaves the running snapshot in place.
-    /// Listener changes need an upgrade (`gatehouse upgrade`), not a reload.
-    pub async fn reload(&self) -> Result<String, Vec<crate::config::ConfigError>> {
+    /// Listener changes need an upgrade (`gatehouse upgrade`), not a reload; so do
+    /// `access_log.path` and `admin.address`, which the answer warns about (`StartOnly`).
+    pub async fn reload(&self) -> Result<Reloaded, Vec<crate::config::ConfigError>> {
         let _guard = self.reload_lock.lock().await;
         let m = crate::metrics::metrics();
         let result = crate::config::load_file(&self.config_path).and_then(|loaded| {
@@ -96,10 +154,17 @@ impl Shared {
                     }
                 }
                 let hash = next.loaded.version_hash.clone();
+                let warnings = self.start_only.changes(&next.loaded.config);
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(version = %hash, "config reloaded");
-                Ok(hash)
+                for w in &warnings {
+                    tracing::warn!("reload: not applied: {w}");
+                }
+                Ok(Reloaded {
+                    version_hash: hash,
+                    warnings,
+                })
             }
             Err(errs) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
