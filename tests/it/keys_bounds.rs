@@ -3,8 +3,7 @@
 //! are refused or warned about with their YAML path (§7). Everything through real
 //! sockets on loopback.
 
-mod common;
-
+use crate::common;
 use common::redis_server::RedisServer;
 use common::{client, config, config_with_server, Gateway, TestDir, Upstream, FAST_HEALTH};
 use sha2::Digest;
