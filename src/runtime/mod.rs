@@ -54,12 +54,16 @@ pub struct Shared {
     start_only: StartOnly,
 }
 
-/// Config values used once, at start: the access log file is opened and the admin
-/// listener bound before serving. A reload that changes them applies everything else and
-/// says, with their YAML paths, that these keep their running values.
+/// Config values used once, at start: the access log file is opened, the admin
+/// listener and the listeners bound, and the server (threads, pid file, upgrade socket,
+/// grace period, shutdown timeout) set up before serving. A reload that changes them
+/// applies everything else and says, with their YAML paths, that these keep their running
+/// values.
 struct StartOnly {
     access_log_path: String,
     admin_address: Option<String>,
+    /// The server's own settings, as YAML paths and their values.
+    process: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl StartOnly {
@@ -67,7 +71,30 @@ impl StartOnly {
         StartOnly {
             access_log_path: cfg.access_log.path.clone(),
             admin_address: cfg.admin.as_ref().map(|a| a.address.clone()),
+            process: Self::process(cfg),
         }
+    }
+
+    fn process(cfg: &crate::config::Config) -> Vec<(&'static str, serde_json::Value)> {
+        let v = |x: serde_json::Result<serde_json::Value>| x.unwrap_or_default();
+        let s = &cfg.server;
+        vec![
+            ("listeners", v(serde_json::to_value(&cfg.listeners))),
+            ("server.threads", v(serde_json::to_value(s.threads))),
+            ("server.pid_file", v(serde_json::to_value(&s.pid_file))),
+            (
+                "server.upgrade_sock",
+                v(serde_json::to_value(&s.upgrade_sock)),
+            ),
+            (
+                "server.grace_period",
+                v(serde_json::to_value(s.grace_period)),
+            ),
+            (
+                "server.shutdown_timeout",
+                v(serde_json::to_value(s.shutdown_timeout)),
+            ),
+        ]
     }
 
     /// One warning per start-only key that `next` sets differently.
@@ -96,6 +123,15 @@ impl StartOnly {
                     shown(&self.admin_address)
                 ),
             ));
+        }
+        for ((path, was), (_, now)) in self.process.iter().zip(Self::process(next)) {
+            if *was != now {
+                out.push(ConfigError::new(
+                    *path,
+                    "changed, but it is taken when the server starts: the running value \
+                     stays until a restart or `gatehouse upgrade`",
+                ));
+            }
         }
         out
     }

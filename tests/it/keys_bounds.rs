@@ -631,8 +631,9 @@ fn sub_second_lifecycle_durations_are_refused_with_their_path() {
     assert_eq!(code, Some(0), "whole seconds are fine: {out}");
 }
 
-/// `access_log.path` and `admin.address` are taken at start only: a reload that changes
-/// them says so, with their YAML paths, in its answer and in the log, and keeps the rest.
+/// `access_log.path`, `admin.address`, the listeners and the server's own settings are
+/// taken at start only: a reload that changes them says so, with their YAML paths, in its
+/// answer and in the log, and applies the rest.
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_warns_about_keys_it_cannot_apply() {
     let up = Upstream::start("app").await;
@@ -684,4 +685,31 @@ async fn reload_warns_about_keys_it_cannot_apply() {
     let r = gw.admin_post("/admin/reload", &serde_json::json!({})).await;
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["warnings"], serde_json::json!([]), "{body}");
+    // The other keys only a restart or upgrade applies: listeners and the server's own.
+    let listener = gw.addr().to_string();
+    let moved = yaml
+        .replace(&listener, &format!("127.0.0.1:{}", common::free_port()))
+        .replace("threads: 1", "threads: 2")
+        .replace("grace_period: 5s", "grace_period: 7s");
+    std::fs::write(&gw.config_path, moved).unwrap();
+    let r = gw.admin_post("/admin/reload", &serde_json::json!({})).await;
+    let body: serde_json::Value = r.json().await.unwrap();
+    eprintln!("reload changing a listener, threads and grace_period: {body}");
+    let paths: Vec<_> = body["warnings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|w| w["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        paths,
+        ["listeners", "server.threads", "server.grace_period"],
+        "{body}"
+    );
+    assert_eq!(
+        client.get(gw.url("/")).send().await.unwrap().status(),
+        200,
+        "still on the old listener"
+    );
 }
