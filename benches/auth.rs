@@ -2,8 +2,8 @@
 //! cached (the verified-token cache), per algorithm family, and the API-key lookup.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use gatehouse::config::load;
-use gatehouse::policy::PolicySet;
+use gatehouse::internals::config::load;
+use gatehouse::internals::policy::PolicySet;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use std::path::PathBuf;
 
@@ -30,7 +30,7 @@ fn policies() -> PolicySet {
         .map(|i| {
             format!(
                 "  - {{ id: c{i}, api_keys: [\"{}\"], scopes: [orders:read] }}\n",
-                gatehouse::policy::consumers::hash_key(&format!("key-{i}"))
+                gatehouse::hash_key(&format!("key-{i}"))
             )
         })
         .collect();
@@ -42,8 +42,9 @@ fn policies() -> PolicySet {
         file.display()
     );
     let cfg = load::parse(&yaml, &|_| None).expect("bench config");
-    let stores =
-        gatehouse::store::Registry::new(std::sync::Arc::new(gatehouse::clock::Clock::system()));
+    let stores = gatehouse::internals::store::Registry::new(std::sync::Arc::new(
+        gatehouse::internals::clock::Clock::system(),
+    ));
     let set = PolicySet::build(&cfg, None, &stores).unwrap_or_else(|e| panic!("{e:?}"));
     let _ = std::fs::remove_file(file);
     set
@@ -87,7 +88,7 @@ fn bench_jwt(c: &mut Criterion) {
         ("HS256", Algorithm::HS256),
     ] {
         let t = token(alg);
-        let now = gatehouse::policy::jwt::unix_now();
+        let now = gatehouse::internals::policy::jwt::unix_now();
         let mono = std::time::Instant::now();
         g.bench_function(format!("cold/{name}"), |b| {
             b.iter(|| {

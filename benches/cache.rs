@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use gatehouse::cache::{key, rules, MemoryStorage};
+use gatehouse::internals::cache::{key, rules, MemoryStorage};
 use http::HeaderMap;
 use pingora::cache::key::CacheHashKey;
 use pingora::cache::storage::Storage;

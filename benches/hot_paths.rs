@@ -2,11 +2,11 @@
 //! header work, and upstream selection per algorithm.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use gatehouse::config::model;
-use gatehouse::path::normalize;
-use gatehouse::policy::headers;
-use gatehouse::runtime::router::{host_of, Conditions, Entry, PathMatch, Router};
-use gatehouse::upstream::Upstream;
+use gatehouse::internals::config::model;
+use gatehouse::internals::path::normalize;
+use gatehouse::internals::policy::headers;
+use gatehouse::internals::runtime::router::{host_of, Conditions, Entry, PathMatch, Router};
+use gatehouse::internals::upstream::Upstream;
 use http::{HeaderMap, Method};
 
 fn router(n: usize) -> Router<usize> {
@@ -140,7 +140,7 @@ fn upstream(balance: model::Balance) -> Upstream {
         health: Default::default(),
     };
     let name = format!("bench-{balance:?}");
-    let plan = gatehouse::upstream::Plan::compile(&name, &cfg).expect("valid upstream");
+    let plan = gatehouse::internals::upstream::Plan::compile(&name, &cfg).expect("valid upstream");
     Upstream::build(&name, &cfg, plan)
 }
 

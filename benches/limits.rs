@@ -3,11 +3,11 @@
 //! Also the quota check on a known key.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use gatehouse::config::units::RateUnit;
-use gatehouse::store::counts::QuotaTable;
-use gatehouse::store::gcra::{Gcra, RateTable};
-use gatehouse::store::window::window_at;
-use gatehouse::store::DEFAULT_MAX_KEYS;
+use gatehouse::internals::config::units::RateUnit;
+use gatehouse::internals::store::counts::QuotaTable;
+use gatehouse::internals::store::gcra::{Gcra, RateTable};
+use gatehouse::internals::store::window::window_at;
+use gatehouse::internals::store::DEFAULT_MAX_KEYS;
 
 const S: u64 = 1_000_000_000;
 

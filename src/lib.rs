@@ -1,25 +1,33 @@
 //! Gatehouse: an edge API gateway on Pingora. `run` builds the Pingora server from a
 //! compiled config; `main.rs` is only the command line around it.
 
-pub mod accesslog;
-pub mod admin;
-pub mod cache;
-pub mod clock;
-pub mod config;
-pub mod context;
-pub mod error;
-pub mod lifecycle;
-pub mod metrics;
-pub mod path;
-pub mod policy;
+pub(crate) mod accesslog;
+pub(crate) mod admin;
+pub(crate) mod cache;
+pub(crate) mod clock;
+pub(crate) mod config;
+pub(crate) mod context;
+pub(crate) mod error;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
+pub(crate) mod path;
+pub(crate) mod policy;
 #[cfg(test)]
 pub(crate) mod proptest_support;
-pub mod proxy;
-pub mod runtime;
-pub mod store;
-pub mod tls;
-pub mod upgrade;
-pub mod upstream;
+pub(crate) mod proxy;
+pub(crate) mod runtime;
+pub(crate) mod store;
+pub(crate) mod tls;
+pub(crate) mod upgrade;
+pub(crate) mod upstream;
+
+#[doc(hidden)]
+pub mod internals;
+
+/// `gatehouse hash-key`: the `sha256:<hex>` form of an API key.
+pub use config::values::hash_key;
+/// `gatehouse upgrade`: the hand-over to a new process.
+pub use upgrade::run as upgrade;
 
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;

@@ -70,43 +70,41 @@ fn main() -> ExitCode {
             }
         },
         Command::HashKey { key } => {
-            println!("{}", gatehouse::policy::consumers::hash_key(&key));
+            println!("{}", gatehouse::hash_key(&key));
             ExitCode::SUCCESS
         }
-        Command::Upgrade { config, log } => {
-            match gatehouse::upgrade::run(&config, log.as_deref()) {
-                Ok(r) => {
-                    println!("upgrade: new process logs to {}", r.log);
-                    println!(
-                        "upgrade: new process {} ready after {:.2}s (was {})",
-                        r.new_pid,
-                        r.ready_after.as_secs_f64(),
-                        r.old_pid
-                    );
-                    match r.old_exited_after {
-                        Some(d) => {
-                            println!(
-                                "upgrade: old process {} drained and exited after {:.2}s",
-                                r.old_pid,
-                                d.as_secs_f64()
-                            );
-                            ExitCode::SUCCESS
-                        }
-                        None => {
-                            eprintln!(
-                                "upgrade: old process {} is still running after its grace period",
-                                r.old_pid
-                            );
-                            ExitCode::from(1)
-                        }
+        Command::Upgrade { config, log } => match gatehouse::upgrade(&config, log.as_deref()) {
+            Ok(r) => {
+                println!("upgrade: new process logs to {}", r.log);
+                println!(
+                    "upgrade: new process {} ready after {:.2}s (was {})",
+                    r.new_pid,
+                    r.ready_after.as_secs_f64(),
+                    r.old_pid
+                );
+                match r.old_exited_after {
+                    Some(d) => {
+                        println!(
+                            "upgrade: old process {} drained and exited after {:.2}s",
+                            r.old_pid,
+                            d.as_secs_f64()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    None => {
+                        eprintln!(
+                            "upgrade: old process {} is still running after its grace period",
+                            r.old_pid
+                        );
+                        ExitCode::from(1)
                     }
                 }
-                Err(e) => {
-                    eprintln!("upgrade failed: {e}");
-                    ExitCode::from(1)
-                }
             }
-        }
+            Err(e) => {
+                eprintln!("upgrade failed: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run {
             config,
             upgrade,

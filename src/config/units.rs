@@ -7,33 +7,98 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
+/// Why a duration, size or rate did not parse. `Display` is the message the loader
+/// attaches to the YAML path (it names what was expected).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitError {
+    pub kind: UnitKind,
+    pub input: String,
+    pub problem: UnitProblem,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    Duration,
+    Size,
+    Rate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnitProblem {
+    /// A duration without a unit.
+    MissingUnit,
+    /// The number part does not parse.
+    NotANumber,
+    /// A rate's count (the text given) is not a whole number.
+    NotWholeNumber(String),
+    UnknownUnit(String),
+    OutOfRange,
+    /// A rate without `/`.
+    NotARate,
+    /// A rate of 0 per unit.
+    ZeroCount,
+}
+
+impl UnitError {
+    fn new(kind: UnitKind, input: &str, problem: UnitProblem) -> UnitError {
+        UnitError {
+            kind,
+            input: input.to_string(),
+            problem,
+        }
+    }
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use UnitKind::*;
+        use UnitProblem::*;
+        let what = match self.kind {
+            Duration => "duration",
+            Size => "size",
+            Rate => "rate",
+        };
+        write!(f, "invalid {what} {:?}: ", self.input)?;
+        match (&self.kind, &self.problem) {
+            (_, MissingUnit) => f.write_str("missing unit (ms, s, m, h, d)"),
+            (Duration, NotANumber) => f.write_str("expected a number then a unit"),
+            (_, NotANumber) => f.write_str("expected e.g. 512KiB, 8MiB or a byte count"),
+            (_, NotWholeNumber(n)) => write!(f, "{n:?} is not a whole number"),
+            (Duration, UnknownUnit(u)) => write!(f, "unknown unit {u:?} (ms, s, m, h, d)"),
+            (Size, UnknownUnit(u)) => write!(f, "unknown unit {u:?} (B, KiB, MiB, GiB)"),
+            (Rate, UnknownUnit(u)) => write!(f, "unknown unit {u:?} (s, min, h, day, month)"),
+            (Size, OutOfRange) => f.write_str("too large"),
+            (_, OutOfRange) => f.write_str("out of range"),
+            (_, NotARate) => f.write_str("expected N/UNIT, e.g. 50/s or 1000/day"),
+            (_, ZeroCount) => f.write_str("the count must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for UnitError {}
+
 /// A duration written as `250ms`, `2s`, `5m`, `1h` or `1d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Dur(pub Duration);
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let s = s.trim();
+    let err = |p| UnitError::new(UnitKind::Duration, s, p);
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m, h, d)"))?;
+        .ok_or_else(|| err(UnitProblem::MissingUnit))?;
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number then a unit"))?;
+    let n: f64 = num.parse().map_err(|_| err(UnitProblem::NotANumber))?;
     let ms = match unit {
         "ms" => n,
         "s" => n * 1_000.0,
         "m" | "min" => n * 60_000.0,
         "h" => n * 3_600_000.0,
         "d" => n * 86_400_000.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"
-            ))
-        }
+        _ => return Err(err(UnitProblem::UnknownUnit(unit.to_string()))),
     };
     if !ms.is_finite() || !(0.0..=1e13).contains(&ms) {
-        return Err(format!("invalid duration {s:?}: out of range"));
+        return Err(err(UnitProblem::OutOfRange));
     }
     Ok(Duration::from_micros((ms * 1000.0).round() as u64))
 }
@@ -65,13 +130,12 @@ impl Serialize for Dur {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Size(pub u64);
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let s = s.trim();
+    let err = |p| UnitError::new(UnitKind::Size, s, p);
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512KiB, 8MiB or a byte count"))?;
+    let n: u64 = num.parse().map_err(|_| err(UnitProblem::NotANumber))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -80,14 +144,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        u => {
-            return Err(format!(
-                "invalid size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB)"
-            ))
-        }
+        u => return Err(err(UnitProblem::UnknownUnit(u.to_string()))),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+        .ok_or_else(|| err(UnitProblem::OutOfRange))
 }
 
 impl<'de> Deserialize<'de> for Size {
@@ -153,29 +213,26 @@ pub struct Rate {
     pub unit: RateUnit,
 }
 
-pub fn parse_rate(s: &str) -> Result<Rate, String> {
+pub fn parse_rate(s: &str) -> Result<Rate, UnitError> {
+    let err = |p| UnitError::new(UnitKind::Rate, s, p);
     let (n, u) = s
         .trim()
         .split_once('/')
-        .ok_or_else(|| format!("invalid rate {s:?}: expected N/UNIT, e.g. 50/s or 1000/day"))?;
+        .ok_or_else(|| err(UnitProblem::NotARate))?;
     let count: u64 = n
         .trim()
         .parse()
-        .map_err(|_| format!("invalid rate {s:?}: {n:?} is not a whole number"))?;
+        .map_err(|_| err(UnitProblem::NotWholeNumber(n.to_string())))?;
     let unit = match u.trim() {
         "s" => RateUnit::Second,
         "min" => RateUnit::Minute,
         "h" => RateUnit::Hour,
         "day" => RateUnit::Day,
         "month" => RateUnit::Month,
-        other => {
-            return Err(format!(
-                "invalid rate {s:?}: unknown unit {other:?} (s, min, h, day, month)"
-            ))
-        }
+        other => return Err(err(UnitProblem::UnknownUnit(other.to_string()))),
     };
     if count == 0 {
-        return Err(format!("invalid rate {s:?}: the count must be at least 1"));
+        return Err(err(UnitProblem::ZeroCount));
     }
     Ok(Rate { count, unit })
 }

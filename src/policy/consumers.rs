@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use crate::config::values::{hash_key, parse_digest, KeyDigest};
+pub use crate::config::values::{parse_digest, KeyDigest};
 
 struct Known {
     id: String,
@@ -94,6 +94,7 @@ impl Consumers {
 mod tests {
     use super::*;
     use crate::config::model;
+    use crate::config::values::hash_key;
 
     fn cfg(with_default_tier: bool) -> Config {
         let mut c = Config::default();

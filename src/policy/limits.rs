@@ -310,10 +310,6 @@ fn give_back(counted: Vec<(Counted<'_>, Cow<'_, [u8]>)>, applied: &mut [Applied]
 
 #[async_trait]
 impl Policy for Limits {
-    fn name(&self) -> &'static str {
-        "limits"
-    }
-
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject> {
         let tier = cx
             .identity

@@ -53,8 +53,6 @@ pub struct PolicyCtx<'a> {
 
 #[async_trait]
 pub trait Policy: Send + Sync {
-    /// Stable name, for logs.
-    fn name(&self) -> &'static str;
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject>;
 }
 

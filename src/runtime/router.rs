@@ -7,7 +7,6 @@
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// What a route needs to match beyond host and path.
 #[derive(Debug, Default)]
@@ -183,9 +182,6 @@ pub fn host_of(raw: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(h)
     }
 }
-
-/// Shared route values are usually `Arc`s; this keeps call sites short.
-pub type SharedRouter<R> = Arc<Router<Arc<R>>>;
 
 #[cfg(test)]
 mod tests {

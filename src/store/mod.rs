@@ -218,13 +218,6 @@ impl Store {
         &self.clock
     }
 
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            Backend::Local(_) => "local",
-            Backend::Redis(_) => "redis",
-        }
-    }
-
     fn fail_closed(&self) -> bool {
         self.config.on_error == OnError::FailClosed
     }

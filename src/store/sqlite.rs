@@ -10,7 +10,7 @@
 //! active keys read again.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,7 +27,6 @@ CREATE TABLE IF NOT EXISTS quota_counts (
 ";
 
 pub struct Sqlite {
-    pub path: PathBuf,
     read: Mutex<Connection>,
     write: Mutex<Connection>,
     last_version: Mutex<Option<i64>>,
@@ -59,7 +58,6 @@ impl Sqlite {
         write.execute_batch(SCHEMA).map_err(err)?;
         let read = open_conn(&path).map_err(err)?;
         Ok(Sqlite {
-            path: path.clone(),
             read: Mutex::new(read),
             write: Mutex::new(write),
             last_version: Mutex::new(None),

@@ -31,7 +31,7 @@ async fn setup() -> Setup {
         &tokens::jwks(&["rsa", "ec256", "ec384", "ed25519"]),
     );
     let rsa = dir.write("rsa.jwks.json", &tokens::jwks(&["rsa"]));
-    let acme_hash = gatehouse::policy::consumers::hash_key(ACME_KEY);
+    let acme_hash = gatehouse::hash_key(ACME_KEY);
     let gw = Gateway::start(&config(&format!(
         r#"
         upstreams:

@@ -10,8 +10,8 @@ const ACME: &str = "acme-key-1";
 const BETA: &str = "beta-key-1";
 
 async fn gateway(o: &Origin) -> Gateway {
-    let acme = gatehouse::policy::consumers::hash_key(ACME);
-    let beta = gatehouse::policy::consumers::hash_key(BETA);
+    let acme = gatehouse::hash_key(ACME);
+    let beta = gatehouse::hash_key(BETA);
     let yaml = config(&format!(
         r#"
         cache: {{ memory: 4MiB }}

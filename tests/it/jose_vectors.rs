@@ -5,8 +5,8 @@
 //! The verifier is the gateway's own (`policy::jwt::token` + `keys`), configured as an
 //! issuer would be: the group's key, and the group's algorithm as the only one accepted.
 
-use gatehouse::policy::jwt::keys::{Alg, KeySet, VerifyKey};
-use gatehouse::policy::jwt::token::Parsed;
+use gatehouse::internals::policy::jwt::keys::{Alg, KeySet, VerifyKey};
+use gatehouse::internals::policy::jwt::token::Parsed;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;

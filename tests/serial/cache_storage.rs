@@ -8,8 +8,8 @@
 #![allow(unsafe_code)]
 
 use bytes::Bytes;
-use gatehouse::cache::storage::EntryTag;
-use gatehouse::cache::MemoryStorage;
+use gatehouse::internals::cache::EntryTag;
+use gatehouse::internals::cache::MemoryStorage;
 use pingora::cache::storage::{MissFinishType, Storage};
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheKey, CacheMeta};
@@ -148,7 +148,7 @@ async fn eviction_holds_the_bound_for_tiny_and_large_entries_and_drops_the_least
     let shard_of = |i: usize| {
         use pingora::cache::key::CacheHashKey;
         (u128::from_be_bytes(key(i).combined_bin()) as u64)
-            % gatehouse::cache::storage::SHARDS as u64
+            % gatehouse::internals::cache::SHARDS as u64
     };
     let same: Vec<usize> = (0..10_000)
         .filter(|i| shard_of(*i) == shard_of(0))
@@ -256,7 +256,7 @@ async fn seeks_span_chunks_and_updates_keep_the_body() {
 /// when the clock stands still.
 #[tokio::test]
 async fn hits_carry_the_real_stale_windows_and_admissions_stay_ordered() {
-    use gatehouse::cache::storage::StaleWindows;
+    use gatehouse::internals::cache::StaleWindows;
     let _one_at_a_time = SERIAL.lock().await;
     let s = storage(1 << 20, 1 << 20);
     let span = Span::inactive().handle();

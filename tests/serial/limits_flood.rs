@@ -9,8 +9,8 @@
 use crate::common;
 
 use common::{client, config, Gateway, Upstream};
-use gatehouse::store::gcra::{Gcra, RateTable};
-use gatehouse::store::DEFAULT_MAX_KEYS;
+use gatehouse::internals::store::gcra::{Gcra, RateTable};
+use gatehouse::internals::store::DEFAULT_MAX_KEYS;
 use std::time::Instant;
 
 const S: u64 = 1_000_000_000;

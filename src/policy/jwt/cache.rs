@@ -71,15 +71,12 @@ impl TokenCache {
         map.insert(key, Entry { identity, until });
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -104,7 +101,7 @@ mod tests {
         c.insert(k, id("x"), 1000.0, 900);
         assert_eq!(c.get(&k, 999).unwrap().consumer_id, "x");
         assert!(c.get(&k, 1000).is_none());
-        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use jsonwebtoken::DecodingKey;
 use std::fmt;
 use std::sync::Arc;
 
-pub use crate::config::values::{Alg, ALL_ALGS};
+pub use crate::config::values::Alg;
 
 /// The `jsonwebtoken` algorithm of `alg`; `None` for ES512, which it lacks.
 fn to_jwt(alg: Alg) -> Option<jsonwebtoken::Algorithm> {
@@ -395,6 +395,7 @@ pub fn parse_jwks(bytes: &[u8], algs: &[Alg], allow_symmetric: bool) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::values::ALL_ALGS;
 
     fn jwk(v: serde_json::Value) -> serde_json::Value {
         v

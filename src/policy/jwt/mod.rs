@@ -210,8 +210,4 @@ impl JwtAuth {
         let identity = self.consumers.for_jwt(&issuer.name, checked);
         Ok((Arc::new(identity), until))
     }
-
-    pub fn cached_tokens(&self) -> usize {
-        self.cache.len()
-    }
 }

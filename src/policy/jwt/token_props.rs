@@ -156,7 +156,7 @@ proptest! {
     /// Well-formed tokens always parse, whatever their payload bytes.
     #[test]
     fn canonical_tokens_parse(
-        alg in prop::sample::select(super::super::keys::ALL_ALGS.to_vec()),
+        alg in prop::sample::select(crate::config::values::ALL_ALGS.to_vec()),
         kid in prop::option::of(".{0,16}"),
         payload in prop::collection::vec(any::<u8>(), 0..64),
         sig in prop::collection::vec(any::<u8>(), 1..64),
