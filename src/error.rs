@@ -61,6 +61,8 @@ pub enum Reject {
     Limited(Box<Limited>),
     /// 503: the limit store is unreachable and `on_error: fail_closed`.
     LimitStoreUnavailable,
+    /// 408: the request head did not arrive within `server.header_timeout`.
+    RequestTimeout,
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -92,6 +94,7 @@ impl Reject {
             Reject::Internal => 500,
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
+            Reject::RequestTimeout => 408,
         }
     }
 
@@ -113,6 +116,7 @@ impl Reject {
             Reject::Limited(l) if l.quota => "quota-exceeded",
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
+            Reject::RequestTimeout => "request-timeout",
         }
     }
 
@@ -131,6 +135,7 @@ impl Reject {
             Reject::Internal => "Internal Server Error",
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
+            Reject::RequestTimeout => "Request Timeout",
         }
     }
 
@@ -166,6 +171,7 @@ impl Reject {
             Reject::LimitStoreUnavailable => {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
+            Reject::RequestTimeout => "the request head did not arrive in time".into(),
         }
     }
 

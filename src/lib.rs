@@ -16,6 +16,7 @@ pub(crate) mod policy;
 pub(crate) mod proptest_support;
 pub(crate) mod proxy;
 pub(crate) mod runtime;
+pub(crate) mod server;
 pub(crate) mod store;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
@@ -36,6 +37,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use runtime::{Resources, Shared, Snapshot};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RunOptions {
@@ -73,12 +75,14 @@ impl std::fmt::Display for StartError {
     }
 }
 
-/// Per-client-connection socket buffers. Pingora's default read buffer is 64 KiB per
-/// connection, which alone is 640 MiB for 10,000 idle keep-alive clients. Request
-/// headers are parsed from their own growing buffer, and reads larger than this buffer
-/// bypass it, so 4 KiB costs little throughput and bounds idle memory.
+/// Per-client-connection socket buffers, allocated at accept for the connection's whole
+/// life (Pingora cannot resize or release them while it is idle). Pingora's default read
+/// buffer is 64 KiB per connection, 640 MiB for 10,000 idle keep-alive clients. None is
+/// kept: our connection loop (`server`) reads request heads into its own buffer, and
+/// Pingora reads bodies in 64 KiB chunks, which would bypass a small buffer anyway. The
+/// write buffer stays: it joins a small response's header and body into one write.
 fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(4 * 1024, 1460)
+    L4BufferSettings::new(0, 1460)
 }
 
 /// Loads, checks and compiles a config file: `gatehouse check`, and what `run` and
@@ -179,13 +183,35 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let mut http = pingora::proxy::http_proxy(
         &server_conf,
         proxy::Gateway {
             shared: shared.clone(),
         },
-        "gatehouse",
     );
+    // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for the
+    // preface again; it only sees connections that carry one.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
+    http.server_options = Some(options);
+    let listeners: Arc<[server::ListenerRt]> = cfg
+        .listeners
+        .iter()
+        .filter_map(server::ListenerRt::new)
+        .collect();
+    let mut proxy = pingora::services::listening::Service::new(
+        "gatehouse".to_string(),
+        server::App::new(http, shared.clone(), listeners.clone()),
+    );
+    if cfg
+        .listeners
+        .iter()
+        .any(|l| l.tls.is_some() && l.max_connections.is_some())
+    {
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(Arc::new(server::TlsGate(listeners)));
+    }
     for l in &cfg.listeners {
         match &l.tls {
             None => proxy

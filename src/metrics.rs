@@ -8,7 +8,7 @@
 //! | label | source | bound |
 //! |---|---|---|
 //! | `route`, `upstream`, `target`, `issuer`, `limit` | the config (names, addresses, limit ids) | the config's size |
-//! | `method` | the client's request line | the registered methods (`method_label`); any other is `other` |
+//! | `method` | the client's request line | the registered methods (`method_label`); any other is `OTHER` |
 //! | `status` (`http_requests`, `upstream_requests`) | our answer, or the upstream's status line (any 3 digits) | `status_label`: 100..=599, `000` for no response, else `other` |
 //! | `status` (`upstream_requests`, failures) | fixed outcome names (`connect_error`, ...) | the names in `proxy` |
 //! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
@@ -50,6 +50,10 @@ pub struct Metrics {
     pub store_up: IntGaugeVec,
     /// Keys each limit holds in memory (refreshed when /metrics is read).
     pub limit_keys: IntGaugeVec,
+    /// Client connections open, by listener (parked keep-alive ones included).
+    pub downstream_connections: IntGaugeVec,
+    /// Client connections closed at accept because the listener was at `max_connections`.
+    pub downstream_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -155,6 +159,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Keys a rate limit or quota holds in memory (bounded by store.max_keys)",
             &["limit"]
         )?,
+        downstream_connections: register_int_gauge_vec!(
+            "gatehouse_downstream_connections",
+            "Client connections open, by listener",
+            &["listener"]
+        )?,
+        downstream_refused: register_int_counter_vec!(
+            "gatehouse_downstream_connections_refused_total",
+            "Client connections refused at accept because the listener was at max_connections",
+            &["listener"]
+        )?,
     })
 }
 
@@ -180,7 +194,7 @@ pub fn render() -> String {
 /// vector's lock on each call, which is measurable per request (issue 3's profile).
 pub struct RequestCounters {
     route: String,
-    /// Keyed by label values, so every invented method shares the `other` handle.
+    /// Keyed by label values, so every invented method shares the `OTHER` handle.
     handles: parking_lot::RwLock<std::collections::HashMap<(&'static str, u16), IntCounter>>,
 }
 
@@ -212,7 +226,7 @@ impl RequestCounters {
 }
 
 /// The `method` label: the methods registered for HTTP (RFC 9110 §9 and PATCH, RFC
-/// 5789) keep their name; every other token a client sends is `other`. WebDAV methods are
+/// 5789) keep their name; every other token a client sends is `OTHER`. WebDAV methods are
 /// not listed: nothing in the gateway treats them specially, and an API that uses them can
 /// still tell them apart in the access log, which records the method as sent.
 pub fn method_label(method: &str) -> &'static str {
@@ -226,7 +240,7 @@ pub fn method_label(method: &str) -> &'static str {
         "OPTIONS" => "OPTIONS",
         "TRACE" => "TRACE",
         "PATCH" => "PATCH",
-        _ => "other",
+        _ => "OTHER",
     }
 }
 
@@ -259,8 +273,8 @@ mod tests {
     fn invented_methods_and_statuses_share_one_label() {
         assert_eq!(method_label("GET"), "GET");
         assert_eq!(method_label("PATCH"), "PATCH");
-        assert_eq!(method_label("M1"), "other");
-        assert_eq!(method_label("get"), "other", "methods are case-sensitive");
+        assert_eq!(method_label("M1"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER", "methods are case-sensitive");
         let mut b = itoa::Buffer::new();
         assert_eq!(status_label(0, &mut b), "000");
         assert_eq!(status_label(100, &mut b), "100");

@@ -52,6 +52,12 @@ fn default_max_header_size() -> Size {
 fn default_threads() -> usize {
     1
 }
+fn default_header_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_keepalive_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +81,13 @@ pub struct Server {
     /// Extension: CIDRs whose `X-Forwarded-For` is believed (used by limits by IP).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The whole request head must arrive within this (from accept, or from the first
+    /// byte of a later request on a keep-alive connection), or the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Dur,
+    /// Value of the `Server` response field; empty = no `Server` field at all.
+    #[serde(default)]
+    pub server_header: String,
 }
 
 impl Default for Server {
@@ -88,6 +101,8 @@ impl Default for Server {
             data_dir: default_data_dir(),
             max_header_size: default_max_header_size(),
             trusted_proxies: Vec::new(),
+            header_timeout: default_header_timeout(),
+            server_header: String::new(),
         }
     }
 }
@@ -104,6 +119,20 @@ pub struct Listener {
     /// Extension: add `Server-Timing` to every response of this listener.
     #[serde(default)]
     pub server_timing: bool,
+    /// On a plaintext listener: HTTP/2 with prior knowledge (h2c) beside HTTP/1.1. A TLS
+    /// listener offers HTTP/2 through `tls.http2` (ALPN) instead.
+    #[serde(default)]
+    pub http2: bool,
+    /// Open connections above which new ones are refused at accept (and counted).
+    #[serde(default)]
+    pub max_connections: Option<u64>,
+    /// An idle HTTP/1 keep-alive connection is closed after this.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
+    /// Extension: requests served on one HTTP/1 connection; the last answer says
+    /// `Connection: close` (nginx's `keepalive_requests`). Unset = no limit.
+    #[serde(default)]
+    pub keepalive_requests: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

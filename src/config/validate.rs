@@ -69,6 +69,20 @@ fn server(v: &mut V, cfg: &Config) {
             );
         }
     }
+    let ht = s.header_timeout.0;
+    if ht < std::time::Duration::from_millis(100) || ht > std::time::Duration::from_secs(600) {
+        v.err("server.header_timeout", "must be between 100ms and 10m");
+    }
+    if !s.server_header.is_empty()
+        && (s.server_header.len() > 256
+            || !s.server_header.bytes().all(|b| (0x20..0x7f).contains(&b))
+            || s.server_header.trim() != s.server_header)
+    {
+        v.err(
+            "server.server_header",
+            "must be at most 256 printable ASCII characters without leading or trailing spaces",
+        );
+    }
     for (i, c) in s.trusted_proxies.iter().enumerate() {
         if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
             v.err(
@@ -116,6 +130,25 @@ fn listeners(v: &mut V, cfg: &Config) {
                 format!("{p}.address"),
                 format!("{:?} is not an IP:port address", l.address),
             ),
+        }
+        if l.http2 && l.tls.is_some() {
+            v.err(
+                format!("{p}.http2"),
+                "is for plaintext listeners (h2c); a TLS listener offers HTTP/2 with tls.http2",
+            );
+        }
+        if l.max_connections == Some(0) {
+            v.err(format!("{p}.max_connections"), "must be at least 1");
+        }
+        let ka = l.keepalive_timeout.0;
+        if ka < std::time::Duration::from_millis(100) || ka > std::time::Duration::from_secs(3600) {
+            v.err(
+                format!("{p}.keepalive_timeout"),
+                "must be between 100ms and 1h",
+            );
+        }
+        if l.keepalive_requests == Some(0) {
+            v.err(format!("{p}.keepalive_requests"), "must be at least 1");
         }
         if let Some(tls) = &l.tls {
             if tls.certificates.is_empty() {

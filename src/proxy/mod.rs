@@ -42,6 +42,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     resp.insert_header("content-type", "application/problem+json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
+    crate::server::apply_server_header(&mut resp, server_header(ctx));
     if !ctx.request.id.is_empty() {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
     }
@@ -76,6 +77,14 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `server.server_header` of the snapshot the request started with.
+fn server_header(ctx: &Ctx) -> &str {
+    ctx.routing
+        .snapshot
+        .as_ref()
+        .map_or("", |s| s.loaded.config.server.server_header.as_str())
 }
 
 impl Gateway {
@@ -514,6 +523,7 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
+        crate::server::apply_server_header(resp, server_header(ctx));
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
         }
@@ -538,6 +548,9 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let reject = to_reject(e, ctx);
         let code = reject.status();
+        // The connection is not reused after this (can_reuse_downstream below), so the
+        // answer says `Connection: close` rather than inviting a request that reads EOF.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             if let Err(err) = respond(session, ctx, reject).await {
                 tracing::debug!("could not send the error response: {err}");

@@ -35,6 +35,8 @@ const LAYERS: &[(u8, &str, &[&str])] = &[
     (6, "proxy", &[]),
     // 7: what runs around the proxy.
     (7, "admin", &[]),
+    // our ServerApp around the proxy: the connection loop.
+    (7, "server", &[]),
     (8, "upgrade", &[]),
     (9, "lifecycle", &[]),
     // 10: the re-exports the benches and integration tests use (every other module is

@@ -22,7 +22,7 @@ fn upstream_yaml(up: &Upstream) -> String {
 // ---------------------------------------------------------------------------------------
 // §4, methods and statuses
 
-/// 200 invented methods through the gateway: one `other` series, not 200.
+/// 200 invented methods through the gateway: one `OTHER` series, not 200.
 #[tokio::test(flavor = "multi_thread")]
 async fn invented_methods_share_one_series() {
     let up = Upstream::start("app").await;
@@ -48,13 +48,13 @@ async fn invented_methods_share_one_series() {
     );
     assert_eq!(
         methods.into_iter().collect::<Vec<_>>(),
-        ["GET", "other"],
-        "invented methods must collapse to `other`"
+        ["GET", "OTHER"],
+        "invented methods must collapse to `OTHER`"
     );
     assert_eq!(
         m.get(
             "gatehouse_http_requests_total",
-            &[("route", "m"), ("method", "other"), ("status", "200")]
+            &[("route", "m"), ("method", "OTHER"), ("status", "200")]
         ),
         Some(200.0)
     );

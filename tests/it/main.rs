@@ -36,6 +36,7 @@ mod limits_durable;
 mod limits_redis;
 mod operations;
 mod routing;
+mod server_loop;
 mod tls_h2;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
