@@ -163,8 +163,9 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
         threads: cfg.server.threads,
         pid_file: cfg.server.pid_file.clone(),
         upgrade_sock: cfg.server.upgrade_sock.clone(),
-        grace_period_seconds: Some(grace.as_secs().max(1)),
-        graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.0.as_secs().max(1)),
+        // Whole seconds, at least 1 (validated): nothing is cut here.
+        grace_period_seconds: Some(grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.shutdown_timeout.0.as_secs()),
         daemon: opts.daemon,
         ..ServerConf::default()
     };

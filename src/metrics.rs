@@ -1,6 +1,21 @@
 //! Every metric, registered once in the process-wide Prometheus registry (the one that
 //! `pingora-prometheus` also serves). Names and labels are the contract in CONFIG.md.
 //! Hot-path users keep pre-resolved handles (see `runtime::Route` and `upstream`).
+//!
+//! **Label audit: what a client (or an upstream) can choose.** A Prometheus series lives
+//! as long as the process, so every label value must come from a bounded set:
+//!
+//! | label | source | bound |
+//! |---|---|---|
+//! | `route`, `upstream`, `target`, `issuer`, `limit` | the config (names, addresses, limit ids) | the config's size |
+//! | `method` | the client's request line | the registered methods (`method_label`); any other is `OTHER` |
+//! | `status` (`http_requests`, `upstream_requests`) | our answer, or the upstream's status line (any 3 digits) | `status_label`: 100..=599, `000` for no response, else `other` |
+//! | `status` (`upstream_requests`, failures) | fixed outcome names (`connect_error`, ...) | the names in `proxy` |
+//! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
+//! | `reason` (`rejected`) | `proxy::Reject::slug` | an enum |
+//! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
+//!
+//! No label is taken from a header, a path, a query or a token claim.
 
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
@@ -184,12 +199,13 @@ pub fn render() -> String {
 /// vector's lock on each call, which is measurable per request (issue 3's profile).
 pub struct RequestCounters {
     route: String,
-    handles: parking_lot::RwLock<std::collections::HashMap<(http::Method, u16), IntCounter>>,
+    /// Keyed by label values, so every invented method shares the `OTHER` handle.
+    handles: parking_lot::RwLock<std::collections::HashMap<(&'static str, u16), IntCounter>>,
 }
 
 impl RequestCounters {
     /// At most this many distinct (method, status) pairs are cached per route; past it
-    /// (clients inventing methods) the vector is asked directly, as before.
+    /// (an upstream answering with many distinct statuses) the vector is asked directly.
     const MAX: usize = 256;
 
     pub fn new(route: &str) -> Self {
@@ -200,7 +216,8 @@ impl RequestCounters {
     }
 
     pub fn inc(&self, method: &http::Method, status: u16) {
-        if let Some(c) = self.handles.read().get(&(method.clone(), status)) {
+        let m = method_label(method.as_str());
+        if let Some(c) = self.handles.read().get(&(m, status)) {
             c.inc();
             return;
         }
@@ -208,8 +225,38 @@ impl RequestCounters {
         c.inc();
         let mut w = self.handles.write();
         if w.len() < Self::MAX {
-            w.insert((method.clone(), status), c);
+            w.insert((m, status), c);
         }
+    }
+}
+
+/// The `method` label: the methods registered for HTTP (RFC 9110 §9 and PATCH, RFC
+/// 5789) keep their name; every other token a client sends is `OTHER`. WebDAV methods are
+/// not listed: nothing in the gateway treats them specially, and an API that uses them can
+/// still tell them apart in the access log, which records the method as sent.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+/// The `status` label: a status an HTTP answer can have (100..=599) as its three digits,
+/// `000` when no response was sent, `other` for anything else an upstream wrote (the
+/// parser accepts any three digits).
+pub fn status_label(status: u16, buf: &mut itoa::Buffer) -> &str {
+    match status {
+        0 => "000",
+        100..=599 => buf.format(status),
+        _ => "other",
     }
 }
 
@@ -217,12 +264,27 @@ impl RequestCounters {
 /// that got no response at all (status 0) is labelled `000`.
 pub fn http_requests(route: &str, method: &str, status: u16) -> IntCounter {
     let mut buf = itoa::Buffer::new();
-    let status = if status == 0 {
-        "000"
-    } else {
-        buf.format(status)
-    };
+    let status = status_label(status, &mut buf);
     metrics()
         .http_requests
-        .with_label_values(&[route, method, status])
+        .with_label_values(&[route, method_label(method), status])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_and_statuses_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("M1"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER", "methods are case-sensitive");
+        let mut b = itoa::Buffer::new();
+        assert_eq!(status_label(0, &mut b), "000");
+        assert_eq!(status_label(100, &mut b), "100");
+        assert_eq!(status_label(599, &mut b), "599");
+        assert_eq!(status_label(600, &mut b), "other");
+        assert_eq!(status_label(999, &mut b), "other");
+    }
 }

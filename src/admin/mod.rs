@@ -238,7 +238,12 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             }))
         }
         (Method::POST, "/admin/reload") => match shared.reload().await {
-            Ok(hash) => json(serde_json::json!({ "result": "ok", "version_hash": hash })),
+            Ok(r) => json(serde_json::json!({
+                "result": "ok",
+                "version_hash": r.version_hash,
+                // Keys the new config changes but only a restart or upgrade applies.
+                "warnings": r.warnings.iter().map(|e| serde_json::json!({"path": e.path, "message": e.message})).collect::<Vec<_>>(),
+            })),
             Err(errs) => {
                 let body = serde_json::json!({
                     "type": "https://gatehouse.dev/problems/invalid-config",

@@ -52,6 +52,23 @@ fn server(v: &mut V, cfg: &Config) {
     if s.max_header_size.0 < 1024 || s.max_header_size.0 > 1_048_000 {
         v.err("server.max_header_size", "must be between 1KiB and 1000KiB");
     }
+    // Pingora takes these two in whole seconds (`grace_period_seconds`,
+    // `graceful_shutdown_timeout_seconds`, at least 1): a fraction would be cut without a
+    // word, so it is refused instead.
+    for (path, d) in [
+        ("server.grace_period", s.grace_period.0),
+        ("server.shutdown_timeout", s.shutdown_timeout.0),
+    ] {
+        if d.subsec_nanos() != 0 || d.as_secs() == 0 {
+            v.err(
+                path,
+                format!(
+                    "must be a whole number of seconds, at least 1s (the server counts \
+                     whole seconds); got {d:?}"
+                ),
+            );
+        }
+    }
     let ht = s.header_timeout.0;
     if ht < std::time::Duration::from_millis(100) || ht > std::time::Duration::from_secs(600) {
         v.err("server.header_timeout", "must be between 100ms and 10m");
@@ -650,6 +667,21 @@ mod tests {
             (
                 "server: { max_header_size: 10 }\n",
                 &[("server.max_header_size", "must be between 1KiB and 1000KiB")],
+            ),
+            (
+                "server: { grace_period: 1500ms, shutdown_timeout: 0s }\n",
+                &[
+                    (
+                        "server.grace_period",
+                        "must be a whole number of seconds, at least 1s (the server counts \
+                         whole seconds); got 1.5s",
+                    ),
+                    (
+                        "server.shutdown_timeout",
+                        "must be a whole number of seconds, at least 1s (the server counts \
+                         whole seconds); got 0ns",
+                    ),
+                ],
             ),
             (
                 "server: { trusted_proxies: [\"10.0.0.0/8\", \"nope\"] }\n",

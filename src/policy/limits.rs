@@ -47,8 +47,13 @@ impl KeyFrom {
     }
 
     /// The key of one request. A missing value (no consumer, no header) is the empty
-    /// key: it is counted like any other, never "not limited".
+    /// key: it is counted like any other, never "not limited". A key longer than
+    /// `MAX_RAW_KEY` is replaced by its digest (`stored_key`).
     fn of<'a>(&self, cx: &'a PolicyCtx<'_>, proxies: &TrustedProxies) -> Cow<'a, [u8]> {
+        stored_key(self.raw(cx, proxies))
+    }
+
+    fn raw<'a>(&self, cx: &'a PolicyCtx<'_>, proxies: &TrustedProxies) -> Cow<'a, [u8]> {
         match self {
             KeyFrom::Consumer => match cx.identity.as_ref() {
                 Some(id) => Cow::Borrowed(id.consumer_id.as_bytes()),
@@ -64,6 +69,26 @@ impl KeyFrom {
             },
         }
     }
+}
+
+/// Keys up to this many bytes are stored as sent; longer ones as their digest.
+pub const MAX_RAW_KEY: usize = 64;
+
+/// What the limit tables, SQLite and Redis hold for a key: the key itself up to
+/// `MAX_RAW_KEY` bytes, else `sha256:` and the 64 hex digits of its SHA-256 (71 bytes).
+/// A client value (a header can be kilobytes) then costs at most 71 bytes per entry in
+/// memory and per row on disk. The digest form is longer than any key kept as sent, so a
+/// short key can never equal a long key's digest: two keys share a count only when they
+/// are equal (or their SHA-256 collides).
+pub fn stored_key(key: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    if key.len() <= MAX_RAW_KEY {
+        return key;
+    }
+    use sha2::Digest;
+    let mut out = Vec::with_capacity(7 + 64);
+    out.extend_from_slice(b"sha256:");
+    out.extend_from_slice(hex::encode(sha2::Sha256::digest(&key)).as_bytes());
+    Cow::Owned(out)
 }
 
 /// A tier's limits, shared by every route.
@@ -342,6 +367,24 @@ mod tests {
     use super::*;
     use crate::policy::Identity;
     use pingora::http::RequestHeader;
+
+    #[test]
+    fn long_keys_are_stored_as_their_digest() {
+        let short = vec![b'k'; MAX_RAW_KEY];
+        assert_eq!(&*stored_key(Cow::Borrowed(&short)), &short[..]);
+        let long = vec![b'k'; MAX_RAW_KEY + 1];
+        let d = stored_key(Cow::Borrowed(&long));
+        assert_eq!(d.len(), 71);
+        assert!(d.starts_with(b"sha256:"));
+        let mut other = long.clone();
+        *other.last_mut().unwrap() = b'j';
+        assert_ne!(
+            d,
+            stored_key(Cow::Borrowed(&other)),
+            "only equal keys collide"
+        );
+        assert_eq!(d, stored_key(Cow::Borrowed(&long)));
+    }
 
     fn limits_for(yaml: &str) -> Limits {
         let cfg = crate::config::load::parse(yaml, &|_| None).expect("config");

@@ -158,7 +158,11 @@ fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
     } else {
         crate::metrics::metrics()
             .upstream_requests
-            .with_label_values(&[&up.name, &target.address, status.as_str()])
+            .with_label_values(&[
+                &up.name,
+                &target.address,
+                crate::metrics::status_label(status.as_u16(), &mut itoa::Buffer::new()),
+            ])
             .inc();
     }
     if up.passive.is_some() {
@@ -374,9 +378,7 @@ impl ProxyHttp for Gateway {
             ctx.timing.upstream_start = Some(Instant::now());
             let mut peer = up.peer(id);
             peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
-            if let Some(rt) = route.read_timeout {
-                peer.options.read_timeout = Some(rt);
-            }
+            route.timeouts.apply(&mut peer.options);
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
@@ -394,9 +396,7 @@ impl ProxyHttp for Gateway {
         ctx.attempt.start(up, id);
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
-        if let Some(rt) = route.read_timeout {
-            peer.options.read_timeout = Some(rt);
-        }
+        route.timeouts.apply(&mut peer.options);
         Ok(Box::new(peer))
     }
 
@@ -540,7 +540,12 @@ impl ProxyHttp for Gateway {
                 up.duration.observe(now.duration_since(s).as_secs_f64());
             }
             if resp.status.as_u16() >= 500 {
-                attempt_failed(up, target, resp.status.as_str());
+                let mut buf = itoa::Buffer::new();
+                attempt_failed(
+                    up,
+                    target,
+                    crate::metrics::status_label(resp.status.as_u16(), &mut buf),
+                );
             } else {
                 attempt_answered(up, target, resp.status);
             }

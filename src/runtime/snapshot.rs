@@ -27,7 +27,8 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub max_body: Option<u64>,
-    pub read_timeout: Option<Duration>,
+    /// `routes[].timeouts`: each one set replaces its upstream's for this route.
+    pub timeouts: RouteTimeouts,
     pub server_timing: bool,
     /// `path_policy:` of the route, merged over the listener's per request.
     pub path_policy: Option<crate::path::Override>,
@@ -35,6 +36,47 @@ pub struct Route {
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
     pub policies: Vec<Arc<dyn Policy>>,
+}
+
+/// A route's own `timeouts`, laid over the upstream's peer options per request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    pub connect: Option<Duration>,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+impl RouteTimeouts {
+    pub fn compile(t: Option<&crate::config::model::Timeouts>) -> RouteTimeouts {
+        let get = |f: fn(&crate::config::model::Timeouts) -> Option<crate::config::units::Dur>| {
+            t.and_then(f).map(|d| d.0)
+        };
+        RouteTimeouts {
+            connect: get(|t| t.connect),
+            read: get(|t| t.read),
+            write: get(|t| t.write),
+            idle: get(|t| t.idle),
+        }
+    }
+
+    /// `connect` bounds the TCP connect, `read` and `write` each read and
+    /// write of the exchange, `idle` how long the connection may wait in the pool after
+    /// this request before it is closed.
+    pub fn apply(&self, o: &mut pingora::upstreams::peer::PeerOptions) {
+        if let Some(d) = self.connect {
+            o.connection_timeout = Some(d);
+        }
+        if let Some(d) = self.read {
+            o.read_timeout = Some(d);
+        }
+        if let Some(d) = self.write {
+            o.write_timeout = Some(d);
+        }
+        if let Some(d) = self.idle {
+            o.idle_timeout = Some(d);
+        }
+    }
 }
 
 pub struct Snapshot {
@@ -181,7 +223,7 @@ impl Snapshot {
                 request_headers: HeaderOps::compile(&r.request_headers),
                 response_headers: HeaderOps::compile(&r.response_headers),
                 max_body: r.max_body.map(|s| s.0),
-                read_timeout: r.timeouts.as_ref().and_then(|t| t.read).map(|d| d.0),
+                timeouts: RouteTimeouts::compile(r.timeouts.as_ref()),
                 server_timing: r.server_timing,
                 path_policy: r.path_policy.map(path_override),
                 duration: m.http_duration.with_label_values(&[&r.name]),
@@ -283,6 +325,24 @@ fn route_path(index: usize, m: &RouteMatch, errs: &mut Vec<ConfigError>) -> Opti
 mod tests {
     use super::*;
     use crate::config::load;
+
+    #[test]
+    fn every_route_timeout_reaches_the_peer_options() {
+        let t: crate::config::model::Timeouts =
+            serde_yaml::from_str("{ connect: 1s, write: 3s, idle: 4s }").unwrap();
+        let rt = RouteTimeouts::compile(Some(&t));
+        let mut o = pingora::upstreams::peer::PeerOptions::new();
+        o.read_timeout = Some(Duration::from_secs(60));
+        rt.apply(&mut o);
+        assert_eq!(o.connection_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(
+            o.read_timeout,
+            Some(Duration::from_secs(60)),
+            "unset: upstream's"
+        );
+        assert_eq!(o.write_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(o.idle_timeout, Some(Duration::from_secs(4)));
+    }
 
     fn dir(sub: &str) -> String {
         format!("{}/tests/{sub}", env!("CARGO_MANIFEST_DIR"))

@@ -509,13 +509,9 @@ impl HeadInfo {
     /// The method as a metric label: a registered method, or `OTHER`, so that invented
     /// methods in refused heads cannot create series.
     fn method_label(&self) -> &'static str {
-        const KNOWN: [&str; 9] = [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        ];
-        match self.method.as_deref() {
-            Some(m) => KNOWN.iter().find(|k| **k == m).copied().unwrap_or("OTHER"),
-            None => "OTHER",
-        }
+        self.method
+            .as_deref()
+            .map_or("OTHER", crate::metrics::method_label)
     }
 }
 

@@ -46,6 +46,19 @@ pub enum Check {
     Unknown(Window),
 }
 
+/// Removes the least used entries of `s` until `keep` remain (ties: any of them).
+fn drop_least_used(s: &mut HashMap<u64, Entry>, keep: usize) {
+    let excess = s.len().saturating_sub(keep);
+    if excess == 0 {
+        return;
+    }
+    let mut by_use: Vec<(u64, u64)> = s.iter().map(|(h, e)| (e.used(), *h)).collect();
+    by_use.select_nth_unstable(excess - 1);
+    for (_, h) in &by_use[..excess] {
+        s.remove(h);
+    }
+}
+
 /// One key's admissions to merge into the store.
 #[derive(Debug, Clone)]
 pub struct Delta {
@@ -119,9 +132,16 @@ impl QuotaTable {
     /// Records a key's count as loaded from the store (unless another request did first).
     pub fn insert(&self, h: u64, key: &[u8], window: u64, count: u64, now: u64) {
         let mut s = self.shard(h);
-        if s.len() >= self.shard_cap {
-            // Synced entries can be loaded again; unsynced ones must stay.
+        if s.len() >= self.shard_cap && !s.contains_key(&h) {
+            // Synced entries can be loaded again: dropping them loses nothing.
             s.retain(|_, e| e.delta != 0 || e.inflight != 0);
+            if s.len() >= self.shard_cap {
+                // Still full of unsynced counts (the store is away, or a flood came
+                // within one sync interval): drop the least used, as a rate drops the
+                // buckets closest to full. A dropped key loses its unsynced admissions
+                // (the fewest of all), which can only admit it more, never refuse it.
+                drop_least_used(&mut s, self.shard_cap * 3 / 4);
+            }
         }
         s.entry(h).or_insert_with(|| Entry {
             key: key.into(),
@@ -290,6 +310,29 @@ mod tests {
         let d = t.take_deltas();
         t.unsynced(&d[0]);
         assert_eq!(t.take_deltas()[0].count, 2, "a failed sync keeps its delta");
+    }
+
+    #[test]
+    fn unsynced_keys_are_capped_and_the_least_used_go_first() {
+        // 16 shards of 16 (the smallest shard): at most 256 keys, whatever is unsynced.
+        let t = QuotaTable::new(10, RateUnit::Day, 256);
+        let now = parse_instant("2030-01-01T10:00:00Z").unwrap();
+        let w = window_at(RateUnit::Day, now).id;
+        let heavy = t.hash(b"heavy");
+        t.insert(heavy, b"heavy", w, 0, now);
+        for _ in 0..5 {
+            t.check(heavy, now);
+        }
+        for i in 0..10_000u32 {
+            let k = i.to_le_bytes();
+            let h = t.hash(&k);
+            t.insert(h, &k, w, 0, now);
+            t.check(h, now);
+            assert!(t.len() <= 256, "{} keys after {i}", t.len());
+        }
+        let d = t.take_deltas();
+        let kept = d.iter().find(|d| d.hash == heavy).map(|d| d.count);
+        assert_eq!(kept, Some(5), "the most used key keeps its unsynced count");
     }
 
     #[test]

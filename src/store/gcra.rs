@@ -182,7 +182,10 @@ impl RateTable {
         let (v, new_tat) = self.gcra.decide(tat, now);
         if v.allowed {
             s.tats.insert(h, new_tat);
-            if self.shared {
+            // Past the cap (a flood of distinct keys within one sync interval, or a
+            // store that is away) a new key's admissions are not recorded for the shared
+            // store: other instances then see less of it, which can only admit it more.
+            if self.shared && (s.pending.len() < self.shard_cap || s.pending.contains_key(&h)) {
                 s.pending
                     .entry(h)
                     .and_modify(|p| p.count = p.count.saturating_add(1))

@@ -97,6 +97,9 @@ struct SyncState {
     last_purge: u64,
     /// Real time of the last quota merge (rates keep their own, see `RateLimiter`).
     last_quota_sync: Option<std::time::Instant>,
+    /// Per quota id, an upper bound of its SQLite rows (rows counted at the last trim,
+    /// plus the rows created since): the file is trimmed to `max_keys` when it passes.
+    sqlite_rows: HashMap<String, usize>,
 }
 
 /// Whether `every` has passed since `last` (and marks it done when it has).
@@ -379,10 +382,20 @@ impl Store {
                     .map(|d| (q.id.as_str(), &*d.key, d.window, d.count))
                     .collect();
                 match db.add(&rows) {
-                    Ok(totals) => deltas
-                        .iter()
-                        .zip(totals)
-                        .for_each(|(d, t)| q.table.synced(d, t)),
+                    Ok(totals) => {
+                        // A total equal to its delta is a new row (or one back from zero).
+                        let created = deltas
+                            .iter()
+                            .zip(&totals)
+                            .filter(|(d, t)| **t == d.count.max(0) as u64)
+                            .count();
+                        let rows = st.sqlite_rows.entry(q.id.clone()).or_insert(usize::MAX);
+                        *rows = rows.saturating_add(created);
+                        deltas
+                            .iter()
+                            .zip(totals)
+                            .for_each(|(d, t)| q.table.synced(d, t));
+                    }
                     Err(e) => {
                         sqlite_error("sync", &e.to_string());
                         deltas.iter().for_each(|d| q.table.unsynced(d));
@@ -402,6 +415,18 @@ impl Store {
                         .zip(counts)
                         .for_each(|((h, _, w), n)| q.table.refreshed(*h, *w, n)),
                     Err(e) => sqlite_error("sync", &e.to_string()),
+                }
+            }
+        }
+        // The file holds at most `max_keys` rows per quota after each sync, like memory.
+        let cap = self.config.max_keys;
+        for q in &quotas {
+            let rows = st.sqlite_rows.entry(q.id.clone()).or_insert(usize::MAX);
+            if *rows > cap {
+                let w = window::window_at(q.table.unit, now).id;
+                match db.trim(&q.id, w, cap, cap / 4 * 3) {
+                    Ok(left) => *rows = left,
+                    Err(e) => sqlite_error("trim", &e.to_string()),
                 }
             }
         }

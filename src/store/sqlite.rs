@@ -123,6 +123,42 @@ impl Sqlite {
         Ok(changed)
     }
 
+    /// Keeps a limit's rows under `cap`: deletes the rows of windows before `current`,
+    /// then, when more than `cap` remain, the least counted down to `keep` (as a rate
+    /// drops the buckets closest to full: a key whose row goes starts again from what
+    /// this process holds in memory, or from zero, which can only admit it more).
+    /// Returns the rows left.
+    pub fn trim(
+        &self,
+        limit_id: &str,
+        current: u64,
+        cap: usize,
+        keep: usize,
+    ) -> rusqlite::Result<usize> {
+        let c = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        c.execute(
+            "DELETE FROM quota_counts WHERE limit_id = ?1 AND window < ?2",
+            params![limit_id, to_i64(current)],
+        )?;
+        let n: i64 = c.query_row(
+            "SELECT count(*) FROM quota_counts WHERE limit_id = ?1",
+            params![limit_id],
+            |r| r.get(0),
+        )?;
+        let n = n.max(0) as usize;
+        if n <= cap {
+            return Ok(n);
+        }
+        let excess = n - keep.min(cap);
+        let deleted = c.execute(
+            "DELETE FROM quota_counts WHERE limit_id = ?1 AND (key, window) IN (
+                 SELECT key, window FROM quota_counts WHERE limit_id = ?1
+                 ORDER BY count ASC LIMIT ?2)",
+            params![limit_id, to_i64(excess as u64)],
+        )?;
+        Ok(n - deleted)
+    }
+
     /// Deletes the rows of windows that ended (they can never matter again).
     pub fn purge(&self, limit_id: &str, current_window: u64) -> rusqlite::Result<usize> {
         let c = self.write.lock().unwrap_or_else(|e| e.into_inner());
@@ -163,6 +199,38 @@ mod tests {
         a.add(&[("q", b"old", 6, 1)]).unwrap();
         assert_eq!(a.purge("q", 7).unwrap(), 1);
         drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn trim_drops_past_windows_then_the_least_counted() {
+        let dir = std::env::temp_dir().join(format!("gh-sqlite-trim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = Sqlite::open(dir.to_str().unwrap()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut rows: Vec<(&str, &[u8], u64, i64)> =
+            keys.iter().map(|k| ("q", &k[..], 7, 1)).collect();
+        rows.push(("q", b"heavy", 7, 50));
+        rows.push(("q", b"old", 6, 90));
+        rows.push(("other", b"k", 7, 1));
+        db.add(&rows).unwrap();
+        assert_eq!(
+            db.trim("q", 7, 200, 150).unwrap(),
+            101,
+            "under the cap: past window only"
+        );
+        assert_eq!(db.trim("q", 7, 64, 48).unwrap(), 48);
+        assert_eq!(
+            db.load("q", b"heavy", 7).unwrap(),
+            50,
+            "the most counted stays"
+        );
+        assert_eq!(
+            db.load("other", b"k", 7).unwrap(),
+            1,
+            "other limits untouched"
+        );
+        drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

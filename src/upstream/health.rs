@@ -1,7 +1,10 @@
 //! Active health checks. One task per upstream, started at boot (not on the first
 //! request), checking every target concurrently each `interval`: a TCP connect, or an
-//! HTTP `GET http_path` expecting 2xx. The task holds only a weak reference, so it ends
-//! when a reload drops its upstream.
+//! HTTP `GET http_path` expecting 2xx. The check talks to a target as requests do: over
+//! TLS when `tls`, checking the certificate only when `verify`, and in h2c (prior
+//! knowledge) when the upstream is `http2` without TLS, since such a target may speak
+//! nothing else. The task holds only a weak reference, so it ends when a reload drops its
+//! upstream.
 //!
 //! Written here rather than with pingora's `HealthCheck` because we need the "unknown
 //! until the first check" state, per-target last-check details for `/admin/upstreams`,
@@ -36,7 +39,9 @@ async fn run_once(up: &Arc<Upstream>, check: &ActiveCheck) {
         let sni = up.sni.clone();
         let name = up.name.clone();
         async move {
-            let res = tokio::time::timeout(check.timeout, probe(&t.address, t.addr, check.http_path.as_deref(), tls, &sni)).await;
+            let res =
+                tokio::time::timeout(check.timeout, probe(&t.address, t.addr, &check, tls, &sni))
+                    .await;
             let (ok, err) = match res {
                 Ok(Ok(())) => (true, None),
                 Ok(Err(e)) => (false, Some(e)),
@@ -55,22 +60,25 @@ async fn run_once(up: &Arc<Upstream>, check: &ActiveCheck) {
 async fn probe(
     host: &str,
     addr: std::net::SocketAddr,
-    http_path: Option<&str>,
+    check: &ActiveCheck,
     tls: bool,
     sni: &str,
 ) -> Result<(), String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let Some(path) = http_path else {
+    let Some(path) = check.http_path.as_deref() else {
         return Ok(());
     };
     let host_header = if sni.is_empty() { host } else { sni };
+    if check.h2c {
+        return exchange_h2c(stream, host_header, path).await;
+    }
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: gatehouse-health-check\r\nConnection: close\r\n\r\n"
     );
     if tls {
-        let connector = tls_connector();
+        let connector = tls_connector(check.verify);
         let name = rustls::pki_types::ServerName::try_from(if sni.is_empty() {
             addr.ip().to_string()
         } else {
@@ -114,8 +122,109 @@ async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// One HTTP/2 GET with prior knowledge; the connection is dropped (closed) on return.
+async fn exchange_h2c(stream: TcpStream, authority: &str, path: &str) -> Result<(), String> {
+    let (client, conn) = h2::client::handshake(stream)
+        .await
+        .map_err(|e| format!("h2c handshake: {e}"))?;
+    let req = http::Request::get(format!("http://{authority}{path}"))
+        .header(http::header::USER_AGENT, "gatehouse-health-check")
+        .body(())
+        .map_err(|e| format!("bad health request: {e}"))?;
+    let ask = async move {
+        let mut client = client.ready().await?;
+        let (resp, _) = client.send_request(req, true)?;
+        resp.await
+    };
+    // The connection future does the I/O; it runs beside the request and goes with it.
+    tokio::pin!(conn);
+    let resp = tokio::select! {
+        r = ask => r.map_err(|e| format!("h2c: {e}"))?,
+        r = &mut conn => return Err(match r {
+            Ok(()) => "h2c: connection closed before the response".into(),
+            Err(e) => format!("h2c: {e}"),
+        }),
+    };
+    match resp.status().as_u16() {
+        code if (200..300).contains(&code) => Ok(()),
+        code => Err(format!("status {code}")),
+    }
+}
+
+/// Accepts any certificate (`verify: false`), as the proxy's own connections then do;
+/// the handshake's signatures are still checked, so the session is with the key holder.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_connector(verify: bool) -> tokio_rustls::TlsConnector {
     use std::sync::OnceLock;
+    static ANY: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
+    if !verify {
+        return ANY
+            .get_or_init(|| {
+                let provider = crate::tls::provider();
+                let verifier = Arc::new(AnyCertificate(provider.clone()));
+                let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|b| {
+                        b.dangerous()
+                            .with_custom_certificate_verifier(verifier)
+                            .with_no_client_auth()
+                    })
+                    .unwrap_or_else(|_| {
+                        rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth()
+                    });
+                tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            })
+            .clone();
+    }
     static C: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
     C.get_or_init(|| {
         let mut roots = rustls::RootCertStore::empty();

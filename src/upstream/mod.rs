@@ -84,6 +84,10 @@ pub struct ActiveCheck {
     pub timeout: Duration,
     pub healthy_after: u32,
     pub unhealthy_after: u32,
+    /// `upstreams.*.verify`: a TLS check checks the certificate only when true.
+    pub verify: bool,
+    /// `http2: true` without TLS: the target speaks h2c only, so the HTTP check does too.
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,6 +210,8 @@ impl Upstream {
                 timeout: a.timeout.0,
                 healthy_after: a.healthy_after,
                 unhealthy_after: a.unhealthy_after,
+                verify: cfg.verify,
+                h2c: cfg.http2 && !cfg.tls,
             }),
             passive: cfg.health.passive.as_ref().map(|p| PassiveCheck {
                 unhealthy_after: p.unhealthy_after,

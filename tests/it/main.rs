@@ -30,6 +30,7 @@ mod echo;
 mod failures;
 mod jose_vectors;
 mod jwks;
+mod keys_bounds;
 mod limits;
 mod limits_durable;
 mod limits_redis;
