@@ -174,9 +174,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server_conf,
-        proxy::Gateway {
-            shared: shared.clone(),
-        },
+        proxy::Gateway::new(shared.clone()),
         "gatehouse",
     );
     for l in &cfg.listeners {
