@@ -119,6 +119,13 @@ impl Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        // The recorded request had these removed already; a copy without a record (a
+        // route without policies) is the client's own bytes.
+        let req = session.req_header_mut();
+        headers::strip_identity(req);
+        if !ctx.request.forwarded_trusted {
+            headers::strip_forwarded(req);
+        }
         Ok(false)
     }
 
