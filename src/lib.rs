@@ -76,9 +76,7 @@ fn client_buffers() -> L4BufferSettings {
 /// Loads, checks and compiles a config file: `gatehouse check`, and what `run` and
 /// `Shared::reload` do too (`load_file`, then `Snapshot::compile`).
 pub fn check(path: &str) -> Result<Snapshot, Vec<config::ConfigError>> {
-    let loaded = config::load_file(path)?;
-    // A check serves nothing: the system clock and resources of its own.
-    Snapshot::compile(loaded, None, &Resources::new(clock::Clock::system()))
+    runtime::check(path)
 }
 
 /// Pingora keeps running when a listener cannot bind (it retries, then panics inside a

@@ -110,7 +110,7 @@ impl Signals {
             .clone();
         tracing::info!("SIGUSR2: starting a successor with {config_path}");
         let started = tokio::task::spawn_blocking(move || {
-            if let Err(errs) = crate::check(&config_path) {
+            if let Err(errs) = crate::runtime::check(&config_path) {
                 let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
                 return Err(format!("the config is invalid: {}", msgs.join("; ")));
             }

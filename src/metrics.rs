@@ -26,7 +26,8 @@ pub struct Metrics {
     pub cache_evicted_bytes: IntCounter,
     pub config_reloads: IntCounterVec,
     pub jwks_refreshes: IntCounterVec,
-    /// Requests the gateway refused itself, by reason (bad_path, header_too_large, ...).
+    /// Requests the gateway refused itself, by reason: the label is `error::Reject::slug`,
+    /// the one list of refusal reasons (`bad-request`, `no-route`, `headers-too-large`, ...).
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,

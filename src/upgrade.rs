@@ -128,7 +128,7 @@ pub fn spawn_successor(
 }
 
 pub fn run(config_path: &str, log: Option<&str>) -> Result<Report, String> {
-    let snap = crate::check(config_path).map_err(|errs| {
+    let snap = crate::runtime::check(config_path).map_err(|errs| {
         let mut s = String::from("the new config is invalid; nothing was changed:\n");
         for e in errs {
             s.push_str(&format!("  {e}\n"));

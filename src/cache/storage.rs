@@ -26,7 +26,7 @@
 //! each), its purge tag and a fixed `ENTRY_OVERHEAD` (+ `CHUNK_OVERHEAD` per body chunk)
 //! for the map slot, `Arc`, LRU node and allocations, so many tiny entries cannot exceed
 //! the bound either. The figures
-//! are checked against a counting allocator in `tests/cache_storage.rs`.
+//! are checked against a counting allocator in `tests/serial/cache_storage.rs`.
 //!
 //! A hit hands Pingora its stale windows as unbounded and keeps the stored ones in the
 //! meta's extensions (`StaleWindows`): Pingora checks them on the wall clock, we decide

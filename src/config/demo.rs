@@ -104,7 +104,7 @@ mod tests {
         assert!(DEMO.contains(&format!("${{DEMO_JWT_SECRET:-{DEMO_HMAC_SECRET}}}")));
         assert!(DEMO.contains(DEMO_API_KEY_SHA256));
         assert_eq!(
-            crate::policy::consumers::hash_key("demo-key-123"),
+            super::super::values::hash_key("demo-key-123"),
             DEMO_API_KEY_SHA256
         );
         let script = include_str!("../../scripts/demo-token.sh");

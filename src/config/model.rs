@@ -1,4 +1,5 @@
-//! The file format, exactly as operators write it (contract: shared/CONFIG.md).
+//! The file format, exactly as operators write it (contract: docs/CONFIG.md, the repo's copy
+//! of the project's configuration contract).
 //! Every struct denies unknown keys. These types are parsed and validated, then compiled
 //! into runtime types (`runtime::Snapshot`); nothing reads them on the request path.
 //! Required keys of list items (route `name`/`upstream`, listener `name`/`address`,

@@ -7,7 +7,7 @@
 //! in `runtime::Snapshot::compile`, which builds those objects anyway.
 
 use super::model::*;
-use super::values::{parse_digest, Alg, ALL_ALGS};
+use super::values::{parse_digest, Alg, LimitKey, ALL_ALGS, LIMIT_KEY_SYNTAX};
 use super::ConfigError;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -523,18 +523,10 @@ fn limits(v: &mut V, cfg: &Config) {
 }
 
 fn route_limits(v: &mut V, cfg: &Config, p: &str, r: &Route) {
-    let key_ok = |k: &Option<String>| match k.as_deref() {
-        None | Some("consumer" | "ip" | "route") => true,
-        Some(h) => h
-            .strip_prefix("header:")
-            .is_some_and(|n| http::HeaderName::from_bytes(n.as_bytes()).is_ok()),
-    };
+    let key_ok = |k: &Option<String>| k.as_deref().is_none_or(|k| LimitKey::parse(k).is_ok());
     if let Some(rl) = &r.rate_limit {
         if !key_ok(&rl.key) {
-            v.err(
-                format!("{p}.rate_limit.key"),
-                "must be consumer | ip | route | header:NAME",
-            );
+            v.err(format!("{p}.rate_limit.key"), LIMIT_KEY_SYNTAX);
         }
         rate_and_burst(v, &format!("{p}.rate_limit.limit"), &rl.limit, rl.burst);
         if let Some(d) = rl.sync_interval {
@@ -553,10 +545,7 @@ fn route_limits(v: &mut V, cfg: &Config, p: &str, r: &Route) {
     }
     if let Some(q) = &r.quota {
         if !key_ok(&q.key) {
-            v.err(
-                format!("{p}.quota.key"),
-                "must be consumer | ip | route | header:NAME",
-            );
+            v.err(format!("{p}.quota.key"), LIMIT_KEY_SYNTAX);
         }
     }
 }

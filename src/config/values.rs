@@ -133,6 +133,33 @@ impl fmt::Display for Alg {
 }
 
 /// The SHA-256 of an API key: what `consumers[].api_keys` stores.
+/// What a route's `rate_limit.key` / `quota.key` counts by: `consumer | ip | route |
+/// header:NAME`. One parser for validation and for the limit stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitKey {
+    Consumer,
+    Ip,
+    Route,
+    Header(http::HeaderName),
+}
+
+pub const LIMIT_KEY_SYNTAX: &str = "must be consumer | ip | route | header:NAME";
+
+impl LimitKey {
+    pub fn parse(s: &str) -> Result<LimitKey, &'static str> {
+        match s {
+            "consumer" => Ok(LimitKey::Consumer),
+            "ip" => Ok(LimitKey::Ip),
+            "route" => Ok(LimitKey::Route),
+            other => other
+                .strip_prefix("header:")
+                .and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+                .map(LimitKey::Header)
+                .ok_or(LIMIT_KEY_SYNTAX),
+        }
+    }
+}
+
 pub type KeyDigest = [u8; 32];
 
 /// `sha256:<64 hex>` → the digest; `None` for anything else.

@@ -34,20 +34,15 @@ pub enum KeyFrom {
 impl KeyFrom {
     /// `consumer | ip | route | header:NAME` (validated). Omitted: `consumer` on a route
     /// with auth, `ip` on a public one.
-    pub fn parse(key: Option<&str>, route_has_auth: bool) -> Result<KeyFrom, String> {
-        Ok(match key {
+    pub fn parse(key: Option<&str>, route_has_auth: bool) -> Result<KeyFrom, &'static str> {
+        use crate::config::values::LimitKey;
+        Ok(match key.map(LimitKey::parse).transpose()? {
             None if route_has_auth => KeyFrom::Consumer,
             None => KeyFrom::Ip,
-            Some("consumer") => KeyFrom::Consumer,
-            Some("ip") => KeyFrom::Ip,
-            Some("route") => KeyFrom::Route,
-            Some(other) => {
-                let name = other
-                    .strip_prefix("header:")
-                    .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                    .ok_or("must be consumer | ip | route | header:NAME")?;
-                KeyFrom::Header(name)
-            }
+            Some(LimitKey::Consumer) => KeyFrom::Consumer,
+            Some(LimitKey::Ip) => KeyFrom::Ip,
+            Some(LimitKey::Route) => KeyFrom::Route,
+            Some(LimitKey::Header(name)) => KeyFrom::Header(name),
         })
     }
 

@@ -52,6 +52,14 @@ pub struct Shared {
     reload_lock: tokio::sync::Mutex<()>,
 }
 
+/// Loads and validates a config file and compiles it, as `gatehouse check` does: the
+/// same function start-up, reload and upgrade use. A check serves nothing, so it gets the
+/// system clock and resources of its own.
+pub fn check(path: &str) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
+    let loaded = crate::config::load_file(path)?;
+    Snapshot::compile(loaded, None, &Resources::new(Clock::system()))
+}
+
 impl Shared {
     /// `snapshot` was compiled with `resources`.
     pub fn new(snapshot: Snapshot, resources: Resources, config_path: String) -> Arc<Self> {

@@ -275,7 +275,7 @@ mod tests {
         Snapshot::compile(
             loaded,
             None,
-            &super::super::Resources::new(crate::clock::Clock::system()),
+            &crate::runtime::Resources::new(crate::clock::Clock::system()),
         )
     }
 

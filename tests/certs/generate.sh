@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerates the test PKI used by tests/tls_h2.rs and tests/config_check.rs.
+# Regenerates the test PKI used by tests/it/tls_h2.rs and tests/it/config_check.rs.
 # Test-only material: a private CA, leaf certificates for a.test and b.test
 # (SAN = DNS name, 100-year validity, EC P-256, PKCS#8 keys) and a
 # deliberately mismatched certificate/key pair.

@@ -1,9 +1,11 @@
 //! Route choice, path normalisation, request/response rewriting and the
 //! identity headers, through the real gateway.
 
-mod common;
+use crate::common;
 
-use common::{assert_problem, client, config, get, raw, Gateway, Resp, Upstream};
+use common::{
+    assert_problem, client, config, get, one_route_gateway, raw, Gateway, Resp, Upstream,
+};
 
 /// Which test upstream answered (its `X-Upstream` header).
 fn served_by(r: &Resp) -> &str {
@@ -244,16 +246,7 @@ fn well_formed_request_id(s: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn request_id_traceparent_and_forwarded_headers() {
     let up = Upstream::start("u").await;
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u: {{ targets: [ {{ address: "{}" }} ] }}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
-        up.address()
-    )))
-    .await;
+    let gw = one_route_gateway(&up).await;
     let http = client();
     let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

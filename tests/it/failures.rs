@@ -1,14 +1,15 @@
 //! Failure handling: dead targets, retries, active and passive health,
 //! no healthy target, max_inflight, upstream errors and timeouts.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_problem, client, config, free_port, get, Gateway, Resp, Upstream, FAST_HEALTH,
+    assert_problem, client, config, free_port, get, one_route, targets, Gateway, Resp, Upstream,
+    FAST_HEALTH,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,18 +18,11 @@ async fn killed_target_is_invisible_to_clients_and_comes_back() {
     let b = Upstream::start("b").await;
     let (aa, ba) = (a.address(), b.address());
     let gw = Arc::new(
-        Gateway::start(&config(&format!(
-            r#"
-            upstreams:
-              u:
-                targets: [ {{ address: "{aa}" }}, {{ address: "{ba}" }} ]
-                retries: 2
-                health:
-                  active: {{ http_path: /healthz, interval: 200ms, timeout: 200ms, healthy_after: 2, unhealthy_after: 2 }}
-            routes:
-              - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-            "#
-        )))
+        Gateway::start(&config(&one_route(&format!(
+            "{}, retries: 2, health: {{ active: {{ http_path: /healthz, interval: 200ms, \
+             timeout: 200ms, healthy_after: 2, unhealthy_after: 2 }} }}",
+            targets(&[&aa, &ba])
+        ))))
         .await,
     );
     gw.wait_healthy("u", &[&aa, &ba]).await;
@@ -131,18 +125,10 @@ async fn killed_target_is_invisible_to_clients_and_comes_back() {
 async fn connect_failure_is_retried_for_post() {
     let a = Upstream::start("a").await;
     let dead = format!("127.0.0.1:{}", free_port());
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u:
-            targets: [ {{ address: "{dead}" }}, {{ address: "{}" }} ]
-            balance: round_robin
-            retries: 1
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
-        a.address()
-    )))
+    let gw = Gateway::start(&config(&one_route(&format!(
+        "{}, balance: round_robin, retries: 1",
+        targets(&[&dead, &a.address()])
+    ))))
     .await;
     let http = client();
     for i in 0..20 {
@@ -167,17 +153,10 @@ async fn all_targets_down_gives_503_problem() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let (aa, ba) = (a.address(), b.address());
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u:
-            targets: [ {{ address: "{aa}" }}, {{ address: "{ba}" }} ]
-            retries: 1
-            health: {FAST_HEALTH}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#
-    )))
+    let gw = Gateway::start(&config(&one_route(&format!(
+        "{}, retries: 1, health: {FAST_HEALTH}",
+        targets(&[&aa, &ba])
+    ))))
     .await;
     gw.wait_healthy("u", &[&aa, &ba]).await;
     a.stop().await;
@@ -196,17 +175,10 @@ async fn max_inflight_overflow_gives_503_with_retry_after() {
     let slow = Upstream::start("slow").await;
     slow.set_delay(Duration::from_millis(1500));
     let gw = Arc::new(
-        Gateway::start(&config(&format!(
-            r#"
-            upstreams:
-              u:
-                targets: [ {{ address: "{}" }} ]
-                max_inflight: 2
-            routes:
-              - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-            "#,
-            slow.address()
-        )))
+        Gateway::start(&config(&one_route(&format!(
+            "{}, max_inflight: 2",
+            targets(&[&slow.address()])
+        ))))
         .await,
     );
     let http = client();
@@ -258,20 +230,10 @@ async fn passive_health_takes_a_failing_target_out_for_the_cooldown() {
     let good = Upstream::start("good").await;
     let bad = Upstream::start("bad").await;
     bad.set_status(500);
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u:
-            targets: [ {{ address: "{}" }}, {{ address: "{}" }} ]
-            retries: 0
-            health:
-              passive: {{ unhealthy_after: 3, cooldown: 2s }}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
-        good.address(),
-        bad.address()
-    )))
+    let gw = Gateway::start(&config(&one_route(&format!(
+        "{}, retries: 0, health: {{ passive: {{ unhealthy_after: 3, cooldown: 2s }} }}",
+        targets(&[&good.address(), &bad.address()])
+    ))))
     .await;
     let http = client();
     let t0 = Instant::now();

@@ -6,7 +6,7 @@
 //! its own gateway and at most one limited refetch, so no test waits for the window
 //! (the limiter itself is unit-tested with a driven clock in policy/jwt/jwks.rs).
 
-mod common;
+use crate::common;
 
 use common::jwks::JwksServer;
 use common::tokens::{self, claims, sign};

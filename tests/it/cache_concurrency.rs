@@ -1,7 +1,7 @@
 //! Response cache: coalescing of concurrent misses, stale-while-revalidate and
 //! stale-if-error (RFC 5861), through the real gateway against a scripted origin.
 
-mod common;
+use crate::common;
 
 use common::origin::{advance, cache_gateway, cache_status, send, Origin, Reply};
 use common::{assert_problem, client, eventually, Resp};

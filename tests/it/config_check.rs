@@ -1,6 +1,6 @@
 //! `gatehouse check -c FILE`: exit codes and error messages with YAML paths.
 
-mod common;
+use crate::common;
 
 use common::gateway::check;
 use common::{certs_dir, dedent};

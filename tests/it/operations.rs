@@ -1,7 +1,7 @@
 //! Operations: bind failure, graceful shutdown on SIGTERM, the admin
 //! listener, metrics names and labels, and the access log.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,7 @@
 //! ports against tiny in-process upstreams, and talks to it with reqwest
 //! or with raw TCP writes. Submodules:
 //! - `gateway`: the gateway process (start, readiness, admin, signals, logs);
+//! - `server`: the test servers' listener (HTTP/1.1 and h2c, stop, restart on the port);
 //! - `upstream`: hyper upstreams that count, record, slow down, stop and restart;
 //! - `raw`: a raw HTTP/1.1 client for requests reqwest would not send;
 //! - `metrics`: a Prometheus text-format parser;
@@ -20,6 +21,7 @@ pub mod origin;
 pub mod ratelimit;
 pub mod raw;
 pub mod redis_server;
+pub mod server;
 pub mod tokens;
 pub mod upstream;
 
@@ -37,12 +39,32 @@ pub const fn test_clock(at: &str) -> (&'static str, &str) {
     ("GATEHOUSE_TEST_CLOCK", at)
 }
 
-/// A port that was free a moment ago: bind 127.0.0.1:0, read it, drop.
+/// A port that was free a moment ago: bind 127.0.0.1:0, read it, drop. Never one this
+/// process handed out before (see `claim_port`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as taken by a test of this process; false when it already was. The
+/// tests of a binary run in parallel threads of one process: between `free_port()` and
+/// the gateway's bind, or while a test server is stopped before its restart, the kernel
+/// may give the same port to another test's `bind(0)`, which would then meet (or become)
+/// the wrong server. Claimed ports are never handed out again in this process.
+pub fn claim_port(port: u16) -> bool {
+    static CLAIMED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    CLAIMED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(port)
 }
 
 /// A per-test directory under the system temp dir. Removed on drop unless
@@ -128,9 +150,19 @@ pub const TOKEN: &str = "secret";
 /// ports, access log off, then `body` (top-level `upstreams:` and
 /// `routes:` sections, dedented).
 pub fn config(body: &str) -> String {
+    config_with_server("", body)
+}
+
+/// Like `config`, with more `server:` keys (e.g. `data_dir: /tmp/x`; "" for none).
+pub fn config_with_server(server: &str, body: &str) -> String {
+    let server = if server.is_empty() {
+        String::new()
+    } else {
+        format!(", {server}")
+    };
     format!(
         "version: 1\n\
-         server: {{ threads: 1, grace_period: 5s }}\n\
+         server: {{ threads: 1, grace_period: 5s{server} }}\n\
          listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
          admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
          access_log: {{ path: \"off\" }}\n{}",
@@ -140,18 +172,27 @@ pub fn config(body: &str) -> String {
     )
 }
 
-/// Like `config`, with more `server:` keys (e.g. `data_dir: /tmp/x`).
-pub fn config_with_server(server: &str, body: &str) -> String {
+/// The config body most tests start from: one upstream `u`, whose keys (flow style,
+/// without the braces) are `upstream`, and one route `all` that sends every path to it.
+pub fn one_route(upstream: &str) -> String {
     format!(
-        "version: 1\n\
-         server: {{ threads: 1, grace_period: 5s, {server} }}\n\
-         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
-         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
-         access_log: {{ path: \"off\" }}\n{}",
-        free_port(),
-        free_port(),
-        dedent(body)
+        "upstreams:\n  u: {{ {upstream} }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n"
     )
+}
+
+/// `targets: [ ... ]` of an upstream, one target per address.
+pub fn targets(addresses: &[&str]) -> String {
+    let list: Vec<String> = addresses
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!("targets: [ {} ]", list.join(", "))
+}
+
+/// A gateway whose one route sends every path to `up`, nothing else configured.
+pub async fn one_route_gateway(up: &Upstream) -> Gateway {
+    Gateway::start(&config(&one_route(&targets(&[&up.address()])))).await
 }
 
 /// A reqwest client that ignores proxy settings and keeps connections alive.

@@ -2,7 +2,7 @@
 //! driven clock, Retry-After, the RateLimit fields read back against the state, keys
 //! (route, header, ip with trusted proxies), the metric, and config errors.
 
-mod common;
+use crate::common;
 
 use common::gateway::check;
 use common::ratelimit::Fields;

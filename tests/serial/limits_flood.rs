@@ -6,7 +6,7 @@
 //! - A flood of distinct `header:` keys through the real gateway with a small
 //!   `store.max_keys`: its RSS stays flat and the well-behaved client always gets 200.
 
-mod common;
+use crate::common;
 
 use common::{client, config, Gateway, Upstream};
 use gatehouse::store::gcra::{Gcra, RateTable};
@@ -15,8 +15,9 @@ use std::time::Instant;
 
 const S: u64 = 1_000_000_000;
 
-/// The tests measure RSS: one at a time, so the other's allocations do not count.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// The tests measure RSS: one at a time (with cache_storage's too), so the other's
+// allocations do not count.
+use super::SERIAL;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! Response cache on authenticated routes: per-consumer entries unless the response is
 //! explicitly shareable, and a refused request is never answered from cache.
 
-mod common;
+use crate::common;
 
 use common::origin::{cache_status, send, Origin, Reply};
 use common::{assert_problem, client, config, Gateway, Resp};

@@ -1,6 +1,6 @@
-//! Tiny in-process upstreams: a hyper server (HTTP/1.1 and h2c on one port)
-//! that counts and records requests, can answer slowly or with a chosen
-//! status, and can be stopped and restarted on the same port.
+//! Tiny in-process upstreams: a test server (`server::Server`: HTTP/1.1 and h2c
+//! on one port, stopped and restarted on the same port) that counts and records
+//! requests and can answer slowly or with a chosen status.
 //!
 //! `GET /healthz` answers the health status (200 by default) and is
 //! counted apart from real traffic. Any other request is recorded and
@@ -17,10 +17,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::{JoinHandle, JoinSet};
+
+use super::server::Server;
 
 /// One request as the upstream received it.
 #[derive(Debug, Clone)]
@@ -62,7 +60,6 @@ struct State {
     name: String,
     hits: AtomicUsize,
     health_hits: AtomicUsize,
-    connections: AtomicUsize,
     inflight: AtomicUsize,
     max_inflight: AtomicUsize,
     delay_ms: AtomicU64,
@@ -74,7 +71,7 @@ struct State {
 pub struct Upstream {
     state: Arc<State>,
     pub port: u16,
-    task: Mutex<Option<JoinHandle<()>>>,
+    server: Server,
 }
 
 impl Upstream {
@@ -89,7 +86,6 @@ impl Upstream {
             name: name.to_owned(),
             hits: AtomicUsize::new(0),
             health_hits: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
             max_inflight: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
@@ -97,13 +93,15 @@ impl Upstream {
             health_status: AtomicU16::new(200),
             requests: Mutex::new(Vec::new()),
         });
-        let listener = bind(port).await;
-        let port = listener.local_addr().expect("local addr").port();
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        let handler_state = state.clone();
+        let server = Server::start("upstream", port, move |req| {
+            handle(handler_state.clone(), req)
+        })
+        .await;
         Upstream {
             state,
-            port,
-            task: Mutex::new(Some(task)),
+            port: server.port,
+            server,
         }
     }
 
@@ -123,21 +121,12 @@ impl Upstream {
     /// Hard stop: closes the listener and every open connection, like a
     /// killed process. The port then refuses connections.
     pub async fn stop(&self) {
-        let task = self.task.lock().unwrap().take();
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
-        // Let the aborted connection tasks be dropped (sockets closed).
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.server.stop().await;
     }
 
     /// Listens again on the same port, keeping counters and settings.
     pub async fn restart(&self) {
-        self.stop().await;
-        let listener = bind(self.port).await;
-        let task = tokio::spawn(accept_loop(listener, self.state.clone()));
-        *self.task.lock().unwrap() = Some(task);
+        self.server.restart().await;
     }
 
     /// Requests other than `/healthz` received so far.
@@ -151,7 +140,7 @@ impl Upstream {
 
     /// TCP connections accepted so far (health checks included).
     pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::SeqCst)
+        self.server.connections()
     }
 
     /// Requests currently being answered.
@@ -192,49 +181,6 @@ impl Upstream {
     pub fn clear(&self) {
         self.state.requests.lock().unwrap().clear();
         self.state.hits.store(0, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
-}
-
-async fn bind(port: u16) -> TcpListener {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // A restart can race the old socket's teardown: retry briefly.
-    let mut last_err = None;
-    for _ in 0..100 {
-        let sock = TcpSocket::new_v4().expect("socket");
-        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
-        match sock.bind(addr).and_then(|_| sock.listen(1024)) {
-            Ok(l) => return l,
-            Err(e) => last_err = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("upstream cannot bind {addr}: {last_err:?}");
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    // Owned here so that aborting this task drops (closes) every connection.
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        state.connections.fetch_add(1, Ordering::SeqCst);
-        let state = state.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-        });
     }
 }
 

@@ -8,7 +8,7 @@
 //! - admin request bodies capped;
 //! - 502/503/504 problem bodies naming no upstream, target or address.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};

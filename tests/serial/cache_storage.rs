@@ -46,8 +46,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-/// The allocation counter is process-wide: tests of this file run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// The allocation counter is process-wide: the tests of this binary (this file's and
+// limits_flood's) run one at a time.
+use super::SERIAL;
 
 fn storage(memory: usize, max_object: usize) -> &'static MemoryStorage {
     Box::leak(Box::new(MemoryStorage::new(memory, max_object)))

@@ -2,7 +2,7 @@
 //! instances sharing one limit (batched every sync_interval, and exact per request),
 //! and Redis outages under fail_open and fail_closed, with recovery.
 
-mod common;
+use crate::common;
 
 use common::redis_server::RedisServer;
 use common::{assert_problem, client, config, Gateway, Resp, Upstream};

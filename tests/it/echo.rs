@@ -1,6 +1,6 @@
 //! The `gatehouse-echo` backend, run as a process.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! `HEAD`, `Range` and the request's own directives, through the real gateway against a
 //! scripted origin that counts its requests.
 
-mod common;
+use crate::common;
 
 use common::origin::{advance, cache_gateway, cache_status, send, Origin, Reply};
 use common::{assert_problem, client, Resp};

@@ -2,7 +2,7 @@
 //! family, every rejection with its status, challenge, metric reason and problem body),
 //! API keys (header and query), scopes, identity headers, WebSocket upgrades.
 
-mod common;
+use crate::common;
 
 use common::tokens::{self, claims, sign, sign_hmac, sign_with};
 use common::{assert_problem, client, config, raw, Gateway, Resp, TestDir, Upstream};
@@ -464,7 +464,7 @@ async fn the_demo_config_accepts_the_demo_token_and_key() {
 
 /// Prints the `requests:` of loadtest/scenarios/auth-jwt-es256.yaml: 100 distinct ES256
 /// tokens (key tests/keys/ec256.pem), valid until 2100. Run with
-/// `cargo test --test auth -- --ignored loadtest_tokens --nocapture`.
+/// `cargo test --test it -- --ignored auth::loadtest_tokens --nocapture`.
 #[test]
 #[ignore]
 fn loadtest_tokens() {

@@ -1,13 +1,15 @@
 //! TLS listener with several certificates chosen by SNI, HTTP/2 over TLS
 //! through ALPN, and HTTP/2 (h2c) to upstreams.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{certs_dir, client, config, dedent, free_port, get, Gateway, Upstream};
+use common::{
+    certs_dir, client, config, dedent, free_port, get, one_route, targets, Gateway, Upstream,
+};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
@@ -103,16 +105,7 @@ fn https_client(addr: SocketAddr, http1_only: bool) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_sni_name_gets_its_own_certificate() {
     let up = Upstream::start("u").await;
-    let gw = Gateway::start(&tls_config(&format!(
-        r#"
-        upstreams:
-          u: {{ targets: [ {{ address: "{}" }} ] }}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
-        up.address()
-    )))
-    .await;
+    let gw = Gateway::start(&tls_config(&one_route(&targets(&[&up.address()])))).await;
     for (sni, file) in [
         ("a.test", "a.test.pem"),
         ("b.test", "b.test.pem"),
@@ -203,15 +196,10 @@ async fn http2_over_tls_end_to_end() {
 async fn http2_to_h2c_upstream_multiplexes() {
     let up = Upstream::start("h2c").await;
     let gw = Arc::new(
-        Gateway::start(&config(&format!(
-            r#"
-            upstreams:
-              u: {{ targets: [ {{ address: "{}" }} ], http2: true }}
-            routes:
-              - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-            "#,
-            up.address()
-        )))
+        Gateway::start(&config(&one_route(&format!(
+            "{}, http2: true",
+            targets(&[&up.address()])
+        ))))
         .await,
     );
     let http = client();

@@ -3,7 +3,7 @@
 //! resets at 00:00 UTC, and two processes on one data_dir (an upgrade's overlap) share
 //! the count within the documented bound.
 
-mod common;
+use crate::common;
 
 use common::ratelimit::Fields;
 use common::{client, config_with_server, Gateway, Resp, TestDir, Upstream};
@@ -236,7 +236,7 @@ async fn quota_survives_a_graceful_upgrade() {
     let (mut admitted, mut sent) = (0usize, 0usize);
     while start.elapsed() < Duration::from_secs(8) {
         // This test is about the quota count, not about dropped connections (those are
-        // tests/zero_downtime.rs): a connection the old process accepted just as it
+        // tests/serial/zero_downtime.rs): a connection the old process accepted just as it
         // stopped is retried, as a client would.
         let r = match http.get(&url).header("connection", "close").send().await {
             Ok(r) => r,

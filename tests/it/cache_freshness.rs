@@ -2,7 +2,7 @@
 //! against a scripted origin that counts its requests. Time is moved with the gateway's
 //! test clock, never slept through.
 
-mod common;
+use crate::common;
 
 use common::origin::{
     advance, cache_gateway, cache_gateway_with, cache_status, send, Origin, Reply,

@@ -2,7 +2,7 @@
 //! API, the memory bound under a flood of distinct keys, and `max_object_size`, through
 //! the real gateway against a scripted origin.
 
-mod common;
+use crate::common;
 
 use common::origin::{cache_gateway, cache_status, send, Origin, Reply};
 use common::{client, Resp};

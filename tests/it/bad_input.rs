@@ -1,22 +1,13 @@
 //! Malformed requests sent as raw bytes: each gets a 4xx, none reaches the
 //! upstream, and the gateway keeps serving.
 
-mod common;
+use crate::common;
 
-use common::{config, raw, Gateway, Upstream};
+use common::{one_route_gateway, raw, Gateway, Upstream};
 
 async fn setup() -> (Upstream, Gateway) {
     let up = Upstream::start("u").await;
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u: {{ targets: [ {{ address: "{}" }} ] }}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
-        up.address()
-    )))
-    .await;
+    let gw = one_route_gateway(&up).await;
     (up, gw)
 }
 

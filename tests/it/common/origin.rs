@@ -1,13 +1,13 @@
 //! A scriptable origin for cache tests: each path answers what the test scripted
 //! (status, header fields, body, delay, chunked framing), as a function of the request
 //! and of how many times that path was asked. It counts requests per path, records
-//! them, can be killed and restarted on its port, and stamps `Date` from a clock the
-//! test moves together with the gateway's test clock (`cache_gateway` starts both at the
-//! same frozen instant, `advance` moves both).
+//! them, can be killed and restarted on its port (the same `server::Server` as the
+//! upstreams), and stamps `Date` from a clock the test moves together with the gateway's
+//! test clock (`cache_gateway` starts both at the same frozen instant, `advance` moves
+//! both).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,10 +16,8 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{HeaderMap, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::{JoinHandle, JoinSet};
+
+use super::server::Server;
 
 /// One scripted answer.
 #[derive(Clone, Debug)]
@@ -113,7 +111,7 @@ impl State {
 pub struct Origin {
     state: Arc<State>,
     pub port: u16,
-    task: Mutex<Option<JoinHandle<()>>>,
+    server: Server,
 }
 
 impl Origin {
@@ -125,13 +123,13 @@ impl Origin {
             date_frozen_ms: AtomicU64::new(0),
             date_offset_ms: AtomicU64::new(0),
         });
-        let listener = bind(0).await;
-        let port = listener.local_addr().expect("local addr").port();
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        let handler_state = state.clone();
+        let server =
+            Server::start("origin", 0, move |req| handle(handler_state.clone(), req)).await;
         Origin {
             state,
-            port,
-            task: Mutex::new(Some(task)),
+            port: server.port,
+            server,
         }
     }
 
@@ -204,58 +202,12 @@ impl Origin {
 
     /// Kills the listener and every connection; the port then refuses connections.
     pub async fn stop(&self) {
-        let task = self.task.lock().unwrap().take();
-        if let Some(t) = task {
-            t.abort();
-            let _ = t.await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.server.stop().await;
     }
 
+    /// Listens again on the same port, keeping scripts, counts and the `Date` clock.
     pub async fn restart(&self) {
-        self.stop().await;
-        let listener = bind(self.port).await;
-        let task = tokio::spawn(accept_loop(listener, self.state.clone()));
-        *self.task.lock().unwrap() = Some(task);
-    }
-}
-
-impl Drop for Origin {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
-}
-
-async fn bind(port: u16) -> TcpListener {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    for _ in 0..100 {
-        let sock = TcpSocket::new_v4().expect("socket");
-        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
-        if let Ok(l) = sock.bind(addr).and_then(|_| sock.listen(1024)) {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("origin cannot bind {addr}");
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        self.server.restart().await;
     }
 }
 

@@ -3,16 +3,16 @@
 //! failure: binary upgrade, upgrade that changes listeners, reload, invalid reload,
 //! reload keeping health, SIGTERM drain.
 
-mod common;
+use crate::common;
 
 use common::gateway::BIN;
 use common::load::Load;
 use common::{free_port, Gateway, TestDir, Upstream, FAST_HEALTH, TOKEN};
 use std::time::{Duration, Instant};
 
-/// These tests drive real load; run them one at a time so they do not starve each other
-/// on a 2-core machine.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// These tests drive real load; run them one at a time (and apart from every other test)
+// so they do not starve each other on a 2-core machine.
+use super::SERIAL;
 
 const RATE: u32 = 1500;
 

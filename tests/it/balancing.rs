@@ -1,33 +1,30 @@
 //! Load-balancing algorithms, measured on the upstreams' own counters.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client, config, Gateway, Upstream, FAST_HEALTH};
+use common::{client, config, one_route, Gateway, Upstream, FAST_HEALTH};
 
 /// One upstream `u` over the given targets (`address`, `weight`), with fast
-/// active health checks, and one catch-all route. Waits until all targets
+/// active health checks and `extra` upstream keys (flow style, "" for none),
+/// and one catch-all route. Waits until all targets
 /// are healthy so that the first requests are not skewed.
 async fn gateway(targets: &[(&Upstream, u32)], balance: &str, extra: &str) -> Gateway {
     let list: Vec<String> = targets
         .iter()
         .map(|(u, w)| format!("{{ address: \"{}\", weight: {w} }}", u.address()))
         .collect();
-    let gw = Gateway::start(&config(&format!(
-        r#"
-        upstreams:
-          u:
-            targets: [ {} ]
-            balance: {balance}
-            {extra}
-            health: {FAST_HEALTH}
-        routes:
-          - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}
-        "#,
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("{extra}, ")
+    };
+    let gw = Gateway::start(&config(&one_route(&format!(
+        "targets: [ {} ], balance: {balance}, {extra}health: {FAST_HEALTH}",
         list.join(", ")
-    )))
+    ))))
     .await;
     let addrs: Vec<String> = targets.iter().map(|(u, _)| u.address()).collect();
     gw.wait_healthy("u", &addrs.iter().map(String::as_str).collect::<Vec<_>>())
@@ -100,7 +97,7 @@ async fn consistent_hash_on_header_is_sticky() {
     let gw = gateway(
         &[(&a, 1), (&b, 1), (&c, 1)],
         "consistent_hash",
-        "hash_on: header:X-User",
+        "hash_on: \"header:X-User\"",
     )
     .await;
     let http = client();
