@@ -12,7 +12,7 @@
 //! - a stale-while-revalidate refresh carries the identity of the request that started
 //!   it and is not counted again (authentication, limits), over HTTP/1.1 and HTTP/2.
 
-mod common;
+use crate::common;
 
 use common::origin::{advance, cache_status, send, Origin, Reply, Seen};
 use common::ratelimit::Fields;
