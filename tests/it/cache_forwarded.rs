@@ -449,6 +449,9 @@ async fn refresh_is_one_request_with_its_identity(http1_only: bool) {
             .await
             .sum("gatehouse_http_requests_total", &[("route", "me")])
     );
+    // A refresh that never started used to drop its write lock unreleased (Pingora's
+    // "Dangling cache lock" assertion, a panic in debug builds).
+    assert!(!gw.stderr().contains("panicked"), "{}", gw.logs_tail());
 }
 
 #[tokio::test(flavor = "multi_thread")]
