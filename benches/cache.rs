@@ -48,16 +48,22 @@ fn bench_key(c: &mut Criterion) {
             k.combined_bin()
         })
     });
+    // An authenticated JWT request: consumer, subject and scopes select the variant.
+    let identity = [
+        ("x-consumer-id", http::HeaderValue::from_static("acme")),
+        ("x-auth-subject", http::HeaderValue::from_static("alice")),
+        (
+            "x-auth-scopes",
+            http::HeaderValue::from_static("orders:read"),
+        ),
+    ];
+    let on = key::VaryOn {
+        route: "orders-read",
+        identity: &identity,
+        ..key::VaryOn::default()
+    };
     c.bench_function("cache_key/variance", |b| {
-        b.iter(|| {
-            key::variance(
-                black_box("orders-read"),
-                &resp.headers,
-                &[],
-                black_box(&req),
-                Some("acme"),
-            )
-        })
+        b.iter(|| key::variance(black_box(&on), &resp.headers, black_box(&req)))
     });
 }
 

@@ -57,8 +57,21 @@ impl Drop for TargetSlot {
 pub struct RequestState {
     /// `X-Request-ID`: the client's when well formed, else a new one.
     pub(crate) id: String,
+    /// The authority asked for, host in lower case (`admit::request_authority`): routed
+    /// on, keyed on and sent upstream as `Host`. Empty when the request names none.
+    pub(crate) authority: String,
     /// The client connection is TLS (`X-Forwarded-Proto`, cache keys).
     pub(crate) https: bool,
+    /// The route trusts forwarded fields and the peer is a trusted proxy: the client's
+    /// `policy::headers::FORWARDED_FIELDS` are kept, and the cache keys on them.
+    pub(crate) forwarded_trusted: bool,
+    /// This is a stale-while-revalidate refresh (a Pingora subrequest), not a client
+    /// request: it carries the identity of the request that started it, runs no
+    /// policies and is not counted as a request (`proxy::refresh`).
+    pub(crate) refresh: bool,
+    /// The version of this request's header while it is lent `HTTP/1.1` for Pingora's
+    /// copy of it (`proxy::refresh::record`); given back in the next phase.
+    pub(crate) lent_version: Option<http::Version>,
     /// Request body bytes read so far (`max_body`, the access log).
     pub(crate) body_bytes: u64,
 }

@@ -7,7 +7,7 @@ pub mod cache {
     pub use crate::cache::storage::{EntryTag, StaleWindows, SHARDS};
     pub use crate::cache::MemoryStorage;
     pub mod key {
-        pub use crate::cache::key::{cache_key, variance};
+        pub use crate::cache::key::{cache_key, variance, VaryOn};
     }
     pub mod rules {
         pub use crate::cache::rules::{decide, StoreInput};

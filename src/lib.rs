@@ -183,12 +183,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
-    let mut http = pingora::proxy::http_proxy(
-        &server_conf,
-        proxy::Gateway {
-            shared: shared.clone(),
-        },
-    );
+    let mut http = pingora::proxy::http_proxy(&server_conf, proxy::Gateway::new(shared.clone()));
     // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for the
     // preface again; it only sees connections that carry one.
     let mut options = pingora::apps::HttpServerOptions::default();

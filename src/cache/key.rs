@@ -1,8 +1,15 @@
-//! Cache keys. The primary key names a URL: scheme, host, normalised path and query.
-//! Everything else that selects a stored response is the variance: the route, the
-//! response's own `Vary` fields, the route's extra `vary` headers, and — on an
-//! authenticated route, for a response that is not explicitly shareable (`public` or
-//! `s-maxage`) — the consumer.
+//! Cache keys. The primary key names a URL: scheme, the authority the upstream is sent
+//! (host and port, as `Host`), normalised path and query. Everything else that selects a
+//! stored response is the variance: the route, the response's own `Vary` fields, the
+//! route's extra `vary` headers, the URL-building fields a trusted proxy forwarded (on a
+//! route with `trust_forwarded_headers`), and — on an authenticated route, for a
+//! response that is not explicitly shareable (`public` or `s-maxage`) — every identity
+//! fact the upstream is told: consumer, subject and scopes.
+//!
+//! The rule behind each part: whatever the upstream receives and may answer
+//! differently for is either in the key or not forwarded. Several end users can be one
+//! consumer (`jwt_subjects`, `consumer_claim`); the upstream sees their subject and
+//! scopes and may personalise on them, so they select the variant too.
 //!
 //! Keeping route and consumer out of the primary key gives one URL one primary slot,
 //! which is what unsafe-method invalidation (RFC 9111 §4.4) and the purge API remove:
@@ -57,18 +64,27 @@ pub fn primary_hash(https: bool, host: &str, path: &str, query: Option<&str>) ->
 /// header values cannot contain NUL).
 const ABSENT: &[u8] = b"\0";
 
+/// What selects a variant besides the response's own `Vary`: facts about the request
+/// the gateway decided, not fields to read from it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VaryOn<'a> {
+    pub route: &'a str,
+    /// The route's `cache.vary` field names.
+    pub route_vary: &'a [String],
+    /// Request fields forwarded as the client (a trusted proxy) sent them, keyed on
+    /// their exact values: the route trusts forwarded fields and the peer is trusted.
+    pub forwarded: &'a [&'a str],
+    /// The identity fields sent to the upstream (`policy::headers::identity_fields`);
+    /// empty for an anonymous request.
+    pub identity: &'a [(&'a str, http::HeaderValue)],
+}
+
 /// The variance of a request against a stored (or about to be stored) response.
-pub fn variance(
-    route: &str,
-    response: &HeaderMap,
-    route_vary: &[String],
-    request: &HeaderMap,
-    consumer: Option<&str>,
-) -> Option<HashBinary> {
+pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
-    vb.add_value("\0route", route);
+    vb.add_value("\0route", on.route);
     let mut names = vary_names(response);
-    names.extend(route_vary.iter().cloned());
+    names.extend(on.route_vary.iter().cloned());
     for name in names {
         if name == "*" {
             continue; // never stored (rules::decide)
@@ -78,10 +94,26 @@ pub fn variance(
             .unwrap_or_else(|| ABSENT.to_vec());
         vb.add_owned_name_value(name, value);
     }
-    if let Some(c) = consumer {
+    for name in on.forwarded {
+        // Exact bytes, every copy in order: the upstream reads them as sent.
+        let mut value = Vec::new();
+        for (i, v) in request.get_all(*name).iter().enumerate() {
+            if i > 0 {
+                value.push(b'\n'); // cannot occur in a field value
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        if !request.contains_key(*name) {
+            value = ABSENT.to_vec();
+        }
+        vb.add_owned_name_value(format!("\0fwd:{name}"), value);
+    }
+    if !on.identity.is_empty() {
         let cc = Directives::from_headers(response);
         if !(cc.has("public") || cc.has("s-maxage")) {
-            vb.add_value("\0consumer", c);
+            for (name, value) in on.identity {
+                vb.add_owned_name_value(format!("\0id:{name}"), value.as_bytes().to_vec());
+            }
         }
     }
     vb.finalize()
@@ -126,24 +158,102 @@ mod tests {
         let fr = headers(&[("accept-language", "fr"), ("accept", "*/*")]);
         let none = headers(&[("accept", "*/*")]);
         let empty = headers(&[("accept-language", ""), ("accept", "*/*")]);
-        let v = |req: &HeaderMap| variance("r", &resp, &[], req, None);
+        let on = VaryOn {
+            route: "r",
+            ..VaryOn::default()
+        };
+        let v = |req: &HeaderMap| variance(&on, &resp, req);
         assert_eq!(v(&en), v(&en_again));
         assert_ne!(v(&en), v(&fr));
         assert_ne!(v(&none), v(&empty));
         assert_ne!(v(&en), v(&none));
     }
 
+    fn fields(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, http::HeaderValue)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (*n, http::HeaderValue::from_str(v).unwrap()))
+            .collect()
+    }
+
     #[test]
-    fn consumer_is_part_of_the_variance_unless_shareable() {
+    fn every_identity_fact_is_part_of_the_variance_unless_shareable() {
         let req = headers(&[]);
         let private = headers(&[("cache-control", "max-age=60")]);
         let public = headers(&[("cache-control", "public, max-age=60")]);
         let shared = headers(&[("cache-control", "s-maxage=60")]);
-        let v = |resp: &HeaderMap, c| variance("r", resp, &[], &req, c);
-        assert_ne!(v(&private, Some("acme")), v(&private, Some("other")));
-        assert_eq!(v(&public, Some("acme")), v(&public, Some("other")));
-        assert_eq!(v(&shared, Some("acme")), v(&shared, Some("other")));
-        assert_ne!(v(&private, Some("acme")), v(&private, None));
+        let acme = fields(&[("x-consumer-id", "acme")]);
+        let other = fields(&[("x-consumer-id", "other")]);
+        let alice = fields(&[
+            ("x-consumer-id", "p"),
+            ("x-auth-subject", "alice"),
+            ("x-auth-scopes", "r"),
+        ]);
+        let bob = fields(&[
+            ("x-consumer-id", "p"),
+            ("x-auth-subject", "bob"),
+            ("x-auth-scopes", "r"),
+        ]);
+        let alice_rw = fields(&[
+            ("x-consumer-id", "p"),
+            ("x-auth-subject", "alice"),
+            ("x-auth-scopes", "r w"),
+        ]);
+        let no_subject = fields(&[("x-consumer-id", "p"), ("x-auth-scopes", "r")]);
+        let v = |resp: &HeaderMap, id: &[(&str, http::HeaderValue)]| {
+            let on = VaryOn {
+                route: "r",
+                identity: id,
+                ..VaryOn::default()
+            };
+            variance(&on, resp, &req)
+        };
+        assert_ne!(v(&private, &acme), v(&private, &other));
+        assert_ne!(
+            v(&private, &alice),
+            v(&private, &bob),
+            "one consumer, two subjects"
+        );
+        assert_ne!(v(&private, &alice), v(&private, &alice_rw), "other scopes");
+        assert_ne!(v(&private, &alice), v(&private, &no_subject));
+        assert_eq!(v(&private, &alice), v(&private, &alice.clone()));
+        assert_eq!(v(&public, &alice), v(&public, &other));
+        assert_eq!(v(&shared, &bob), v(&shared, &acme));
+        assert_ne!(v(&private, &acme), v(&private, &[]));
+    }
+
+    #[test]
+    fn trusted_forwarded_fields_select_variants_on_their_exact_values() {
+        let resp = headers(&[]);
+        let names = ["x-forwarded-host", "forwarded"];
+        let trusted = VaryOn {
+            route: "r",
+            forwarded: &names,
+            ..VaryOn::default()
+        };
+        let v = |on: &VaryOn, req: &[(&str, &str)]| variance(on, &resp, &headers(req));
+        let a = [("x-forwarded-host", "a.example")];
+        assert_eq!(v(&trusted, &a), v(&trusted, &a));
+        assert_ne!(
+            v(&trusted, &a),
+            v(&trusted, &[("x-forwarded-host", "b.example")])
+        );
+        assert_ne!(v(&trusted, &a), v(&trusted, &[]));
+        assert_ne!(v(&trusted, &[]), v(&trusted, &[("x-forwarded-host", "")]));
+        assert_ne!(
+            v(
+                &trusted,
+                &[("forwarded", "host=a"), ("forwarded", "proto=https")]
+            ),
+            v(&trusted, &[("forwarded", "host=a, proto=https")]),
+            "two fields are not one list: keyed as sent"
+        );
+        // Not trusted: the fields were removed before the lookup, and are not keyed.
+        let plain = VaryOn {
+            route: "r",
+            ..VaryOn::default()
+        };
+        assert_eq!(v(&plain, &a), v(&plain, &[]));
     }
 
     #[test]
@@ -152,17 +262,22 @@ mod tests {
         let a = headers(&[("x-tenant", "a")]);
         let b = headers(&[("x-tenant", "b")]);
         let extra = vec!["x-tenant".to_string()];
+        let on = |route, route_vary| VaryOn {
+            route,
+            route_vary,
+            ..VaryOn::default()
+        };
         assert_ne!(
-            variance("r1", &resp, &[], &a, None),
-            variance("r2", &resp, &[], &a, None)
+            variance(&on("r1", &[]), &resp, &a),
+            variance(&on("r2", &[]), &resp, &a)
         );
         assert_ne!(
-            variance("r", &resp, &extra, &a, None),
-            variance("r", &resp, &extra, &b, None)
+            variance(&on("r", &extra), &resp, &a),
+            variance(&on("r", &extra), &resp, &b)
         );
         assert_eq!(
-            variance("r", &resp, &[], &a, None),
-            variance("r", &resp, &[], &b, None)
+            variance(&on("r", &[]), &resp, &a),
+            variance(&on("r", &[]), &resp, &b)
         );
     }
 }

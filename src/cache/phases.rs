@@ -155,16 +155,10 @@ pub fn hit_freshness(
     }
 }
 
-/// `cache_vary_filter`: the variance of this request against `meta`, on route `route`
-/// caching as `rc`; `consumer` is the authenticated consumer.
-pub fn variance(
-    meta: &CacheMeta,
-    req: &RequestHeader,
-    route: &str,
-    rc: &RouteCache,
-    consumer: Option<&str>,
-) -> Option<HashBinary> {
-    key::variance(route, meta.headers(), &rc.vary, &req.headers, consumer)
+/// `cache_vary_filter`: the variance of this request against `meta`; `on` holds what
+/// the gateway decided about the request (route, forwarded fields, identity).
+pub fn variance(meta: &CacheMeta, req: &RequestHeader, on: &key::VaryOn<'_>) -> Option<HashBinary> {
+    key::variance(on, meta.headers(), &req.headers)
 }
 
 /// `response_cache_filter`, on a route caching as `rc`: RFC 9111 §3 and §4.2 on the

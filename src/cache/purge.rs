@@ -22,13 +22,14 @@ pub fn invalidate_url(
 }
 
 /// Invalidates the URL a `Location` or `Content-Location` names, when it is on the same
-/// host (§4.4: a cache must not invalidate other origins on a response's word).
+/// authority, `host` (§4.4: a cache must not invalidate other origins on a response's
+/// word; the port is part of the origin, and of the key).
 pub fn invalidate_reference(storage: &MemoryStorage, host: &str, reference: &str) -> usize {
     let Ok(uri) = reference.parse::<http::Uri>() else {
         return 0;
     };
     if let Some(auth) = uri.authority() {
-        if !auth.host().eq_ignore_ascii_case(host) {
+        if !auth.as_str().eq_ignore_ascii_case(host) {
             return 0;
         }
     } else if !reference.starts_with('/') {

@@ -524,6 +524,11 @@ pub struct Route {
     /// Overrides the listener's `path_policy`, key by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_policy: Option<PathPolicy>,
+    /// Extension: keep the client's `X-Forwarded-Host`, `Forwarded`, `X-Original-URL`,
+    /// `X-Rewrite-URL` (and the other URL-building fields) when the peer is one of
+    /// `server.trusted_proxies`; the cache then keys on them. Otherwise they are removed.
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -489,6 +489,13 @@ fn routes(v: &mut V, cfg: &Config) {
             );
         }
         route_limits(v, cfg, &p, r);
+        if r.trust_forwarded_headers && cfg.server.trusted_proxies.is_empty() {
+            // It would do nothing: the fields are believed only from a trusted proxy.
+            v.err(
+                format!("{p}.trust_forwarded_headers"),
+                "needs server.trusted_proxies: forwarded fields are believed only from a trusted proxy",
+            );
+        }
         if let Some(c) = &r.cache {
             if cfg.cache.is_none() {
                 v.err(format!("{p}.cache"), "needs the top-level cache: section");
@@ -651,6 +658,7 @@ mod tests {
             ),
             "tiers: { free: { rate: 10/s, burst: 5 } }\nconsumers: [ { id: acme, tier: free, api_keys: [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"] } ]\nroutes: [ { name: r0, upstream: u, rate_limit: { limit: 5/s, key: \"header:X-User\" } } ]\n".into(),
             "cache: { memory: 1MiB }\nroutes: [ { name: r0, upstream: u, cache: { ttl: 30s, vary: [Accept] } } ]\n".into(),
+            "server: { trusted_proxies: [10.0.0.0/8] }\nroutes: [ { name: r0, upstream: u, trust_forwarded_headers: true } ]\n".into(),
         ] {
             assert_eq!(problems(&rest), [] as [(String, String); 0], "{rest}");
         }
@@ -686,6 +694,13 @@ mod tests {
             (
                 "server: { trusted_proxies: [\"10.0.0.0/8\", \"nope\"] }\n",
                 &[("server.trusted_proxies[1]", "\"nope\" is not a CIDR")],
+            ),
+            (
+                "routes: [ { name: r0, upstream: u, trust_forwarded_headers: true } ]\n",
+                &[(
+                    "routes[0].trust_forwarded_headers",
+                    "needs server.trusted_proxies: forwarded fields are believed only from a trusted proxy",
+                )],
             ),
             (
                 "admin: { address: \"localhost\" }\n",

@@ -28,6 +28,11 @@ impl TrustedProxies {
         self.0.iter().any(|n| n.contains(&ip))
     }
 
+    /// Whether the socket peer is one of the trusted proxies (none is when unknown).
+    pub fn trusts_peer(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusts(canonical(ip)))
+    }
+
     /// The address a request is counted under.
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer.map(canonical)?;

@@ -1,5 +1,6 @@
 //! Header work on every request: route `set`/`remove` operations, `X-Request-ID`,
-//! `X-Forwarded-For`/`-Proto`, and stripping identity headers a client may try to spoof.
+//! `X-Forwarded-For`/`-Proto`, stripping identity headers a client may try to spoof, and
+//! stripping the URL-building fields a client may use to poison the cache.
 
 use crate::config::model;
 use http::{HeaderName, HeaderValue};
@@ -9,6 +10,25 @@ use pingora::http::{RequestHeader, ResponseHeader};
 pub const IDENTITY_HEADERS: [&str; 3] = ["x-consumer-id", "x-auth-subject", "x-auth-scopes"];
 
 pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// Request fields from which frameworks build absolute URLs (host, port, scheme, prefix)
+/// or choose the path they serve. The gateway neither routes nor keys on them, so a
+/// client copy would let one client make the upstream answer for another URL and have
+/// that answer stored for everyone (cache poisoning). Removed from every request unless
+/// the route has `trust_forwarded_headers` and the peer is one of
+/// `server.trusted_proxies`; then they are kept and the cache keys on them.
+/// `X-Forwarded-For` is appended to and `X-Forwarded-Proto` always set by the gateway
+/// (`set_forwarded`), so neither is here.
+pub const FORWARDED_FIELDS: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+];
 
 #[derive(Debug, Default, Clone)]
 pub struct HeaderOps {
@@ -80,22 +100,49 @@ pub fn new_request_id() -> String {
     s
 }
 
-pub fn strip_identity(h: &mut RequestHeader) {
-    for name in IDENTITY_HEADERS {
-        if h.headers.contains_key(name) {
-            h.remove_header(name);
+fn remove_all(h: &mut RequestHeader, names: &[&str]) {
+    for name in names {
+        if h.headers.contains_key(*name) {
+            h.remove_header(*name);
         }
     }
 }
 
-/// Sets the identity headers the upstream may trust (client copies were removed first).
-pub fn set_identity(h: &mut RequestHeader, id: &super::Identity) {
-    let _ = h.insert_header("x-consumer-id", id.consumer_id.as_str());
+pub fn strip_identity(h: &mut RequestHeader) {
+    remove_all(h, &IDENTITY_HEADERS);
+}
+
+/// Removes every client copy of `FORWARDED_FIELDS`.
+pub fn strip_forwarded(h: &mut RequestHeader) {
+    remove_all(h, &FORWARDED_FIELDS);
+}
+
+/// The identity facts the upstream is told, as the fields that carry them: `X-Consumer-ID`,
+/// then `X-Auth-Subject` when there is a subject and `X-Auth-Scopes` for a JWT. The one
+/// definition both `set_identity` (what is sent) and the cache's variant (what selects a
+/// personalised entry) use, so the two cannot drift apart. A value that cannot be a
+/// field value (a control character in a token's `sub`) is neither sent nor keyed.
+pub fn identity_fields(id: &super::Identity) -> Vec<(&'static str, HeaderValue)> {
+    let mut out = Vec::with_capacity(3);
+    let mut add = |name, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out.push((name, v));
+        }
+    };
+    add("x-consumer-id", &id.consumer_id);
     if let Some(sub) = &id.subject {
-        let _ = h.insert_header("x-auth-subject", sub.as_str());
+        add("x-auth-subject", sub);
     }
     if id.method == "jwt" {
-        let _ = h.insert_header("x-auth-scopes", id.scopes.join(" "));
+        add("x-auth-scopes", &id.scopes.join(" "));
+    }
+    out
+}
+
+/// Sets the identity headers the upstream may trust (client copies were removed first).
+pub fn set_identity(h: &mut RequestHeader, id: &super::Identity) {
+    for (name, value) in identity_fields(id) {
+        let _ = h.insert_header(name, value);
     }
 }
 
@@ -219,6 +266,59 @@ mod tests {
         set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false);
         assert_eq!(h.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h.headers["x-forwarded-proto"], "http");
+    }
+
+    fn identity(method: &'static str, subject: Option<&str>) -> super::super::Identity {
+        super::super::Identity {
+            consumer_id: "partner".into(),
+            tier: None,
+            subject: subject.map(str::to_string),
+            scopes: vec!["read".into(), "write".into()],
+            method,
+        }
+    }
+
+    #[test]
+    fn identity_fields_are_what_is_sent() {
+        let names = |id| {
+            identity_fields(&id)
+                .into_iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(identity("jwt", Some("alice"))),
+            [
+                "x-consumer-id=partner",
+                "x-auth-subject=alice",
+                "x-auth-scopes=read write"
+            ]
+        );
+        assert_eq!(names(identity("api_key", None)), ["x-consumer-id=partner"]);
+        assert_eq!(
+            names(identity("jwt", Some("bad\nsub"))),
+            ["x-consumer-id=partner", "x-auth-scopes=read write"],
+            "a value that cannot be sent is not keyed either"
+        );
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        set_identity(&mut h, &identity("jwt", Some("alice")));
+        assert_eq!(h.headers["x-auth-subject"], "alice");
+        assert_eq!(h.headers["x-auth-scopes"], "read write");
+    }
+
+    #[test]
+    fn forwarded_fields_are_stripped() {
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        for name in FORWARDED_FIELDS {
+            h.append_header(name, "evil").unwrap();
+            h.append_header(name, "evil2").unwrap();
+        }
+        h.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
+        strip_forwarded(&mut h);
+        for name in FORWARDED_FIELDS {
+            assert!(h.headers.get(name).is_none(), "{name}");
+        }
+        assert_eq!(h.headers["x-forwarded-for"], "10.0.0.1");
     }
 
     #[test]

@@ -37,13 +37,15 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     reject_bad_framing(session)?;
     check_host(req)?;
     let raw_path = req.uri.path();
-    let host = host_of(request_host(req));
+    let authority = request_authority(req);
+    let host = host_of(&authority);
     let listener_policy =
         snap.path_policy(session.server_addr().and_then(|a| a.as_inet()).copied());
     let (route, path) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
     // From here on a rejection names the route (its metrics, its access-log field).
     let route = ctx.routing.route.insert(route);
-    remember_url_for_cache(snap, &mut ctx.cache, host, &path.forwarded);
+    remember_url_for_cache(snap, &mut ctx.cache, &authority, &path.forwarded);
+    ctx.request.authority = authority;
     ctx.routing.upstream_path = rewrite_path(
         route.strip_prefix.as_deref(),
         path.forwarded,
@@ -52,6 +54,7 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     );
     check_declared_body(route.max_body, req)?;
     ctx.request.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    ctx.request.forwarded_trusted = trusts_forwarded(snap, session, route);
     ctx.timing.server_timing = wants_server_timing(snap, session, route);
     Ok(())
 }
@@ -204,8 +207,16 @@ fn refuse(policy: path::Policy, read: &ReadPath<'_>) -> Result<(), Reject> {
     }
 }
 
+/// The authority the client asked for, host in lower case (RFC 9110 §4.2.3), port kept
+/// as sent. Routing reads its host (`host_of`); the cache key names it whole, and it is
+/// exactly what the upstream is sent as `Host` (`upstream_request_filter`), so a response
+/// made for `site:31337` can never be stored as one for `site`.
+fn request_authority(req: &RequestHeader) -> String {
+    request_host(req).to_ascii_lowercase()
+}
+
 /// The host the client asked for: the request target's authority (HTTP/2, absolute
-/// form), else `Host`, else none.
+/// form), else `Host`, else none (also for a `Host` that is not visible ASCII).
 fn request_host(req: &RequestHeader) -> &str {
     req.uri
         .authority()
@@ -218,11 +229,12 @@ fn request_host(req: &RequestHeader) -> &str {
         .unwrap_or("")
 }
 
-/// Cache keys and unsafe-method invalidation name the URL the client asked for, not the
-/// one sent upstream; kept only when a cache exists at all.
-fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, host: Cow<'_, str>, path: &str) {
+/// Cache keys and unsafe-method invalidation name the URL the client asked for (its
+/// authority as forwarded, its normalised path), not the path sent upstream; kept only
+/// when a cache exists at all.
+fn remember_url_for_cache(snap: &Snapshot, cache: &mut CacheCtx, authority: &str, path: &str) {
     if snap.cache.is_some() {
-        cache.host = host.into_owned();
+        cache.host = authority.to_string();
         cache.path = path.to_string();
     }
 }
@@ -283,6 +295,19 @@ pub(super) fn take_upstream_slot(up: &Arc<Upstream>, attempt: &mut Attempt) -> R
     Ok(())
 }
 
+/// The client's copies of `headers::FORWARDED_FIELDS` are believed (kept and keyed)
+/// only on a route with `trust_forwarded_headers` and from a peer in
+/// `server.trusted_proxies`; otherwise `request_filter` removes them.
+fn trusts_forwarded(snap: &Snapshot, session: &Session, route: &Route) -> bool {
+    route.trust_forwarded_headers
+        && snap.trusted_proxies.trusts_peer(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+        )
+}
+
 /// `Server-Timing` is added when the route asks for it or the request came in on a
 /// listener that does.
 fn wants_server_timing(snap: &Snapshot, session: &Session, route: &Route) -> bool {
@@ -320,6 +345,23 @@ mod tests {
         assert_eq!(fresh.len(), 32);
         assert_ne!(fresh, "a b");
         assert_eq!(assign_request_id(&req("/", &[])).len(), 32);
+    }
+
+    #[test]
+    fn the_authority_keeps_its_port_and_folds_the_host_case() {
+        assert_eq!(
+            request_authority(&req("/", &[("host", "Site:31337")])),
+            "site:31337"
+        );
+        assert_eq!(request_authority(&req("/", &[("host", "site")])), "site");
+        assert_eq!(request_authority(&req("/", &[])), "");
+        let mut abs = RequestHeader::build("GET", b"/x", None).unwrap();
+        abs.set_uri("http://Site:8080/x".parse().unwrap());
+        assert_eq!(
+            request_authority(&abs),
+            "site:8080",
+            "the target's authority"
+        );
     }
 
     #[test]

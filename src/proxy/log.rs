@@ -46,6 +46,9 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
     let req = session.req_header();
     let method = req.method.as_str();
     match (ctx.route(), &ctx.routing.snapshot) {
+        // A background refresh is no client request (its upstream attempt is counted
+        // under the upstream's metrics).
+        _ if ctx.request.refresh => {}
         (Some(r), _) => {
             r.requests.inc(&req.method, status);
             r.duration.observe(elapsed.as_secs_f64());
@@ -107,6 +110,10 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         j.opt_str("consumer", ctx.consumer_id());
         j.opt_str("error", e.map(|e| e.etype().as_str()));
         j.opt_str("reject", ctx.response.reject.as_ref().map(|r| r.slug()));
+        if ctx.request.refresh {
+            j.key("refresh");
+            j.out.push_str("true");
+        }
         j.finish();
         crate::accesslog::write(l);
     }

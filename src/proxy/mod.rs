@@ -4,12 +4,14 @@
 //! policies are `policy` (run in one loop, `run_policies`), target choice and health are
 //! `upstream`, the cache's part of each phase is `cache::phases`, answers are
 //! `error::Reject`. What is decided here is the request path's own: the admission checks
-//! (`admit`), when an attempt may be retried (`fail_to_connect`, `error_while_proxy`),
+//! (`admit`), what a stale-while-revalidate refresh takes over from the request that
+//! started it (`refresh`), when an attempt may be retried (`fail_to_connect`, `error_while_proxy`),
 //! how an attempt's outcome counts against its target (`attempt_failed`), and how an
 //! error becomes a rejection (`to_reject`).
 
 mod admit;
 mod log;
+mod refresh;
 
 use crate::cache::phases;
 use crate::context::Ctx;
@@ -33,6 +35,8 @@ use std::time::Instant;
 
 pub struct Gateway {
     pub shared: Arc<Shared>,
+    /// Identities and requests handed from a stale request to its background refresh.
+    refreshes: refresh::Refreshes,
 }
 
 /// Writes a problem+json answer. The one place a `Reject` becomes a response.
@@ -64,10 +68,13 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
         session.set_keepalive(None);
         resp.insert_header("connection", "close")?;
     }
-    crate::metrics::metrics()
-        .rejected
-        .with_label_values(&[reject.slug()])
-        .inc();
+    // A refresh's answer goes to no client: it is no refused request.
+    if !ctx.request.refresh {
+        crate::metrics::metrics()
+            .rejected
+            .with_label_values(&[reject.slug()])
+            .inc();
+    }
     ctx.response.reject = Some(reject);
     let head_only = session.req_header().method == http::Method::HEAD;
     session
@@ -88,6 +95,49 @@ fn server_header(ctx: &Ctx) -> &str {
 }
 
 impl Gateway {
+    pub fn new(shared: Arc<Shared>) -> Gateway {
+        Gateway {
+            shared,
+            refreshes: refresh::Refreshes::default(),
+        }
+    }
+
+    /// `request_filter` for a stale-while-revalidate refresh (a Pingora subrequest): the
+    /// request and identity its parent recorded replace the copy Pingora made, then
+    /// admission runs as for any request, and no policy runs (the parent was
+    /// authenticated, authorized and counted). A refresh on a route with policies whose
+    /// record is missing is refused rather than sent upstream without its identity.
+    async fn refresh_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request.refresh = true;
+        let started = self.refreshes.take(session);
+        let recorded = started.is_some();
+        if let Some(s) = started {
+            *session.req_header_mut() = s.request;
+            ctx.identity = s.identity;
+        }
+        let reject = self.admit(session, ctx).or_else(|| {
+            let policies = ctx.route().is_some_and(|r| !r.policies.is_empty());
+            (policies && !recorded).then_some(Reject::Internal)
+        });
+        if let Some(reject) = reject {
+            tracing::debug!("background refresh refused: {}", reject.slug());
+            // Hand the entry's write lock back now, so the next request revalidates.
+            if let Some(sub) = session.subrequest_ctx.as_mut() {
+                sub.release_write_lock();
+            }
+            respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
+        // The recorded request had these removed already; a copy without a record (a
+        // route without policies) is the client's own bytes.
+        let req = session.req_header_mut();
+        headers::strip_identity(req);
+        if !ctx.request.forwarded_trusted {
+            headers::strip_forwarded(req);
+        }
+        Ok(false)
+    }
+
     /// The route's policies in stage order (authenticate, authorize, limit: the order
     /// `Snapshot::compile` put them in); the first rejection ends the loop.
     async fn run_policies(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Reject> {
@@ -225,13 +275,22 @@ impl ProxyHttp for Gateway {
         Ctx::new(&self.shared)
     }
 
-    /// Admission, then the identity headers a client may not set, then the policies.
+    /// Admission, then the fields a client may not set (identity, and URL-building
+    /// fields unless trusted), then the policies. A background refresh has its own
+    /// (`refresh_filter`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            return self.refresh_filter(session, ctx).await;
+        }
         if let Some(reject) = self.admit(session, ctx) {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
-        headers::strip_identity(session.req_header_mut());
+        let req = session.req_header_mut();
+        headers::strip_identity(req);
+        if !ctx.request.forwarded_trusted {
+            headers::strip_forwarded(req);
+        }
         if let Some(reject) = self.run_policies(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
@@ -312,7 +371,22 @@ impl ProxyHttp for Gateway {
     ) -> Option<HashBinary> {
         let route = ctx.route()?;
         let rc = route.cache.as_ref()?;
-        phases::variance(meta, req, &route.name, rc, ctx.consumer_id())
+        let identity = ctx
+            .identity
+            .as_deref()
+            .map(headers::identity_fields)
+            .unwrap_or_default();
+        let on = crate::cache::key::VaryOn {
+            route: &route.name,
+            route_vary: &rc.vary,
+            forwarded: if ctx.request.forwarded_trusted {
+                &headers::FORWARDED_FIELDS
+            } else {
+                &[]
+            },
+            identity: &identity,
+        };
+        phases::variance(meta, req, &on)
     }
 
     fn response_cache_filter(
@@ -344,7 +418,21 @@ impl ProxyHttp for Gateway {
         error: Option<&Error>,
     ) -> bool {
         let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
-        phases::serve_stale(session, &mut ctx.cache, error, cache)
+        let serve = phases::serve_stale(session, &mut ctx.cache, error, cache);
+        // Served stale while holding the write lock: Pingora spawns the background
+        // refresh as soon as this returns, and the refresh needs what this request was.
+        if serve
+            && error.is_none()
+            && session.subrequest_ctx.is_none()
+            && session.cache.is_cache_lock_writer()
+        {
+            return self.refreshes.record(
+                session,
+                ctx.identity.clone(),
+                &mut ctx.request.lent_version,
+            );
+        }
+        serve
     }
 
     /// The request is about to go upstream (no rejection, no cache hit):
@@ -504,6 +592,14 @@ impl ProxyHttp for Gateway {
             req.set_uri(u);
         }
         req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
+        // The authority routed and keyed on is the one the upstream gets, whatever
+        // `Host` field came with an absolute-form or HTTP/2 request.
+        if ctx.request.authority.is_empty() {
+            req.remove_header(&http::header::HOST);
+        } else {
+            req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
+        }
+        req.remove_header(refresh::REFRESH_MARK);
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -562,6 +658,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        refresh::give_back(session, &mut ctx.request.lent_version);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
             let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
             phases::on_response(
@@ -625,6 +722,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
+        refresh::give_back(session, &mut ctx.request.lent_version);
         log::finish(session, e, ctx);
     }
 }

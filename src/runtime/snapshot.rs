@@ -32,6 +32,9 @@ pub struct Route {
     pub server_timing: bool,
     /// `path_policy:` of the route, merged over the listener's per request.
     pub path_policy: Option<crate::path::Override>,
+    /// `trust_forwarded_headers`: keep (and key on) the client's URL-building fields when
+    /// the peer is in `server.trusted_proxies`.
+    pub trust_forwarded_headers: bool,
     pub duration: Histogram,
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
@@ -85,6 +88,8 @@ pub struct Snapshot {
     pub loaded: Loaded,
     pub loaded_at: SystemTime,
     pub max_header_size: usize,
+    /// `server.trusted_proxies`: peers whose forwarded fields a route may believe.
+    pub trusted_proxies: crate::policy::client_ip::TrustedProxies,
     /// Listener addresses with `server_timing: true`.
     pub server_timing_listeners: HashSet<SocketAddr>,
     /// Each listener's `path_policy` (listeners without one have the default).
@@ -226,6 +231,7 @@ impl Snapshot {
                 timeouts: RouteTimeouts::compile(r.timeouts.as_ref()),
                 server_timing: r.server_timing,
                 path_policy: r.path_policy.map(path_override),
+                trust_forwarded_headers: r.trust_forwarded_headers,
                 duration: m.http_duration.with_label_values(&[&r.name]),
                 requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
@@ -263,6 +269,9 @@ impl Snapshot {
             router,
             upstreams,
             max_header_size: cfg.server.max_header_size.0 as usize,
+            trusted_proxies: crate::policy::client_ip::TrustedProxies::parse(
+                &cfg.server.trusted_proxies,
+            ),
             server_timing_listeners,
             loaded_at: SystemTime::now(),
             unmatched_duration: m.http_duration.with_label_values(&["unmatched"]),
@@ -477,6 +486,25 @@ mod tests {
 
     /// Each check that needs a built object, made once here: YAML, then the (path,
     /// message) errors it must give, in order.
+    #[test]
+    fn forwarded_field_trust_reaches_the_route_and_the_snapshot() {
+        let s = compile(
+            "server: { trusted_proxies: [10.0.0.0/8, \"192.0.2.7\"] }\nroutes:\n  - { name: t, upstream: u, match: { path_prefix: /t }, trust_forwarded_headers: true }\n  - { name: p, upstream: u }\n",
+        )
+        .unwrap();
+        let find = |path| {
+            s.router
+                .find("x", path, &http::Method::GET, &http::HeaderMap::new())
+                .expect("route")
+        };
+        assert!(find("/t/a").trust_forwarded_headers);
+        assert!(!find("/p").trust_forwarded_headers, "off by default");
+        let peer = |ip: &str| s.trusted_proxies.trusts_peer(Some(ip.parse().unwrap()));
+        assert!(peer("10.1.2.3") && peer("192.0.2.7") && peer("::ffff:10.0.0.1"));
+        assert!(!peer("127.0.0.1"));
+        assert!(!s.trusted_proxies.trusts_peer(None));
+    }
+
     #[test]
     fn each_compile_error_with_its_path() {
         let certs = dir("certs");

@@ -21,6 +21,7 @@ mod bad_input;
 mod balancing;
 mod cache_auth;
 mod cache_concurrency;
+mod cache_forwarded;
 mod cache_freshness;
 mod cache_ops;
 mod cache_variants;
