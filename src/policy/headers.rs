@@ -117,6 +117,15 @@ pub fn strip_forwarded(h: &mut RequestHeader) {
     remove_all(h, &FORWARDED_FIELDS);
 }
 
+/// What a client may not tell the upstream: the identity fields always, the URL-building
+/// forwarded fields unless the route trusts them from this peer (`forwarded_trusted`).
+pub fn strip_client_fields(h: &mut RequestHeader, forwarded_trusted: bool) {
+    strip_identity(h);
+    if !forwarded_trusted {
+        strip_forwarded(h);
+    }
+}
+
 /// The identity facts the upstream is told, as the fields that carry them: `X-Consumer-ID`,
 /// then `X-Auth-Subject` when there is a subject and `X-Auth-Scopes` for a JWT. The one
 /// definition both `set_identity` (what is sent) and the cache's variant (what selects a

@@ -130,11 +130,7 @@ impl Gateway {
         }
         // The recorded request had these removed already; a copy without a record (a
         // route without policies) is the client's own bytes.
-        let req = session.req_header_mut();
-        headers::strip_identity(req);
-        if !ctx.request.forwarded_trusted {
-            headers::strip_forwarded(req);
-        }
+        headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
         Ok(false)
     }
 
@@ -286,11 +282,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
-        let req = session.req_header_mut();
-        headers::strip_identity(req);
-        if !ctx.request.forwarded_trusted {
-            headers::strip_forwarded(req);
-        }
+        headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
         if let Some(reject) = self.run_policies(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
