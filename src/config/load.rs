@@ -307,7 +307,7 @@ fn hash_env_api_keys(root: &mut Value, at: &[(usize, usize)], errs: &mut Vec<Con
                 "the environment variable holding this key is empty",
             ));
         } else if !s.starts_with("sha256:") {
-            *s = super::values::hash_key(s);
+            *s = super::values::hash_key(s.as_str());
         }
     }
 }

@@ -132,7 +132,6 @@ impl fmt::Display for Alg {
     }
 }
 
-/// The SHA-256 of an API key: what `consumers[].api_keys` stores.
 /// What a route's `rate_limit.key` / `quota.key` counts by: `consumer | ip | route |
 /// header:NAME`. One parser for validation and for the limit stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +159,7 @@ impl LimitKey {
     }
 }
 
+/// The SHA-256 of an API key: what `consumers[].api_keys` stores.
 pub type KeyDigest = [u8; 32];
 
 /// `sha256:<64 hex>` → the digest; `None` for anything else.
@@ -169,9 +169,10 @@ pub fn parse_digest(s: &str) -> Option<KeyDigest> {
     bytes.try_into().ok()
 }
 
-/// The form `consumers[].api_keys` stores (and `gatehouse hash-key` prints).
-pub fn hash_key(key: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+/// The form `consumers[].api_keys` stores (and `gatehouse hash-key` prints); limit keys
+/// too long to keep as sent are stored in this form as well.
+pub fn hash_key(key: impl AsRef<[u8]>) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_ref())))
 }
 
 /// Why a target address does not resolve.

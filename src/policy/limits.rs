@@ -84,11 +84,7 @@ pub fn stored_key(key: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
     if key.len() <= MAX_RAW_KEY {
         return key;
     }
-    use sha2::Digest;
-    let mut out = Vec::with_capacity(7 + 64);
-    out.extend_from_slice(b"sha256:");
-    out.extend_from_slice(hex::encode(sha2::Sha256::digest(&key)).as_bytes());
-    Cow::Owned(out)
+    Cow::Owned(crate::config::values::hash_key(&*key).into_bytes())
 }
 
 /// A tier's limits, shared by every route.
