@@ -30,7 +30,7 @@ fn policies() -> PolicySet {
         .map(|i| {
             format!(
                 "  - {{ id: c{i}, api_keys: [\"{}\"], scopes: [orders:read] }}\n",
-                gatehouse::hash_key(&format!("key-{i}"))
+                gatehouse::hash_key(format!("key-{i}"))
             )
         })
         .collect();

@@ -87,6 +87,14 @@ pub struct Routing {
     pub(crate) upstream_path: Option<String>,
 }
 
+impl Routing {
+    /// The snapshot's bound cache (storage, settings, lock, clock), when it has one. On
+    /// `Routing` rather than `Ctx`, so it can be borrowed beside `&mut ctx.cache`.
+    pub(crate) fn cache(&self) -> Option<&crate::cache::Cache> {
+        self.snapshot.as_ref().and_then(|s| s.cache.as_ref())
+    }
+}
+
 /// The attempts at the route's upstream: one per `upstream_peer` call (retries included).
 #[derive(Default)]
 pub struct Attempt {

@@ -97,13 +97,15 @@ pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> O
     for name in on.forwarded {
         // Exact bytes, every copy in order: the upstream reads them as sent.
         let mut value = Vec::new();
+        let mut seen = false;
         for (i, v) in request.get_all(*name).iter().enumerate() {
             if i > 0 {
                 value.push(b'\n'); // cannot occur in a field value
             }
             value.extend_from_slice(v.as_bytes());
+            seen = true;
         }
-        if !request.contains_key(*name) {
+        if !seen {
             value = ABSENT.to_vec();
         }
         vb.add_owned_name_value(format!("\0fwd:{name}"), value);

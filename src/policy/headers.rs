@@ -102,9 +102,7 @@ pub fn new_request_id() -> String {
 
 fn remove_all(h: &mut RequestHeader, names: &[&str]) {
     for name in names {
-        if h.headers.contains_key(*name) {
-            h.remove_header(*name);
-        }
+        h.remove_header(*name);
     }
 }
 

@@ -315,7 +315,7 @@ impl ProxyHttp for Gateway {
 
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         if ctx.route().is_some_and(|r| r.cache.is_some()) {
-            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            let cache = ctx.routing.cache();
             phases::enable(session, &mut ctx.cache, cache);
         }
         Ok(())
@@ -345,7 +345,7 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<ForcedFreshness>> {
-        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        let cache = ctx.routing.cache();
         Ok(phases::hit_freshness(
             session,
             meta,
@@ -392,7 +392,7 @@ impl ProxyHttp for Gateway {
         let Some(rc) = ctx.routing.route.as_ref().and_then(|r| r.cache.as_ref()) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        let cache = ctx.routing.cache();
         Ok(phases::response_cacheable(
             session,
             resp,
@@ -409,7 +409,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         error: Option<&Error>,
     ) -> bool {
-        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        let cache = ctx.routing.cache();
         let serve = phases::serve_stale(session, &mut ctx.cache, error, cache);
         // Served stale while holding the write lock: Pingora spawns the background
         // refresh as soon as this returns, and the refresh needs what this request was.
@@ -603,7 +603,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
         }
-        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
     }
@@ -618,7 +618,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Before the cache sees it: a stored response never carries another hop's fields.
         headers::strip_hop_by_hop_response(resp);
-        let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+        let cache = ctx.routing.cache();
         phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();
         ctx.timing.upstream_header_at = Some(now);
@@ -652,7 +652,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         refresh::give_back(session, &mut ctx.request.lent_version);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
-            let cache = ctx.routing.snapshot.as_ref().and_then(|s| s.cache.as_ref());
+            let cache = ctx.routing.cache();
             phases::on_response(
                 session,
                 resp,
