@@ -22,7 +22,7 @@ fn with_base(rest: &str) -> String {
 
 fn problems(rest: &str) -> Vec<(String, String)> {
     let yaml = with_base(rest);
-    let (cfg, parse_errs) = super::super::load::parse_partial(&yaml, &|_| None);
+    let (cfg, parse_errs) = crate::config::load::parse_partial(&yaml, &|_| None);
     assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
     let cfg = cfg.expect("parsed");
     validate(&cfg)
