@@ -48,12 +48,43 @@ pub async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
                 async move { Ok::<_, std::convert::Infallible>(handle(req, &shared).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
+            let done = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(io, svc)
+                .without_shutdown()
                 .await;
+            if let Ok(parts) = done {
+                linger(parts.io.into_inner()).await;
+            }
         });
     }
+}
+
+/// Lingering close. A refusal (401 before the body is read, 413 on a declared size) ends
+/// the connection with the client's body still arriving; closing a socket with unread
+/// data makes the kernel send RST, which can destroy the response before the client
+/// reads it. So, like nginx's `lingering_close`, the write half is shut first and what
+/// the client still sends is read and discarded, bounded in bytes and in time, and never
+/// buffered.
+async fn linger(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_BYTES: usize = 4 << 20;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut buf = [0u8; 16 * 1024];
+        let mut seen = 0usize;
+        while seen < MAX_BYTES {
+            match tokio::time::timeout(IDLE, stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => seen += n,
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &str) -> Resp {
