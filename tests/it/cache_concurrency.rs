@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::origin::{advance, cache_gateway, cache_status, send, Origin, Reply};
+use common::origin::{advance, cache_gateway, cache_status, send, Gate, Origin, Reply};
 use common::{assert_problem, client, eventually, Resp};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,10 @@ async fn get(gw: &common::Gateway, path: &str) -> Resp {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_misses_make_one_origin_request() {
     let o = Origin::start().await;
-    o.set(
-        "/slow",
-        Reply::ok("max-age=60", "payload").delay(Duration::from_millis(400)),
-    );
-    let gw = cache_gateway(&o, "{ memory: 4MiB, lock_timeout: 5s }", ROUTE).await;
+    // The fill is held at the origin until all 50 clients are connected to the gateway.
+    let fill = Gate::new();
+    o.set("/slow", Reply::ok("max-age=60", "payload").gated(&fill));
+    let gw = cache_gateway(&o, "{ memory: 4MiB, lock_timeout: 60s }", ROUTE).await;
     let url = gw.url("/slow");
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -30,6 +29,15 @@ async fn fifty_concurrent_misses_make_one_origin_request() {
             send(&client(), "GET", &url, &[]).await
         }));
     }
+    let connected = eventually(Duration::from_secs(20), || async {
+        gw.metrics()
+            .await
+            .sum("gatehouse_downstream_connections", &[])
+            >= 50.0
+    })
+    .await;
+    fill.open();
+    assert!(connected.is_some(), "the 50 clients did not all connect");
     let mut collapsed = 0;
     for t in tasks {
         let r = t.await.expect("request task");
@@ -72,25 +80,34 @@ async fn waiters_give_up_after_lock_timeout_and_go_to_the_origin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_while_revalidate_serves_stale_at_once_and_refreshes_in_the_background() {
     let o = Origin::start().await;
-    o.script("/swr", |_, n| {
-        let r = Reply::ok("max-age=10, stale-while-revalidate=60", format!("v{n}"));
-        if n > 1 {
-            r.delay(Duration::from_millis(800))
-        } else {
-            r
+    // The refresh (the second origin request) is held at the origin until the test has
+    // been served: if the gateway waited for it, the stale answer could not arrive.
+    let refresh = Gate::new();
+    o.script("/swr", {
+        let refresh = refresh.clone();
+        move |_, n| {
+            let r = Reply::ok("max-age=10, stale-while-revalidate=60", format!("v{n}"));
+            if n == 2 {
+                r.gated(&refresh)
+            } else {
+                r
+            }
         }
     });
     let gw = cache_gateway(&o, "{ memory: 4MiB }", ROUTE).await;
     assert_eq!(get(&gw, "/swr").await.text(), "v1");
     advance(&gw, &o, 15).await;
-    let start = Instant::now();
-    let r = get(&gw, "/swr").await;
-    let took = start.elapsed();
+    let r = tokio::time::timeout(Duration::from_secs(20), get(&gw, "/swr"))
+        .await
+        .expect("the stale response was not served while the refresh is held at the origin");
     assert_eq!(r.text(), "v1", "the stale response is served");
     assert!(
-        took < Duration::from_millis(600),
-        "stale was not served at once: {took:?}"
+        eventually(Duration::from_secs(10), || async { o.hits("/swr") == 2 })
+            .await
+            .is_some(),
+        "the background refresh did not reach the origin"
     );
+    refresh.open();
     let cs = cache_status(&r);
     assert!(
         cs.contains("; hit") && cs.contains("detail=stale-while-revalidate"),
@@ -169,17 +186,22 @@ async fn stale_if_error_serves_stale_while_the_origin_is_down_within_the_window_
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_that_must_revalidate_do_not_queue_behind_each_other() {
     let o = Origin::start().await;
-    o.script("/nc", |_, n| {
-        let r = Reply::ok("max-age=60", format!("v{n}"));
-        if n > 1 {
-            r.delay(Duration::from_millis(400))
-        } else {
-            r
+    // Every revalidation is held at the origin: all five can be there at once only if
+    // none waits for another.
+    let held = Gate::new();
+    o.script("/nc", {
+        let held = held.clone();
+        move |_, n| {
+            let r = Reply::ok("max-age=60", format!("v{n}"));
+            if n > 1 {
+                r.gated(&held)
+            } else {
+                r
+            }
         }
     });
     let gw = cache_gateway(&o, "{ memory: 4MiB, lock_timeout: 5s }", ROUTE).await;
     assert_eq!(get(&gw, "/nc").await.text(), "v1");
-    let start = Instant::now();
     let tasks: Vec<_> = (0..5)
         .map(|_| {
             let url = gw.url("/nc");
@@ -188,13 +210,16 @@ async fn requests_that_must_revalidate_do_not_queue_behind_each_other() {
             })
         })
         .collect();
+    let all_there = eventually(Duration::from_secs(20), || async { o.hits("/nc") == 6 }).await;
+    let at_origin = o.hits("/nc");
+    held.open();
     for t in tasks {
         assert_eq!(t.await.expect("task").status, 200);
     }
-    assert_eq!(o.hits("/nc"), 6, "each no-cache request reaches the origin");
     assert!(
-        start.elapsed() < Duration::from_millis(1200),
-        "no-cache requests were serialised: {:?}",
-        start.elapsed()
+        all_there.is_some(),
+        "no-cache requests were serialised: only {} of 5 reached the origin together",
+        at_origin - 1
     );
+    assert_eq!(o.hits("/nc"), 6, "each no-cache request reaches the origin");
 }

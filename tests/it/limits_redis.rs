@@ -253,7 +253,8 @@ async fn redis_outage_fail_open_keeps_serving_and_recovers() {
     assert!(exact_keys > 0, "the exact rate is in Redis again");
 }
 
-/// fail_closed: with Redis gone the answer is a 503 problem, quickly; it serves again
+/// fail_closed: with Redis gone the answer is a 503 problem, decided without waiting on
+/// the dead store; it serves again
 /// once Redis is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_fail_closed_answers_503_then_recovers() {
@@ -273,21 +274,29 @@ async fn redis_outage_fail_closed_answers_503_then_recovers() {
     .await;
     assert!(ok.is_some(), "never served while Redis was up");
     redis.kill();
-    let refused = common::eventually(Duration::from_secs(2), || async {
-        let (r, took) = timed_get(&http, &gw.url("/")).await;
-        assert!(took < Duration::from_millis(100), "waited {took:?}");
-        r.status == 503
+    let refused = common::eventually(Duration::from_secs(5), || async {
+        timed_get(&http, &gw.url("/")).await.0.status == 503
     })
     .await;
     assert!(refused.is_some(), "fail_closed never refused");
-    let (r, took) = timed_get(&http, &gw.url("/")).await;
-    assert_problem(&r, 503);
-    assert_eq!(
-        r.json()["type"],
-        "https://gatehouse.dev/problems/limit-store-unavailable"
+    // "Quickly" as a count, as in the fail_open test: once the store is marked down, a
+    // refusal is decided locally and no request calls the dead Redis (at most one more,
+    // if a probe that got its PONG just before the kill marked the store up again).
+    let waited_before = request_path_store_errors(&gw.metrics().await);
+    for _ in 0..50 {
+        let (r, _) = timed_get(&http, &gw.url("/")).await;
+        assert_problem(&r, 503);
+        assert_eq!(
+            r.json()["type"],
+            "https://gatehouse.dev/problems/limit-store-unavailable"
+        );
+        assert!(r.header("retry-after").is_some());
+    }
+    let waited = request_path_store_errors(&gw.metrics().await) - waited_before;
+    assert!(
+        waited <= 1.0,
+        "{waited} of 50 refusals waited on the dead store"
     );
-    assert!(r.header("retry-after").is_some());
-    assert!(took < Duration::from_millis(100), "waited {took:?}");
     let hits = up.hits();
     redis.restart().await;
     let back = common::eventually(Duration::from_secs(5), || async {

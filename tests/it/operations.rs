@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{client, config, free_port, get, Gateway, Resp, Upstream, FAST_HEALTH, TOKEN};
 
@@ -74,7 +74,7 @@ async fn bind_failure_exits_nonzero_naming_the_address() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_an_inflight_request_then_exits_0() {
     let up = Upstream::start("u").await;
-    up.set_delay(Duration::from_secs(2));
+    up.set_delay(Duration::from_secs(6));
     let yaml = simple(&up).replace("grace_period: 5s", "grace_period: 30s");
     let mut gw = Gateway::start(&yaml).await;
     let http = client();
@@ -87,9 +87,8 @@ async fn sigterm_drains_an_inflight_request_then_exits_0() {
     assert!(arrived.is_some(), "slow request never reached the upstream");
 
     gw.signal("TERM");
-    let t_term = Instant::now();
-    // kill(1) returns before the process has handled the signal: allow it a moment.
-    let turned = common::eventually(Duration::from_millis(500), || {
+    // kill(1) returns before the process has handled the signal: poll until it has.
+    let turned = common::eventually(Duration::from_secs(5), || {
         let (http, url) = (http.clone(), gw.admin_url("/readyz"));
         async move {
             http.get(url)
@@ -99,26 +98,22 @@ async fn sigterm_drains_an_inflight_request_then_exits_0() {
         }
     })
     .await;
+    assert!(turned.is_some(), "/readyz did not turn 503 after SIGTERM");
+    // An order, not a duration: readiness went while the request was still in flight.
     assert!(
-        turned.is_some(),
-        "/readyz did not turn 503 right after SIGTERM"
+        !slow.is_finished(),
+        "/readyz turned 503 only after the in-flight request ended"
     );
-    assert!(t_term.elapsed() < Duration::from_millis(1000));
 
     let status = slow.await.unwrap();
     assert_eq!(status.ok(), Some(200), "in-flight request during drain");
-    let t_done = Instant::now();
-    let st = gw.wait_exit(Duration::from_secs(10)).await;
+    // The process leaves once nothing is in flight, not at the end of the grace period.
+    let st = gw.wait_exit(Duration::from_secs(20)).await;
     assert!(
         st.is_some(),
-        "still running 10 s after the last request ended (grace_period 30s)"
+        "still running 20 s after the last request ended (grace_period 30s)"
     );
     assert_eq!(st.unwrap().code(), Some(0), "exit status after SIGTERM");
-    assert!(
-        t_done.elapsed() < Duration::from_secs(5),
-        "exited {:?} after the in-flight request ended",
-        t_done.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -28,6 +28,34 @@ pub struct Reply {
     pub delay: Duration,
     /// Sent without Content-Length, in two chunks.
     pub chunked: bool,
+    /// Held until the test opens this gate: "the origin is still answering" as a state
+    /// the test controls, instead of a delay it would have to out-wait.
+    pub gate: Option<Gate>,
+}
+
+/// A latch the test opens once; replies that carry it wait for it.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<(tokio::sync::Notify, std::sync::atomic::AtomicBool)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        self.0 .1.store(true, Ordering::SeqCst);
+        self.0 .0.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.0 .0.notified();
+            if self.0 .1.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Reply {
@@ -38,6 +66,7 @@ impl Reply {
             body: body.into(),
             delay: Duration::ZERO,
             chunked: false,
+            gate: None,
         }
     }
 
@@ -58,6 +87,12 @@ impl Reply {
 
     pub fn delay(mut self, d: Duration) -> Reply {
         self.delay = d;
+        self
+    }
+
+    /// Answers only once `gate` is opened.
+    pub fn gated(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
         self
     }
 
@@ -237,6 +272,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.wait().await;
     }
     let body: Body = if reply.chunked {
         let half = reply.body.len() / 2;
