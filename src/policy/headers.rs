@@ -115,12 +115,27 @@ pub fn strip_forwarded(h: &mut RequestHeader) {
     remove_all(h, &FORWARDED_FIELDS);
 }
 
+/// Fields with which frameworks (Rails, Laravel, Express's method-override, ASP.NET,
+/// Symfony) let a request name another method than its own.
+pub const METHOD_OVERRIDE_FIELDS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// What a client may not tell the upstream: the identity fields always, the URL-building
-/// forwarded fields unless the route trusts them from this peer (`forwarded_trusted`).
+/// forwarded fields unless the route trusts them from this peer (`forwarded_trusted`),
+/// and a method override on a GET or HEAD. The gateway routes, limits and caches a GET
+/// as a GET; a backend that honoured `X-HTTP-Method-Override: DELETE` on it would act on
+/// a request the cache then stores for everyone (and that no method rule saw). On other
+/// methods the override is the client's business, as it is not cached.
 pub fn strip_client_fields(h: &mut RequestHeader, forwarded_trusted: bool) {
     strip_identity(h);
     if !forwarded_trusted {
         strip_forwarded(h);
+    }
+    if h.method == http::Method::GET || h.method == http::Method::HEAD {
+        remove_all(h, &METHOD_OVERRIDE_FIELDS);
     }
 }
 

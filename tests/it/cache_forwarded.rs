@@ -463,3 +463,55 @@ async fn a_background_refresh_over_http1_carries_its_identity_and_is_not_counted
 async fn a_background_refresh_over_http2_carries_its_identity_and_is_not_counted_again() {
     refresh_is_one_request_with_its_identity(false).await;
 }
+
+/// A method override on a GET never reaches the upstream (a backend that honoured it
+/// would act as DELETE on a request cached as a GET), so the cached entry is the GET's;
+/// on a POST it is the client's business and passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn method_overrides_on_a_get_are_removed_and_kept_on_a_post() {
+    let o = Origin::start().await;
+    o.script("/m", |s, n| {
+        let over = [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ]
+        .iter()
+        .filter_map(|name| s.header(name).map(|v| format!("{name}={v};")))
+        .collect::<String>();
+        Reply::ok("max-age=60", format!("{} {over}#{n}", s.method))
+    });
+    let gw = forwarded_gateway(&o, "[10.0.0.0/8]").await;
+    for (i, name) in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!("/m?i={i}");
+        let r = raw::get_with(gw.addr(), &path, "site", &[(name, "DELETE")]).await;
+        assert_eq!(
+            r.text(),
+            format!("GET #{}", i + 1),
+            "{name} reached the upstream"
+        );
+        let r = raw::get_with(gw.addr(), &path, "site", &[]).await;
+        assert!(cache_status(&r).contains("; hit"), "{}", cache_status(&r));
+    }
+    let r = common::client()
+        .post(gw.url("/m"))
+        .header("x-http-method-override", "PATCH")
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("POST x-http-method-override=PATCH;"),
+        "the override on a POST is kept"
+    );
+}
