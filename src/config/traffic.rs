@@ -375,4 +375,69 @@ mod tests {
         assert!(Percent::Text("20".into()).ratio().is_err());
         assert!(Percent::Text("120%".into()).ratio().is_err());
     }
+
+    /// What `validate` says about `upstreams` (and a route `r0` with `route_keys`).
+    fn problems(upstreams: &str, route_keys: &str) -> Vec<(String, String)> {
+        let yaml = format!(
+            "listeners: [ {{ name: public, address: \"127.0.0.1:18080\" }} ]\n\
+             upstreams:\n{upstreams}\
+             routes: [ {{ name: r0, upstream: u{route_keys} }} ]\n"
+        );
+        let (cfg, parse_errs) = crate::config::load::parse_partial(&yaml, &|_| None);
+        assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
+        crate::config::validate::validate(&cfg.expect("parsed"))
+            .into_iter()
+            .map(|e| (e.path, e.message))
+            .collect()
+    }
+
+    const T: &str = "targets: [ { address: \"127.0.0.1:9001\" } ]";
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let ups = format!(
+            "  u:\n    {T}\n    breaker: {{ failure_ratio: 0.5, window: 10s, min_requests: 20, open_for: 5s, half_open_probes: 3, fallback: s }}\n    outlier: {{ consecutive_failures: 5, base_ejection: 10s, max_ejection_percent: 50 }}\n    retry: {{ on: [connect, 502, 503, 504], budget: 20%, backoff: {{ base: 25ms, max: 250ms }} }}\n  s: {{ {T} }}\n"
+        );
+        assert_eq!(problems(&ups, ", deadline: 10s"), vec![]);
+        let defaults = format!("  u: {{ {T}, breaker: {{}}, outlier: {{}}, retry: {{}} }}\n");
+        assert_eq!(problems(&defaults, ""), vec![]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_yaml_paths() {
+        let own = |s: &str| (s.to_string());
+        let ups = format!(
+            "  u:\n    {T}\n    breaker: {{ failure_ratio: 1.5, window: 500ms, min_requests: 0, open_for: 10ms, half_open_probes: 0, fallback: u }}\n    outlier: {{ consecutive_failures: 0, base_ejection: 10s, max_ejection: 5s, max_ejection_percent: 101 }}\n    retry: {{ on: [connect, 404, reset], budget: 120%, backoff: {{ base: 50ms, max: 10ms }}, methods: [get] }}\n"
+        );
+        let got = problems(&ups, ", deadline: 0ms");
+        let want: Vec<(String, String)> = [
+            ("upstreams.u.breaker.failure_ratio", "must be more than 0 and at most 1"),
+            ("upstreams.u.breaker.window", "must be at least 1s"),
+            ("upstreams.u.breaker.min_requests", "must be at least 1"),
+            ("upstreams.u.breaker.open_for", "must be at least 100ms"),
+            ("upstreams.u.breaker.half_open_probes", "must be between 1 and 1000"),
+            ("upstreams.u.breaker.fallback", "must name another upstream, not this one"),
+            ("upstreams.u.outlier.consecutive_failures", "must be at least 1"),
+            ("upstreams.u.outlier.max_ejection", "must be at least base_ejection"),
+            ("upstreams.u.outlier.max_ejection_percent", "must be between 0 and 100"),
+            ("upstreams.u.retry.on[1]", "404 is not a 5xx status"),
+            ("upstreams.u.retry.on[2]", "\"reset\" must be connect or a 5xx status"),
+            ("upstreams.u.retry.budget", "120 is not between 0% and 100%"),
+            ("upstreams.u.retry.backoff.max", "must be at least base"),
+            ("upstreams.u.retry.methods[0]", "\"get\" is not a method name in capitals (GET, PUT, ...)"),
+            ("routes[0].deadline", "must be at least 1ms"),
+        ]
+        .iter()
+        .map(|(p, m)| (own(p), own(m)))
+        .collect();
+        assert_eq!(got, want);
+        let unknown = format!("  u: {{ {T}, breaker: {{ fallback: nowhere }} }}\n");
+        assert_eq!(
+            problems(&unknown, ""),
+            vec![(
+                "upstreams.u.breaker.fallback".to_string(),
+                "unknown upstream \"nowhere\"".to_string()
+            )]
+        );
+    }
 }
