@@ -8,7 +8,8 @@
 
 use crate::common;
 
-use common::{assert_problem, check, client, config, get, targets, test_clock, Gateway, Upstream};
+use common::gateway::check;
+use common::{assert_problem, client, config, get, targets, test_clock, Gateway, Upstream};
 
 const BREAKER: &str =
     "breaker: { failure_ratio: 0.5, window: 10s, min_requests: 4, open_for: 5s, half_open_probes: 2 }";
@@ -89,9 +90,14 @@ async fn breaker_opens_fails_fast_half_opens_and_closes_or_reopens() {
     }
     assert_eq!(a.hits(), 11);
 
-    // Open again; this time the first probe fails, which reopens it at once.
+    // Open again (five failures against the five successes in the window: the ratio);
+    // this time the first probe fails, which reopens it at once.
     a.set_status(503);
     for i in 0..4 {
+        get(&http, &gw.url(&format!("/g{i}"))).await;
+    }
+    assert_eq!(state(&gw, "u").await, Some(0.0), "4 failures of 9");
+    for i in 4..5 {
         get(&http, &gw.url(&format!("/g{i}"))).await;
     }
     assert_eq!(state(&gw, "u").await, Some(1.0));
@@ -99,7 +105,7 @@ async fn breaker_opens_fails_fast_half_opens_and_closes_or_reopens() {
     let r = get(&http, &gw.url("/bad-probe")).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["upstream"], "a", "the probe reached the upstream");
-    assert_eq!(a.hits(), 16);
+    assert_eq!(a.hits(), 17);
     assert_eq!(state(&gw, "u").await, Some(1.0), "reopened");
     let r = get(&http, &gw.url("/after-bad-probe")).await;
     assert_eq!(
@@ -107,7 +113,7 @@ async fn breaker_opens_fails_fast_half_opens_and_closes_or_reopens() {
         "https://gatehouse.dev/problems/circuit-open"
     );
     assert_eq!(r.header("retry-after"), Some("5"), "a full open_for again");
-    assert_eq!(a.hits(), 16);
+    assert_eq!(a.hits(), 17);
 
     assert_eq!(transitions(&gw, "open").await, 3.0);
     assert_eq!(transitions(&gw, "half_open").await, 2.0);
