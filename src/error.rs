@@ -186,8 +186,7 @@ impl Reject {
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
             Reject::CircuitOpen(..) => {
-                "the upstream of this route is failing and is not being called; retry later"
-                    .into()
+                "the upstream of this route is failing and is not being called; retry later".into()
             }
         }
     }

@@ -277,7 +277,10 @@ pub fn validate_upstream(
             );
         }
         if o.base_ejection.0 < Duration::from_millis(100) {
-            err(format!("{op}.base_ejection"), "must be at least 100ms".into());
+            err(
+                format!("{op}.base_ejection"),
+                "must be at least 100ms".into(),
+            );
         }
         if o.max_ejection.0 < o.base_ejection.0 {
             err(
@@ -322,7 +325,10 @@ pub fn validate_upstream(
             err(format!("{bp}.max"), "must be at most 60s".into());
         }
         if r.max_retry_after.0 > Duration::from_secs(60) {
-            err(format!("{rp}.max_retry_after"), "must be at most 60s".into());
+            err(
+                format!("{rp}.max_retry_after"),
+                "must be at most 60s".into(),
+            );
         }
         for (i, m) in r.methods.iter().enumerate() {
             let token = !m.is_empty()
@@ -405,26 +411,50 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_their_yaml_paths() {
-        let own = |s: &str| (s.to_string());
+        let own = |s: &str| s.to_string();
         let ups = format!(
             "  u:\n    {T}\n    breaker: {{ failure_ratio: 1.5, window: 500ms, min_requests: 0, open_for: 10ms, half_open_probes: 0, fallback: u }}\n    outlier: {{ consecutive_failures: 0, base_ejection: 10s, max_ejection: 5s, max_ejection_percent: 101 }}\n    retry: {{ on: [connect, 404, reset], budget: 120%, backoff: {{ base: 50ms, max: 10ms }}, methods: [get] }}\n"
         );
         let got = problems(&ups, ", deadline: 0ms");
         let want: Vec<(String, String)> = [
-            ("upstreams.u.breaker.failure_ratio", "must be more than 0 and at most 1"),
+            (
+                "upstreams.u.breaker.failure_ratio",
+                "must be more than 0 and at most 1",
+            ),
             ("upstreams.u.breaker.window", "must be at least 1s"),
             ("upstreams.u.breaker.min_requests", "must be at least 1"),
             ("upstreams.u.breaker.open_for", "must be at least 100ms"),
-            ("upstreams.u.breaker.half_open_probes", "must be between 1 and 1000"),
-            ("upstreams.u.breaker.fallback", "must name another upstream, not this one"),
-            ("upstreams.u.outlier.consecutive_failures", "must be at least 1"),
-            ("upstreams.u.outlier.max_ejection", "must be at least base_ejection"),
-            ("upstreams.u.outlier.max_ejection_percent", "must be between 0 and 100"),
+            (
+                "upstreams.u.breaker.half_open_probes",
+                "must be between 1 and 1000",
+            ),
+            (
+                "upstreams.u.breaker.fallback",
+                "must name another upstream, not this one",
+            ),
+            (
+                "upstreams.u.outlier.consecutive_failures",
+                "must be at least 1",
+            ),
+            (
+                "upstreams.u.outlier.max_ejection",
+                "must be at least base_ejection",
+            ),
+            (
+                "upstreams.u.outlier.max_ejection_percent",
+                "must be between 0 and 100",
+            ),
             ("upstreams.u.retry.on[1]", "404 is not a 5xx status"),
-            ("upstreams.u.retry.on[2]", "\"reset\" must be connect or a 5xx status"),
+            (
+                "upstreams.u.retry.on[2]",
+                "\"reset\" must be connect or a 5xx status",
+            ),
             ("upstreams.u.retry.budget", "120 is not between 0% and 100%"),
             ("upstreams.u.retry.backoff.max", "must be at least base"),
-            ("upstreams.u.retry.methods[0]", "\"get\" is not a method name in capitals (GET, PUT, ...)"),
+            (
+                "upstreams.u.retry.methods[0]",
+                "\"get\" is not a method name in capitals (GET, PUT, ...)",
+            ),
             ("routes[0].deadline", "must be at least 1ms"),
         ]
         .iter()

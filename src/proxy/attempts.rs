@@ -145,7 +145,9 @@ pub fn policy_retry(
     }
     let m = crate::metrics::metrics();
     if !p.budget.try_take() {
-        m.retry_budget_exhausted.with_label_values(&[&up.name]).inc();
+        m.retry_budget_exhausted
+            .with_label_values(&[&up.name])
+            .inc();
         return false;
     }
     ctx.attempt.retries = n;

@@ -231,11 +231,15 @@ fn retry_response(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Op
     let replayable = policy.retries_method(&session.req_header().method)
         && !session.as_ref().retry_buffer_truncated()
         && session.response_written().is_none();
-    let retry_after = resp
-        .headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| crate::upstream::retry::retry_after(v.as_bytes(), std::time::SystemTime::now()));
-    if !attempts::policy_retry(ctx, replayable, attempts::Cause::Status(status), retry_after) {
+    let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| {
+        crate::upstream::retry::retry_after(v.as_bytes(), std::time::SystemTime::now())
+    });
+    if !attempts::policy_retry(
+        ctx,
+        replayable,
+        attempts::Cause::Status(status),
+        retry_after,
+    ) {
         return None;
     }
     if let Some((up, target)) = ctx.current_target() {
@@ -251,7 +255,13 @@ fn retry_response(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Op
         );
     }
     ctx.attempt.status_retry = true;
-    Some(Error::explain(ErrorType::HTTPStatus(status), "retrying the upstream's answer").into_up())
+    Some(
+        Error::explain(
+            ErrorType::HTTPStatus(status),
+            "retrying the upstream's answer",
+        )
+        .into_up(),
+    )
 }
 
 /// Group keys for fresh connections of a stale-connection retry: each is new, so the

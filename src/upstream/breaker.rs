@@ -139,7 +139,9 @@ pub enum Admit {
     /// Let through as a half-open probe: its outcome decides the circuit.
     Probe(Probe),
     /// Open (or half-open with every probe place taken): not to be sent.
-    Refuse { retry_after_secs: u32 },
+    Refuse {
+        retry_after_secs: u32,
+    },
 }
 
 /// A half-open probe's place. Reported once (`Breaker::record` with it); dropped
@@ -374,7 +376,11 @@ mod tests {
         assert_eq!(b.state(), OPEN, "4 failures of 5");
         assert_eq!(refused(&b), Some(5));
         clock.advance(Duration::from_millis(3500)).unwrap();
-        assert_eq!(refused(&b), Some(2), "Retry-After is the time left, rounded up");
+        assert_eq!(
+            refused(&b),
+            Some(2),
+            "Retry-After is the time left, rounded up"
+        );
     }
 
     #[test]
@@ -386,7 +392,11 @@ mod tests {
         }
         clock.advance(Duration::from_secs(11)).unwrap();
         b.record(false, None);
-        assert_eq!(b.state(), CLOSED, "the first three are out of the 10s window");
+        assert_eq!(
+            b.state(),
+            CLOSED,
+            "the first three are out of the 10s window"
+        );
         for _ in 0..4 {
             b.record(true, None);
         }

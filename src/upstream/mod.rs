@@ -351,7 +351,8 @@ impl Upstream {
                 .iter()
                 .all(|t| t.active_state() == target::UNKNOWN);
         for t in &self.targets {
-            t.healthy_gauge.set(t.usable(now, clock_ns, unknown_ok) as i64);
+            t.healthy_gauge
+                .set(t.usable(now, clock_ns, unknown_ok) as i64);
         }
     }
 

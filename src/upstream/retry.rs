@@ -80,8 +80,14 @@ impl Policy {
     /// The wait before retry `n` (1 for the first), jittered in [d/2, d].
     pub fn backoff(&self, n: u32) -> Duration {
         use rand::Rng;
-        let factor = 1u32.checked_shl(n.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-        let d = self.base.checked_mul(factor).unwrap_or(self.max).min(self.max);
+        let factor = 1u32
+            .checked_shl(n.saturating_sub(1).min(31))
+            .unwrap_or(u32::MAX);
+        let d = self
+            .base
+            .checked_mul(factor)
+            .unwrap_or(self.max)
+            .min(self.max);
         let half = d / 2;
         let jitter = rand::thread_rng().gen_range(0..=(d - half).as_micros() as u64);
         half + Duration::from_micros(jitter)

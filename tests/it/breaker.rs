@@ -170,8 +170,14 @@ async fn an_open_circuit_sends_traffic_to_its_fallback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_refuses_a_fallback_that_is_unknown_or_itself() {
     for (fallback, message) in [
-        ("nowhere", "upstreams.u.breaker.fallback: unknown upstream \"nowhere\""),
-        ("u", "upstreams.u.breaker.fallback: must name another upstream"),
+        (
+            "nowhere",
+            "upstreams.u.breaker.fallback: unknown upstream \"nowhere\"",
+        ),
+        (
+            "u",
+            "upstreams.u.breaker.fallback: must name another upstream",
+        ),
     ] {
         let body = format!(
             "upstreams:\n  u: {{ targets: [ {{ address: \"127.0.0.1:9\" }} ], breaker: {{ fallback: {fallback} }} }}\n\

@@ -65,7 +65,11 @@ async fn a_503_is_retried_for_get_and_put_but_not_post() {
     assert_eq!(o.hits("/flaky"), 4);
 
     let r = send(&http, "PUT", &url).await;
-    assert_eq!((r.status, r.text()), (200, "ok#6".to_string()), "PUT is idempotent");
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "ok#6".to_string()),
+        "PUT is idempotent"
+    );
     let m = gw.metrics().await;
     assert_eq!(retries(&m, "503"), 2.0);
     let methods: Vec<String> = o.seen("/flaky").iter().map(|s| s.method.clone()).collect();
@@ -82,13 +86,16 @@ async fn only_the_listed_failures_are_retried() {
             Reply::new(200, "ok")
         }
     });
-    let keys = "retries: 2, retry: { on: [503], methods: [GET, POST], backoff: { base: 1ms, max: 2ms } }";
+    let keys =
+        "retries: 2, retry: { on: [503], methods: [GET, POST], backoff: { base: 1ms, max: 2ms } }";
     let gw = Gateway::start(&config(&body(&o.address(), keys, ""))).await;
     let http = client();
     assert_eq!(send(&http, "GET", &gw.url("/500")).await.status, 500);
     assert_eq!(o.hits("/500"), 1, "500 is not in retry.on");
     // `methods` may add POST.
-    o.script("/post", |_, n| Reply::new(if n == 1 { 503 } else { 201 }, ""));
+    o.script("/post", |_, n| {
+        Reply::new(if n == 1 { 503 } else { 201 }, "")
+    });
     assert_eq!(send(&http, "POST", &gw.url("/post")).await.status, 201);
     assert_eq!(o.hits("/post"), 2);
 }
@@ -146,7 +153,8 @@ async fn the_upstreams_retry_after_is_honoured_within_max_retry_after() {
         let at = std::time::SystemTime::now() + Duration::from_secs(3600);
         Reply::new(503, "tomorrow").header("retry-after", &httpdate::fmt_http_date(at))
     });
-    let keys = "retries: 2, retry: { on: [503], max_retry_after: 1s, backoff: { base: 1ms, max: 2ms } }";
+    let keys =
+        "retries: 2, retry: { on: [503], max_retry_after: 1s, backoff: { base: 1ms, max: 2ms } }";
     let gw = Gateway::start(&config(&body(&o.address(), keys, ""))).await;
     let http = client();
 
@@ -156,7 +164,11 @@ async fn the_upstreams_retry_after_is_honoured_within_max_retry_after() {
 
     let r = send(&http, "GET", &gw.url("/later")).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.header("retry-after"), Some("30"), "passed on to the client");
+    assert_eq!(
+        r.header("retry-after"),
+        Some("30"),
+        "passed on to the client"
+    );
     assert_eq!(o.hits("/later"), 1, "30s is over max_retry_after: no retry");
 
     let r = send(&http, "GET", &gw.url("/date")).await;
