@@ -266,3 +266,45 @@ async fn ejected_targets_stay_out_for_a_doubling_time_and_the_pool_never_empties
         ) >= 3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_circuit_of_an_unchanged_upstream_and_resets_a_changed_one() {
+    let a = Upstream::start("a").await;
+    let body = format!(
+        "upstreams:\n  u: {{ {}, retries: 0, {BREAKER} }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        targets(&[&a.address()])
+    );
+    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let http = client();
+    a.set_status(503);
+    for _ in 0..4 {
+        get(&http, &gw.url("/f")).await;
+    }
+    assert_eq!(state(&gw, "u").await, Some(1.0));
+    let yaml = std::fs::read_to_string(&gw.config_path).expect("config");
+    let reload = |yaml: String| {
+        let gw = &gw;
+        async move {
+            std::fs::write(&gw.config_path, yaml).expect("write config");
+            let r = gw
+                .admin_post("/admin/reload", &serde_json::json!({}))
+                .await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        }
+    };
+    // Only the route changed: the upstream (and its open circuit) is kept.
+    reload(yaml.replace("path_prefix: / }", "path_prefix: / }, server_timing: true")).await;
+    let r = get(&http, &gw.url("/kept")).await;
+    assert_eq!(
+        r.json()["type"],
+        "https://gatehouse.dev/problems/circuit-open"
+    );
+    assert_eq!(a.hits(), 4);
+    // The breaker's own config changed: the upstream starts afresh, closed.
+    reload(yaml.replace("open_for: 5s", "open_for: 6s")).await;
+    assert_eq!(state(&gw, "u").await, Some(0.0));
+    a.set_status(200);
+    assert_eq!(get(&http, &gw.url("/fresh")).await.status, 200);
+    assert_eq!(a.hits(), 5);
+}
