@@ -215,6 +215,10 @@ impl Upstream {
             })
             .collect();
         let m = crate::metrics::metrics();
+        if cfg.breaker.is_none() {
+            // A reload that removed the breaker leaves no stale state series behind.
+            let _ = m.circuit_state.remove_label_values(&[name]);
+        }
         Upstream {
             name: name.to_string(),
             balance: cfg.balance,

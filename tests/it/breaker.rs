@@ -287,9 +287,7 @@ async fn a_reload_keeps_the_circuit_of_an_unchanged_upstream_and_resets_a_change
         let gw = &gw;
         async move {
             std::fs::write(&gw.config_path, yaml).expect("write config");
-            let r = gw
-                .admin_post("/admin/reload", &serde_json::json!({}))
-                .await;
+            let r = gw.admin_post("/admin/reload", &serde_json::json!({})).await;
             assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
         }
     };
