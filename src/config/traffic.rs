@@ -80,6 +80,14 @@ pub struct Outlier {
     /// No ejection takes the share of targets out of service above this.
     #[serde(default = "d_max_ejection_percent")]
     pub max_ejection_percent: u32,
+    /// Extension: also eject a target whose failed share of the attempts in `window`
+    /// reaches this (0 < r <= 1), once the window holds `min_requests` attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    #[serde(default = "d_window")]
+    pub window: Dur,
+    #[serde(default = "d_min_requests")]
+    pub min_requests: u32,
 }
 
 /// One item of `retry.on`: `connect`, or a 5xx status (written `503` or `"503"`).
@@ -288,6 +296,20 @@ pub fn validate_upstream(
                 "must be at least base_ejection".into(),
             );
         }
+        if let Some(r) = o.failure_ratio {
+            if !(r > 0.0 && r <= 1.0) {
+                err(
+                    format!("{op}.failure_ratio"),
+                    "must be more than 0 and at most 1".into(),
+                );
+            }
+        }
+        if o.window.0 < Duration::from_secs(1) {
+            err(format!("{op}.window"), "must be at least 1s".into());
+        }
+        if o.min_requests == 0 {
+            err(format!("{op}.min_requests"), "must be at least 1".into());
+        }
         if o.max_ejection_percent > 100 {
             err(
                 format!("{op}.max_ejection_percent"),
@@ -413,7 +435,7 @@ mod tests {
     fn bad_values_are_refused_with_their_yaml_paths() {
         let own = |s: &str| s.to_string();
         let ups = format!(
-            "  u:\n    {T}\n    breaker: {{ failure_ratio: 1.5, window: 500ms, min_requests: 0, open_for: 10ms, half_open_probes: 0, fallback: u }}\n    outlier: {{ consecutive_failures: 0, base_ejection: 10s, max_ejection: 5s, max_ejection_percent: 101 }}\n    retry: {{ on: [connect, 404, reset], budget: 120%, backoff: {{ base: 50ms, max: 10ms }}, methods: [get] }}\n"
+            "  u:\n    {T}\n    breaker: {{ failure_ratio: 1.5, window: 500ms, min_requests: 0, open_for: 10ms, half_open_probes: 0, fallback: u }}\n    outlier: {{ consecutive_failures: 0, base_ejection: 10s, max_ejection: 5s, max_ejection_percent: 101, failure_ratio: 0, window: 1ms, min_requests: 0 }}\n    retry: {{ on: [connect, 404, reset], budget: 120%, backoff: {{ base: 50ms, max: 10ms }}, methods: [get] }}\n"
         );
         let got = problems(&ups, ", deadline: 0ms");
         let want: Vec<(String, String)> = [
@@ -440,6 +462,12 @@ mod tests {
                 "upstreams.u.outlier.max_ejection",
                 "must be at least base_ejection",
             ),
+            (
+                "upstreams.u.outlier.failure_ratio",
+                "must be more than 0 and at most 1",
+            ),
+            ("upstreams.u.outlier.window", "must be at least 1s"),
+            ("upstreams.u.outlier.min_requests", "must be at least 1"),
             (
                 "upstreams.u.outlier.max_ejection_percent",
                 "must be between 0 and 100",

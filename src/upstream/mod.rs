@@ -430,8 +430,8 @@ impl Upstream {
         if self.passive.is_some() {
             target.record_success();
         }
-        if self.outlier.is_some() {
-            target.outlier.record_success();
+        if let Some(s) = &self.outlier {
+            target.outlier.record_success(s, self.clock.now_ns());
         }
         if let Some(b) = &self.breaker {
             b.record(true, probe);

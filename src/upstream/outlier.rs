@@ -1,6 +1,8 @@
 //! Outlier ejection (`upstreams.X.outlier`): a target whose last `consecutive_failures`
-//! attempts all failed (connect error, broken exchange or 5xx) is taken out of the pool
-//! for `base_ejection`, doubled on each repeat up to `max_ejection`. The doubling is
+//! attempts all failed (connect error, broken exchange or 5xx), or, with `failure_ratio`,
+//! whose failed share of the attempts in the last `window` reaches it (once the window
+//! holds `min_requests`), is taken out of the pool for `base_ejection`, doubled on each
+//! repeat up to `max_ejection`. An ejection empties the target's window. The doubling is
 //! forgotten once the target has stayed in for as long as its last ejection lasted. No
 //! ejection happens while it would take more than `max_ejection_percent` of the targets
 //! out of service (ejected, passively down or actively unhealthy), so the pool is never
@@ -19,6 +21,15 @@ pub struct Settings {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejection_percent: u32,
+    pub rate: Option<RateRule>,
+}
+
+/// `failure_ratio` over `window` with at least `min_requests` attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct RateRule {
+    pub failure_ratio: f64,
+    pub bucket_ns: u64,
+    pub min_requests: u64,
 }
 
 impl Settings {
@@ -28,6 +39,11 @@ impl Settings {
             base_ejection: o.base_ejection.0,
             max_ejection: o.max_ejection.0,
             max_ejection_percent: o.max_ejection_percent,
+            rate: o.failure_ratio.map(|r| RateRule {
+                failure_ratio: r,
+                bucket_ns: (o.window.0.as_nanos() as u64 / BUCKETS as u64).max(1),
+                min_requests: u64::from(o.min_requests),
+            }),
         }
     }
 
@@ -41,9 +57,52 @@ impl Settings {
     }
 }
 
+const BUCKETS: usize = 10;
+
+/// Attempts and failures of one target in ten buckets (atomics; a racing bucket reset
+/// may lose a count or two, which a ratio can afford).
+#[derive(Default)]
+struct Window {
+    /// (slot, attempts, failures) per bucket.
+    buckets: [(AtomicU64, AtomicU64, AtomicU64); BUCKETS],
+}
+
+impl Window {
+    fn add(&self, slot: u64, failed: bool) {
+        let b = &self.buckets[(slot % BUCKETS as u64) as usize];
+        let seen = b.0.load(Relaxed);
+        if seen != slot && b.0.compare_exchange(seen, slot, Relaxed, Relaxed).is_ok() {
+            b.1.store(0, Relaxed);
+            b.2.store(0, Relaxed);
+        }
+        b.1.fetch_add(1, Relaxed);
+        if failed {
+            b.2.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn sums(&self, slot: u64) -> (u64, u64) {
+        let oldest = slot.saturating_sub(BUCKETS as u64 - 1);
+        self.buckets
+            .iter()
+            .filter(|b| (oldest..=slot).contains(&b.0.load(Relaxed)))
+            .fold((0, 0), |(t, f), b| {
+                (t + b.1.load(Relaxed), f + b.2.load(Relaxed))
+            })
+    }
+
+    fn clear(&self) {
+        for b in &self.buckets {
+            b.1.store(0, Relaxed);
+            b.2.store(0, Relaxed);
+        }
+    }
+}
+
 /// One target's ejection state (atomics: read on every selection).
 #[derive(Default)]
 pub struct State {
+    window: Window,
     fails: AtomicU32,
     /// Clock nanoseconds until which the target is out (0: never ejected).
     until_ns: AtomicU64,
@@ -74,9 +133,12 @@ impl State {
         self.until_ns.load(Relaxed)
     }
 
-    pub fn record_success(&self) {
+    pub fn record_success(&self, s: &Settings, now_ns: u64) {
         if self.fails.load(Relaxed) != 0 {
             self.fails.store(0, Relaxed);
+        }
+        if let Some(r) = &s.rate {
+            self.window.add(now_ns / r.bucket_ns, false);
         }
     }
 
@@ -88,10 +150,17 @@ impl State {
             return Outcome::Counted;
         }
         let n = self.fails.fetch_add(1, Relaxed) + 1;
-        if n < s.consecutive_failures {
+        let over_rate = s.rate.is_some_and(|r| {
+            let slot = now_ns / r.bucket_ns;
+            self.window.add(slot, true);
+            let (total, failed) = self.window.sums(slot);
+            total >= r.min_requests && failed as f64 >= r.failure_ratio * total as f64
+        });
+        if n < s.consecutive_failures && !over_rate {
             return Outcome::Counted;
         }
         self.fails.store(0, Relaxed);
+        self.window.clear();
         if (out + 1) * 100 > s.max_ejection_percent as usize * total {
             return Outcome::Capped;
         }
@@ -123,6 +192,7 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(35),
             max_ejection_percent: 50,
+            rate: None,
         }
     }
 
@@ -168,7 +238,7 @@ mod tests {
         let s = settings();
         let t = State::default();
         t.record_failure(&s, S, 0, 2);
-        t.record_success();
+        t.record_success(&s, S);
         assert_eq!(t.record_failure(&s, S, 0, 2), Outcome::Counted);
         assert_eq!(
             t.record_failure(&s, S, 1, 2),
@@ -184,5 +254,66 @@ mod tests {
             "a single target is never ejected under 100%"
         );
         assert_eq!(s.ejection(40), Duration::from_secs(35));
+    }
+
+    #[test]
+    fn a_failure_ratio_over_the_window_ejects_too() {
+        let s = Settings {
+            consecutive_failures: 100,
+            rate: Some(RateRule {
+                failure_ratio: 0.4,
+                bucket_ns: S,
+                min_requests: 6,
+            }),
+            ..settings()
+        };
+        let t = State::default();
+        let now = 50 * S;
+        for _ in 0..2 {
+            assert_eq!(t.record_failure(&s, now, 0, 2), Outcome::Counted);
+            t.record_success(&s, now);
+        }
+        t.record_success(&s, now);
+        assert_eq!(
+            t.record_failure(&s, now, 1, 2),
+            Outcome::Capped,
+            "3 of 6 reaches the ratio, but one of two targets is out already"
+        );
+        t.record_success(&s, now);
+        t.record_failure(&s, now, 0, 2);
+        t.record_success(&s, now);
+        t.record_success(&s, now);
+        assert_eq!(
+            t.record_failure(&s, now, 0, 2),
+            Outcome::Counted,
+            "2 of 5 since the capped check emptied the window"
+        );
+        t.record_success(&s, now);
+        assert_eq!(
+            t.record_failure(&s, now, 0, 2),
+            Outcome::Ejected(Duration::from_secs(10)),
+            "3 of 7"
+        );
+        // The window emptied with the ejection, and old attempts slide out of it.
+        let later = now + 10 * S;
+        t.record_failure(&s, later, 0, 2);
+        for _ in 0..4 {
+            t.record_success(&s, later);
+        }
+        assert_eq!(
+            t.record_failure(&s, later, 0, 2),
+            Outcome::Counted,
+            "2 of 6"
+        );
+        let much_later = later + 20 * S;
+        for _ in 0..5 {
+            t.record_success(&s, much_later);
+        }
+        t.record_failure(&s, much_later, 0, 2);
+        assert_eq!(
+            t.record_failure(&s, much_later, 0, 2),
+            Outcome::Counted,
+            "2 of 7 in the new window: the earlier ones are out of it"
+        );
     }
 }

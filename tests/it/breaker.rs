@@ -306,3 +306,33 @@ async fn a_reload_keeps_the_circuit_of_an_unchanged_upstream_and_resets_a_change
     assert_eq!(get(&http, &gw.url("/fresh")).await.status, 200);
     assert_eq!(a.hits(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_failing_half_its_requests_is_ejected_by_its_failure_ratio() {
+    let a = Upstream::start("a").await;
+    let c = common::origin::Origin::start().await;
+    // Never two failures in a row: only the ratio can eject it.
+    c.script("/r", |_, n| {
+        common::origin::Reply::new(if n % 2 == 1 { 503 } else { 200 }, "{}")
+    });
+    let body = format!(
+        "upstreams:\n  u: {{ {}, retries: 0, outlier: {{ consecutive_failures: 2, failure_ratio: 0.4, window: 10s, min_requests: 6, base_ejection: 10s, max_ejection_percent: 50 }} }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        targets(&[&a.address(), &c.address()])
+    );
+    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let http = client();
+    for _ in 0..30 {
+        get(&http, &gw.url("/r")).await;
+    }
+    assert_eq!(
+        c.hits("/r"),
+        7,
+        "out once 4 of its 7 attempts failed (min_requests 6, ratio 0.4)"
+    );
+    assert_eq!(a.hits(), 23);
+    assert_eq!(
+        gw.target_health("u", &c.address()).await.as_deref(),
+        Some("ejected")
+    );
+}
