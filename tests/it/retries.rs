@@ -242,7 +242,7 @@ async fn the_route_deadline_bounds_every_attempt_together() {
         }
     });
     let keys = "retries: 2, timeouts: { read: 30s }, retry: { on: [503], backoff: { base: 1ms, max: 2ms } }";
-    let gw = Gateway::start(&config(&body(&o.address(), keys, ", deadline: 300ms"))).await;
+    let gw = Gateway::start(&config(&body(&o.address(), keys, ", deadline: 1s"))).await;
     let http = client();
     let r = send(&http, "GET", &gw.url("/slow")).await;
     assert_problem(&r, 504);
