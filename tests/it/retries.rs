@@ -261,3 +261,22 @@ async fn the_route_deadline_bounds_every_attempt_together() {
     );
     assert_eq!(retries(&m, "503"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_from_an_h2c_upstream_is_retried_too() {
+    let o = Origin::start().await;
+    o.script("/h2", |s, n| {
+        let v = format!("{:?}", s.headers.get("x-request-id").is_some());
+        Reply::new(if n == 1 { 503 } else { 200 }, v)
+    });
+    let keys = "http2: true, retries: 1, retry: { on: [503], backoff: { base: 1ms, max: 2ms } }";
+    let gw = Gateway::start(&config(&body(&o.address(), keys, ""))).await;
+    let r = send(&client(), "GET", &gw.url("/h2")).await;
+    assert_eq!((r.status, r.text()), (200, "true".to_string()));
+    assert_eq!(
+        o.hits("/h2"),
+        2,
+        "Pingora's h2 response path retries the same way"
+    );
+    assert_eq!(retries(&gw.metrics().await, "503"), 1.0);
+}
