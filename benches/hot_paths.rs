@@ -138,6 +138,9 @@ fn upstream(balance: model::Balance) -> Upstream {
         retries: 1,
         max_inflight: 0,
         health: Default::default(),
+        breaker: None,
+        outlier: None,
+        retry: None,
     };
     let name = format!("bench-{balance:?}");
     let plan = gatehouse::internals::upstream::Plan::compile(&name, &cfg).expect("valid upstream");

@@ -27,6 +27,10 @@
 //! overrides each of those decisions with one taken on this clock: `cache::phases`
 //! explains how, and `cache::storage` orders admissions without relying on time moving.
 //!
+//! Upstreams read it too (`upstream::Plan::clock`): circuit breaker windows and
+//! `open_for`, outlier ejection times and the retry budget's window, so a test opens,
+//! half-opens and closes a circuit by moving it. Retry backoff waits are real sleeps.
+//!
 //! Not on this clock: JWT `exp`/`nbf` checks and JWKS refreshes (tokens and key servers
 //! live in real time), and timeouts, health checks and store sync intervals (monotonic
 //! `Instant`s).

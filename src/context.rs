@@ -10,10 +10,11 @@ use crate::cache::status::CacheCtx;
 use crate::error::Reject;
 use crate::policy::Identity;
 use crate::runtime::{Route, Shared, Snapshot};
+use crate::upstream::breaker::Probe;
 use crate::upstream::{Target, TargetId, Upstream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts the request in `Shared::active_requests` for as long as it lives.
 struct ActiveGuard(Arc<Shared>);
@@ -111,6 +112,20 @@ pub struct Attempt {
     fresh_retry: bool,
     /// That retry was spent (once per request).
     stale_retried: bool,
+    /// The upstream the attempts go to: the route's, or its breaker's fallback while the
+    /// circuit is open (`proxy::attempts::choose_upstream`).
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    /// A half-open circuit let this request through as a probe: its outcome decides.
+    pub(crate) probe: Option<Probe>,
+    /// `routes[].deadline`, from the start of the request: bounds every attempt and wait.
+    pub(crate) deadline: Option<Instant>,
+    /// What the next `upstream_peer` waits first (backoff, or the upstream's Retry-After).
+    pub(crate) wait: Option<Duration>,
+    /// The last attempt's response header is being retried (`upstream_response_filter`
+    /// decided and counted it; `error_while_proxy` only passes the decision on).
+    pub(crate) status_retry: bool,
+    /// Retries the `retry` policy made for this request.
+    pub(crate) retries: u32,
 }
 
 impl Attempt {
@@ -156,8 +171,11 @@ impl Attempt {
 
     /// Whether another attempt is allowed: `retries` more than the first, and never more
     /// than one per target.
+    /// With a `retry` policy a target may be tried again once every one was tried (the
+    /// policy's backoff spaces the attempts).
     pub fn may_retry(&self, up: &Upstream) -> bool {
-        self.tried.len() <= up.retries && self.tried.len() < up.targets.len()
+        self.tried.len() <= up.retries
+            && (up.retry.is_some() || self.tried.len() < up.targets.len())
     }
 
     /// Gives back the in-flight counts (the target's and the upstream's) now rather than
@@ -165,6 +183,7 @@ impl Attempt {
     pub fn release(&mut self) {
         self.current = None;
         self.upstream_slot = None;
+        self.probe = None;
     }
 }
 
@@ -230,9 +249,18 @@ impl Ctx {
         self.route().map(|r| r.name.as_str()).unwrap_or("unmatched")
     }
 
-    /// The route's upstream and the target being tried on it, once one was chosen.
+    /// The upstream the request goes to: the one chosen for its attempts, else the
+    /// route's.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.attempt
+            .upstream
+            .as_ref()
+            .or_else(|| self.route().map(|r| &r.upstream))
+    }
+
+    /// The request's upstream and the target being tried on it, once one was chosen.
     pub fn current_target(&self) -> Option<(&Upstream, &Target)> {
-        Some((&self.route()?.upstream, self.attempt.target()?))
+        Some((self.upstream()?, self.attempt.target()?))
     }
 
     /// The authenticated consumer, if any.

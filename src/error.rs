@@ -67,6 +67,8 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
+    /// 503: the upstream's circuit breaker is open (name, seconds until it half-opens).
+    CircuitOpen(String, u32),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -99,6 +101,7 @@ impl Reject {
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
             Reject::RequestTimeout => 408,
+            Reject::CircuitOpen(..) => 503,
         }
     }
 
@@ -123,6 +126,7 @@ impl Reject {
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
             Reject::RequestTimeout => "request-timeout",
+            Reject::CircuitOpen(..) => "circuit-open",
         }
     }
 
@@ -142,6 +146,7 @@ impl Reject {
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
             Reject::RequestTimeout => "Request Timeout",
+            Reject::CircuitOpen(..) => "Service Unavailable",
         }
     }
 
@@ -180,6 +185,9 @@ impl Reject {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
+            Reject::CircuitOpen(..) => {
+                "the upstream of this route is failing and is not being called; retry later".into()
+            }
         }
     }
 
@@ -188,6 +196,7 @@ impl Reject {
         match self {
             Reject::Overloaded(_) | Reject::LimitStoreUnavailable => Some(1),
             Reject::NoHealthyTarget(_) => Some(5),
+            Reject::CircuitOpen(_, secs) => Some(*secs),
             Reject::Limited(l) => Some(u32::try_from(l.retry_after).unwrap_or(u32::MAX)),
             _ => None,
         }
@@ -239,7 +248,8 @@ impl fmt::Display for Reject {
             Reject::NoHealthyTarget(u)
             | Reject::Overloaded(u)
             | Reject::BadGateway(u)
-            | Reject::GatewayTimeout(u) => write!(f, " (upstream {u:?})"),
+            | Reject::GatewayTimeout(u)
+            | Reject::CircuitOpen(u, _) => write!(f, " (upstream {u:?})"),
             _ => Ok(()),
         }
     }
@@ -251,7 +261,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 21] = [
+    const REASONS: [&str; 22] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -273,6 +283,7 @@ mod tests {
         "quota-exceeded",
         "limit-store-unavailable",
         "request-timeout",
+        "circuit-open",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -315,6 +326,7 @@ mod tests {
             limited(true),
             Reject::LimitStoreUnavailable,
             Reject::RequestTimeout,
+            Reject::CircuitOpen(String::new(), 1),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);
@@ -329,6 +341,7 @@ mod tests {
             Reject::Overloaded(name.into()),
             Reject::BadGateway(name.into()),
             Reject::GatewayTimeout(name.into()),
+            Reject::CircuitOpen(name.into(), 1),
         ] {
             let body = r.body("rid");
             assert!(!body.contains(name), "{body}");

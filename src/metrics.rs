@@ -13,7 +13,8 @@
 //! | `status` (`upstream_requests`, failures) | fixed outcome names (`connect_error`, ...) | the names in `proxy` |
 //! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
 //! | `reason` (`rejected`) | `proxy::Reject::slug` | an enum |
-//! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
+//! | `result`, `reused`, `backend`, `op`, `state` | fixed strings | constants |
+//! | `reason` (`upstream_retries`) | `connect` or a status of `retry.on` | the config |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -47,7 +48,7 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable, request-timeout.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, circuit-open.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -59,6 +60,20 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// Client connections closed at accept because the listener was at `max_connections`.
     pub downstream_refused: IntCounterVec,
+    /// Traffic management (`upstream::breaker`, `outlier`, `retry`): the circuit state
+    /// per upstream (0 closed, 1 open, 2 half-open) and its changes by the state entered.
+    pub circuit_state: IntGaugeVec,
+    pub circuit_transitions: IntCounterVec,
+    /// Requests sent to the breaker's fallback upstream while the circuit was open.
+    pub circuit_fallbacks: IntCounterVec,
+    /// Retries sent, by what was retried (`connect` or the status, from `retry.on`).
+    pub upstream_retries: IntCounterVec,
+    /// Retries `retry.on` asked for that the budget refused.
+    pub retry_budget_exhausted: IntCounterVec,
+    /// Outlier ejections (`ejected`), and ejections `max_ejection_percent` prevented (`capped`).
+    pub outlier_ejections: IntCounterVec,
+    /// Requests whose route `deadline` ended their attempts (answered 504).
+    pub deadline_exceeded: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -173,6 +188,41 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_downstream_connections_refused_total",
             "Client connections refused at accept because the listener was at max_connections",
             &["listener"]
+        )?,
+        circuit_state: register_int_gauge_vec!(
+            "gatehouse_circuit_state",
+            "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open",
+            &["upstream"]
+        )?,
+        circuit_transitions: register_int_counter_vec!(
+            "gatehouse_circuit_transitions_total",
+            "Circuit breaker state changes, by the state entered (open, half_open, closed)",
+            &["upstream", "state"]
+        )?,
+        circuit_fallbacks: register_int_counter_vec!(
+            "gatehouse_circuit_fallback_requests_total",
+            "Requests sent to the breaker's fallback upstream while the circuit was open",
+            &["upstream"]
+        )?,
+        upstream_retries: register_int_counter_vec!(
+            "gatehouse_upstream_retries_total",
+            "Retries sent to an upstream, by what was retried (connect or a status)",
+            &["upstream", "reason"]
+        )?,
+        retry_budget_exhausted: register_int_counter_vec!(
+            "gatehouse_upstream_retry_budget_exhausted_total",
+            "Retries the upstream's retry budget refused",
+            &["upstream"]
+        )?,
+        outlier_ejections: register_int_counter_vec!(
+            "gatehouse_outlier_ejections_total",
+            "Outlier ejections (ejected) and ejections max_ejection_percent prevented (capped)",
+            &["upstream", "result"]
+        )?,
+        deadline_exceeded: register_int_counter_vec!(
+            "gatehouse_route_deadline_exceeded_total",
+            "Requests whose route deadline ended their upstream attempts (504)",
+            &["route"]
         )?,
     })
 }

@@ -304,6 +304,15 @@ pub struct Upstream {
     pub max_inflight: usize,
     #[serde(default)]
     pub health: Health,
+    /// Traffic management (`config::traffic`): the upstream's circuit breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<super::traffic::Breaker>,
+    /// Per-target ejection on consecutive failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<super::traffic::Outlier>,
+    /// Which failures `retries` applies to, its budget and backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::traffic::Retry>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -529,6 +538,9 @@ pub struct Route {
     /// `server.trusted_proxies`; the cache then keys on them. Otherwise they are removed.
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// Traffic management: the total time of all attempts at the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Dur>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -34,8 +34,9 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
             );
         }
     }
+    let names: HashSet<&str> = cfg.upstreams.keys().map(String::as_str).collect();
     for (name, u) in &cfg.upstreams {
-        upstream(&mut v, name, u);
+        upstream(&mut v, name, u, &names);
     }
     auth(&mut v, cfg);
     limits(&mut v, cfg);
@@ -161,7 +162,7 @@ fn listeners(v: &mut V, cfg: &Config) {
     }
 }
 
-fn upstream(v: &mut V, name: &str, u: &Upstream) {
+fn upstream(v: &mut V, name: &str, u: &Upstream, cfg_upstreams: &HashSet<&str>) {
     let p = format!("upstreams.{name}");
     if u.targets.is_empty() {
         v.err(format!("{p}.targets"), "at least one target is required");
@@ -188,6 +189,15 @@ fn upstream(v: &mut V, name: &str, u: &Upstream) {
     if u.retries > 10 {
         v.err(format!("{p}.retries"), "must be at most 10");
     }
+    super::traffic::validate_upstream(
+        &p,
+        name,
+        u.breaker.as_ref(),
+        u.outlier.as_ref(),
+        u.retry.as_ref(),
+        &|n| cfg_upstreams.contains(n),
+        &mut v.errs,
+    );
     if let Some(a) = &u.health.active {
         let hp = format!("{p}.health.active");
         match (&a.http_path, a.tcp) {
@@ -428,6 +438,7 @@ fn routes(v: &mut V, cfg: &Config) {
                 "missing: every route needs an upstream",
             );
         }
+        super::traffic::validate_deadline(&p, r.deadline, &mut v.errs);
         let m = &r.matches;
         let kinds = [
             m.path.is_some(),

@@ -7,9 +7,11 @@
 //! (`admit`), what a stale-while-revalidate refresh takes over from the request that
 //! started it (`refresh`), when an attempt may be retried (`fail_to_connect`, `error_while_proxy`),
 //! how an attempt's outcome counts against its target (`attempt_failed`), and how an
-//! error becomes a rejection (`to_reject`).
+//! error becomes a rejection (`to_reject`). The breaker, the deadline and the `retry`
+//! policy's decisions are `attempts`.
 
 mod admit;
+mod attempts;
 mod log;
 mod refresh;
 
@@ -18,6 +20,7 @@ use crate::context::Ctx;
 use crate::error::Reject;
 use crate::policy::{headers, Identity};
 use crate::runtime::Shared;
+use crate::upstream::breaker::Probe;
 use crate::upstream::{HashOn, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -184,12 +187,11 @@ fn hash_key(session: &Session, on: &HashOn, identity: Option<&Identity>) -> Vec<
 }
 
 /// An attempt at `target` failed: no connection, a broken exchange, or a 5xx. Counted in
-/// `gatehouse_upstream_requests_total` under `outcome`, and against the target's passive
-/// health when the upstream has it on.
-fn attempt_failed(up: &Upstream, target: &Target, outcome: &str) {
-    if let Some(p) = up.passive {
-        target.record_failure(p.unhealthy_after, p.cooldown);
-    }
+/// `gatehouse_upstream_requests_total` under `outcome`, and against the target (passive
+/// health, outlier ejection) and the upstream's breaker (`probe`: the request is a
+/// half-open probe).
+fn attempt_failed(up: &Upstream, target: &Target, outcome: &str, probe: Option<&Probe>) {
+    up.record_failure(target, probe);
     crate::metrics::metrics()
         .upstream_requests
         .with_label_values(&[&up.name, &target.address, outcome])
@@ -197,8 +199,13 @@ fn attempt_failed(up: &Upstream, target: &Target, outcome: &str) {
 }
 
 /// An attempt at `target` got a response under 500: counted under its status (200 has its
-/// own pre-resolved counter), and it ends the target's run of passive failures.
-fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
+/// own pre-resolved counter), and it ends the target's run of failures.
+fn attempt_answered(
+    up: &Upstream,
+    target: &Target,
+    status: http::StatusCode,
+    probe: Option<&Probe>,
+) {
     if status == http::StatusCode::OK {
         target.requests_200.inc();
     } else {
@@ -211,9 +218,50 @@ fn attempt_answered(up: &Upstream, target: &Target, status: http::StatusCode) {
             ])
             .inc();
     }
-    if up.passive.is_some() {
-        target.record_success();
+    up.record_success(target, probe);
+}
+
+/// `upstream_response_filter`, for a 5xx: when the upstream's `retry` policy retries
+/// it, counts the attempt as failed and returns the error that makes Pingora try again
+/// (the wait is kept for the next `upstream_peer`). The upstream's `Retry-After` is
+/// honoured (`attempts::policy_retry`).
+fn retry_response(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Option<Box<Error>> {
+    let policy = ctx.upstream()?.retry.as_ref()?;
+    let status = resp.status.as_u16();
+    let replayable = policy.retries_method(&session.req_header().method)
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none();
+    let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| {
+        crate::upstream::retry::retry_after(v.as_bytes(), std::time::SystemTime::now())
+    });
+    if !attempts::policy_retry(
+        ctx,
+        replayable,
+        attempts::Cause::Status(status),
+        retry_after,
+    ) {
+        return None;
     }
+    if let Some((up, target)) = ctx.current_target() {
+        if let Some(s) = ctx.timing.upstream_start {
+            up.duration.observe(s.elapsed().as_secs_f64());
+        }
+        let mut buf = itoa::Buffer::new();
+        attempt_failed(
+            up,
+            target,
+            crate::metrics::status_label(status, &mut buf),
+            ctx.attempt.probe.as_ref(),
+        );
+    }
+    ctx.attempt.status_retry = true;
+    Some(
+        Error::explain(
+            ErrorType::HTTPStatus(status),
+            "retrying the upstream's answer",
+        )
+        .into_up(),
+    )
 }
 
 /// Group keys for fresh connections of a stale-connection retry: each is new, so the
@@ -239,10 +287,7 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
     if let Some(r) = &ctx.response.reject {
         return r.clone();
     }
-    let upstream = ctx
-        .route()
-        .map(|r| r.upstream.name.clone())
-        .unwrap_or_default();
+    let upstream = ctx.upstream().map(|u| u.name.clone()).unwrap_or_default();
     match e.etype() {
         ErrorType::HTTPStatus(413) => {
             Reject::PayloadTooLarge(ctx.route().and_then(|r| r.max_body).unwrap_or(0))
@@ -436,8 +481,15 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, Reject::NotCached).await?;
             return Ok(false);
         }
-        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+        if ctx.route().is_none() {
             return Ok(true);
+        }
+        let up = match attempts::choose_upstream(ctx) {
+            Ok(up) => up,
+            Err(reject) => {
+                respond(session, ctx, reject).await?;
+                return Ok(false);
+            }
         };
         if let Err(reject) = admit::take_upstream_slot(&up, &mut ctx.attempt) {
             respond(session, ctx, reject).await?;
@@ -449,23 +501,48 @@ impl ProxyHttp for Gateway {
     /// Chooses the attempt's target (never one already tried) and its peer. Runs again
     /// for each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // The retry policy's wait, never past the deadline (it was checked when decided).
+        if let Some(wait) = ctx.attempt.wait.take() {
+            let wait = attempts::remaining(ctx).map_or(wait, |left| wait.min(left));
+            tokio::time::sleep(wait).await;
+        }
+        let left = attempts::remaining(ctx);
+        if left.is_some_and(|l| l.is_zero()) {
+            attempts::deadline_exceeded(ctx);
+            return Error::e_explain(ErrorType::HTTPStatus(504), "route deadline exceeded");
+        }
         let Some(route) = ctx.routing.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
-        let up = &route.upstream;
+        // The one chosen in `proxy_upstream_filter` (a fallback while the circuit is open).
+        let up = ctx
+            .attempt
+            .upstream
+            .clone()
+            .unwrap_or_else(|| route.upstream.clone());
+        let up = &up;
         if let Some(id) = ctx.attempt.take_fresh_retry() {
             // The same target, never from the pool: a group key no pooled connection has.
             ctx.timing.upstream_start = Some(Instant::now());
             let mut peer = up.peer(id);
             peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
             route.timeouts.apply(&mut peer.options);
+            if let Some(left) = left {
+                attempts::bound_by_deadline(&mut peer.options, left);
+            }
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
             Some(on) => hash_key(session, on, ctx.identity.as_deref()),
             None => Vec::new(),
         };
-        let Some(id) = up.select(&key, ctx.attempt.tried()) else {
+        // A retry policy may go back to a tried target once every one was tried.
+        let chosen = up.select(&key, ctx.attempt.tried()).or_else(|| {
+            (up.retry.is_some() && !ctx.attempt.tried().is_empty())
+                .then(|| up.select(&key, &[]))
+                .flatten()
+        });
+        let Some(id) = chosen else {
             ctx.response.reject = Some(if ctx.attempt.tried().is_empty() {
                 Reject::NoHealthyTarget(up.name.clone())
             } else {
@@ -477,6 +554,9 @@ impl ProxyHttp for Gateway {
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
         route.timeouts.apply(&mut peer.options);
+        if let Some(left) = left {
+            attempts::bound_by_deadline(&mut peer.options, left);
+        }
         Ok(Box::new(peer))
     }
 
@@ -487,12 +567,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some((up, target)) = ctx.current_target() {
-            attempt_failed(up, target, "connect_error");
+        let (Some(up), Some(target)) = (ctx.upstream().cloned(), ctx.attempt.target().cloned())
+        else {
+            return e;
+        };
+        attempt_failed(&up, &target, "connect_error", ctx.attempt.probe.as_ref());
+        if up.retry.is_some() {
+            // Nothing reached the target, so any method may be sent again.
+            let retry = attempts::policy_retry(ctx, true, attempts::Cause::Connect, None);
+            e.set_retry(retry);
+        } else if ctx.attempt.may_retry(&up) {
             // Nothing reached the target, so any method may go to another one.
-            if ctx.attempt.may_retry(up) {
-                e.set_retry(true);
-            }
+            e.set_retry(true);
         }
         e
     }
@@ -511,6 +597,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        // `upstream_response_filter` chose to retry this attempt's response (and counted it).
+        if std::mem::take(&mut ctx.attempt.status_retry) {
+            e.set_retry(true);
+            return e;
+        }
         let idempotent = session.req_header().method.is_idempotent();
         let truncated = session.as_ref().retry_buffer_truncated();
         if stale_pooled(&e, client_reused, ctx)
@@ -528,9 +619,32 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         }
+        if let Some(up) = ctx.upstream().filter(|u| u.retry.is_some()).cloned() {
+            let upstream_error = e.esource() == &ErrorSource::Upstream;
+            if let Some(target) = ctx.attempt.target().cloned().filter(|_| upstream_error) {
+                attempt_failed(&up, &target, "error", ctx.attempt.probe.as_ref());
+            }
+            // Retried as the status the gateway would answer with (504 timed out, else
+            // 502), only while nothing of a response reached the client.
+            let cause = attempts::Cause::Status(match e.etype() {
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+                _ => 502,
+            });
+            let replayable = up
+                .retry
+                .as_ref()
+                .is_some_and(|p| p.retries_method(&session.req_header().method))
+                && !truncated;
+            let retry = upstream_error
+                && ctx.attempt.upstream_status.is_none()
+                && session.response_written().is_none()
+                && attempts::policy_retry(ctx, replayable, cause, None);
+            e.set_retry(retry);
+            return e;
+        }
         if let Some((up, target)) = ctx.current_target() {
             if e.esource() == &ErrorSource::Upstream {
-                attempt_failed(up, target, "error");
+                attempt_failed(up, target, "error", ctx.attempt.probe.as_ref());
             }
             if idempotent && !truncated && ctx.attempt.may_retry(up) {
                 e.set_retry(true);
@@ -539,6 +653,8 @@ impl ProxyHttp for Gateway {
             } else {
                 e.retry.decide_reuse(client_reused);
             }
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }
@@ -616,6 +732,13 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // A status the retry policy retries goes no further: the error hands the attempt
+        // back to Pingora's retry loop before anything reaches the cache or the client.
+        if resp.status.as_u16() >= 500 {
+            if let Some(e) = retry_response(session, resp, ctx) {
+                return Err(e);
+            }
+        }
         // Before the cache sees it: a stored response never carries another hop's fields.
         headers::strip_hop_by_hop_response(resp);
         let cache = ctx.routing.cache();
@@ -633,9 +756,10 @@ impl ProxyHttp for Gateway {
                     up,
                     target,
                     crate::metrics::status_label(resp.status.as_u16(), &mut buf),
+                    ctx.attempt.probe.as_ref(),
                 );
             } else {
-                attempt_answered(up, target, resp.status);
+                attempt_answered(up, target, resp.status, ctx.attempt.probe.as_ref());
             }
         }
         Ok(())
@@ -693,6 +817,13 @@ impl ProxyHttp for Gateway {
 
     /// An error ended the request: problem+json when nothing was written yet.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // An attempt cut by the route's deadline (its timeouts were capped at the time left).
+        if ctx.response.reject.is_none()
+            && e.esource() == &ErrorSource::Upstream
+            && attempts::remaining(ctx).is_some_and(|l| l.is_zero())
+        {
+            attempts::deadline_exceeded(ctx);
+        }
         let reject = to_reject(e, ctx);
         let code = reject.status();
         // The connection is closed after this answer (`can_reuse_downstream: false`

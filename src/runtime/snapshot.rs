@@ -29,6 +29,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// `routes[].timeouts`: each one set replaces its upstream's for this route.
     pub timeouts: RouteTimeouts,
+    /// `routes[].deadline`: the total time of the attempts at the upstream.
+    pub deadline: Option<Duration>,
     pub server_timing: bool,
     /// `path_policy:` of the route, merged over the listener's per request.
     pub path_policy: Option<crate::path::Override>,
@@ -142,7 +144,10 @@ impl Snapshot {
         let mut plans = Vec::with_capacity(cfg.upstreams.len());
         for (name, u) in &cfg.upstreams {
             match Plan::compile(name, u) {
-                Ok(p) => plans.push((name, u, p)),
+                Ok(mut p) => {
+                    p.clock = resources.clock.clone();
+                    plans.push((name, u, p))
+                }
                 Err(e) => errs.extend(e),
             }
         }
@@ -229,6 +234,7 @@ impl Snapshot {
                 response_headers: HeaderOps::compile(&r.response_headers),
                 max_body: r.max_body.map(|s| s.0),
                 timeouts: RouteTimeouts::compile(r.timeouts.as_ref()),
+                deadline: r.deadline.map(|d| d.0),
                 server_timing: r.server_timing,
                 path_policy: r.path_policy.map(path_override),
                 trust_forwarded_headers: r.trust_forwarded_headers,

@@ -38,6 +38,7 @@ async fn run_once(up: &Arc<Upstream>, check: &ActiveCheck) {
         let tls = up.tls;
         let sni = up.sni.clone();
         let name = up.name.clone();
+        let clock_ns = up.clock.now_ns();
         async move {
             let res =
                 tokio::time::timeout(check.timeout, probe(&t.address, t.addr, &check, tls, &sni))
@@ -48,7 +49,7 @@ async fn run_once(up: &Arc<Upstream>, check: &ActiveCheck) {
                 Err(_) => (false, Some(format!("timed out after {:?}", check.timeout))),
             };
             if t.record_check(ok, err.clone(), check.healthy_after, check.unhealthy_after) {
-                let state = t.health_label(super::target::now_ms());
+                let state = t.health_label(super::target::now_ms(), clock_ns);
                 tracing::info!(upstream = %name, target = %t.address, state, error = ?err, "target health changed");
             }
         }

@@ -5,8 +5,14 @@
 //! `consistent_hash` (weighted, Ketama), with our own health and retry exclusions fed
 //! through `select_with`. Pingora has no least-connections balancer, so
 //! `least_requests` is ours: power-of-two-choices over in-flight counts per weight.
+//!
+//! Traffic management lives beside it: the upstream's circuit `breaker`, per-target
+//! `outlier` ejection, and the `retry` policy with its budget (each file says how).
 
+pub mod breaker;
 pub mod health;
+pub mod outlier;
+pub mod retry;
 pub mod target;
 
 use crate::config::model::{self, Balance};
@@ -31,6 +37,9 @@ pub use crate::config::values::HashOn;
 pub struct Plan {
     pub addrs: Vec<SocketAddr>,
     pub hash_on: Option<HashOn>,
+    /// The one clock (breaker windows, ejections, the retry budget): the system clock
+    /// unless the compiler hands over the process's (`runtime::Resources::clock`).
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 impl Plan {
@@ -56,7 +65,11 @@ impl Plan {
             }
         };
         if errs.is_empty() {
-            Ok(Plan { addrs, hash_on })
+            Ok(Plan {
+                addrs,
+                hash_on,
+                clock: Arc::new(crate::clock::Clock::system()),
+            })
         } else {
             Err(errs)
         }
@@ -111,6 +124,13 @@ pub struct Upstream {
     pub sni: String,
     /// One ready-made peer per target, cloned per request.
     peers: Vec<HttpPeer>,
+    /// `breaker:`: the circuit of this upstream.
+    pub breaker: Option<Arc<breaker::Breaker>>,
+    /// `outlier:`: per-target ejection settings (the state is in each `Target`).
+    pub outlier: Option<outlier::Settings>,
+    /// `retry:`: which failures are retried, the budget and the backoff.
+    pub retry: Option<retry::Policy>,
+    pub clock: Arc<crate::clock::Clock>,
     pub duration: Histogram,
     pub conn_reused: IntCounter,
     pub conn_new: IntCounter,
@@ -195,6 +215,10 @@ impl Upstream {
             })
             .collect();
         let m = crate::metrics::metrics();
+        if cfg.breaker.is_none() {
+            // A reload that removed the breaker leaves no stale state series behind.
+            let _ = m.circuit_state.remove_label_values(&[name]);
+        }
         Upstream {
             name: name.to_string(),
             balance: cfg.balance,
@@ -220,6 +244,19 @@ impl Upstream {
             tls: cfg.tls,
             sni,
             peers,
+            breaker: cfg.breaker.as_ref().map(|b| {
+                Arc::new(breaker::Breaker::new(
+                    name,
+                    breaker::Settings::of(b),
+                    plan.clock.clone(),
+                ))
+            }),
+            outlier: cfg.outlier.as_ref().map(outlier::Settings::of),
+            retry: cfg
+                .retry
+                .as_ref()
+                .map(|r| retry::Policy::of(r, plan.clock.clone())),
+            clock: plan.clock,
             duration: m.upstream_duration.with_label_values(&[name]),
             conn_reused: m.upstream_connections.with_label_values(&[name, "true"]),
             conn_new: m.upstream_connections.with_label_values(&[name, "false"]),
@@ -240,13 +277,15 @@ impl Upstream {
 
     fn select_index(&self, key: &[u8], tried: &[TargetId]) -> Option<usize> {
         let now = target::now_ms();
+        let clock_ns = self.clock.now_ns();
         let unknown_ok = self.active.is_none()
             || self
                 .targets
                 .iter()
                 .all(|t| t.active_state() == target::UNKNOWN);
-        let ok =
-            |i: usize| !tried.contains(&TargetId(i)) && self.targets[i].usable(now, unknown_ok);
+        let ok = |i: usize| {
+            !tried.contains(&TargetId(i)) && self.targets[i].usable(now, clock_ns, unknown_ok)
+        };
         let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         let n = self.targets.len();
         match &self.selector {
@@ -305,20 +344,26 @@ impl Upstream {
     /// Sets `gatehouse_upstream_target_healthy` from the current state (called before
     /// metrics are rendered, so passive cooldowns that ended show up too).
     pub fn refresh_gauges(&self) {
+        if let Some(b) = &self.breaker {
+            b.refresh();
+        }
         let now = target::now_ms();
+        let clock_ns = self.clock.now_ns();
         let unknown_ok = self.active.is_none()
             || self
                 .targets
                 .iter()
                 .all(|t| t.active_state() == target::UNKNOWN);
         for t in &self.targets {
-            t.healthy_gauge.set(t.usable(now, unknown_ok) as i64);
+            t.healthy_gauge
+                .set(t.usable(now, clock_ns, unknown_ok) as i64);
         }
     }
 
     pub fn status_json(&self) -> serde_json::Value {
         let now = target::now_ms();
-        serde_json::json!({
+        let clock_ns = self.clock.now_ns();
+        let mut v = serde_json::json!({
             "name": self.name,
             "balance": self.balance,
             "inflight": self.inflight.load(Relaxed),
@@ -326,11 +371,70 @@ impl Upstream {
             "targets": self.targets.iter().map(|t| serde_json::json!({
                 "address": t.address,
                 "weight": t.weight,
-                "health": t.health_label(now),
+                "health": t.health_label(now, clock_ns),
+                "ejections_in_a_row": t.outlier.ejections_in_a_row(),
                 "inflight": t.inflight.load(Relaxed),
                 "last_check_unix_ms": t.last_check_ms(),
                 "last_check_error": t.last_error(),
             })).collect::<Vec<_>>(),
-        })
+        });
+        if let Some(b) = &self.breaker {
+            v["circuit"] = b.status_json();
+        }
+        v
+    }
+
+    /// An attempt at `target` failed (connect error, broken exchange, 5xx): counted
+    /// against it by passive health and outlier ejection, and by the breaker (with
+    /// `probe` when a half-open circuit let the request through).
+    pub fn record_failure(&self, target: &Target, probe: Option<&breaker::Probe>) {
+        if let Some(p) = self.passive {
+            target.record_failure(p.unhealthy_after, p.cooldown);
+        }
+        if let Some(s) = &self.outlier {
+            let now = target::now_ms();
+            let clock_ns = self.clock.now_ns();
+            let out = self
+                .targets
+                .iter()
+                .filter(|t| t.out_of_service(now, clock_ns))
+                .count();
+            let m = crate::metrics::metrics();
+            match target
+                .outlier
+                .record_failure(s, clock_ns, out, self.targets.len())
+            {
+                outlier::Outcome::Counted => {}
+                outlier::Outcome::Ejected(d) => {
+                    m.outlier_ejections
+                        .with_label_values(&[&self.name, "ejected"])
+                        .inc();
+                    target.healthy_gauge.set(0);
+                    tracing::warn!(upstream = %self.name, target = %target.address, "target ejected for {d:?} (ejection {} in a row)", target.outlier.ejections_in_a_row());
+                }
+                outlier::Outcome::Capped => {
+                    m.outlier_ejections
+                        .with_label_values(&[&self.name, "capped"])
+                        .inc();
+                    tracing::info!(upstream = %self.name, target = %target.address, "target not ejected: max_ejection_percent reached");
+                }
+            }
+        }
+        if let Some(b) = &self.breaker {
+            b.record(false, probe);
+        }
+    }
+
+    /// An attempt at `target` got a response under 500.
+    pub fn record_success(&self, target: &Target, probe: Option<&breaker::Probe>) {
+        if self.passive.is_some() {
+            target.record_success();
+        }
+        if let Some(s) = &self.outlier {
+            target.outlier.record_success(s, self.clock.now_ns());
+        }
+        if let Some(b) = &self.breaker {
+            b.record(true, probe);
+        }
     }
 }

@@ -31,6 +31,8 @@ pub struct Target {
     down_until_ms: AtomicU64,
     last_check_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Outlier ejection (`upstream::outlier`), on the one clock.
+    pub outlier: super::outlier::State,
     pub healthy_gauge: IntGauge,
     /// Pre-resolved `gatehouse_upstream_requests_total{status="200"}`, the common case.
     pub requests_200: IntCounter,
@@ -59,6 +61,7 @@ impl Target {
             down_until_ms: AtomicU64::new(0),
             last_check_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            outlier: Default::default(),
             healthy_gauge,
             requests_200: m
                 .upstream_requests
@@ -74,10 +77,22 @@ impl Target {
         self.down_until_ms.load(Relaxed) > now_ms
     }
 
-    /// Eligible for traffic. `unknown_ok` is true while every target is still unknown.
-    pub fn usable(&self, now_ms: u64, unknown_ok: bool) -> bool {
+    /// Eligible for traffic. `unknown_ok` is true while every target is still unknown;
+    /// `clock_ns` is the one clock's now (outlier ejections), `now_ms` the wall clock's
+    /// (passive cooldowns).
+    pub fn usable(&self, now_ms: u64, clock_ns: u64, unknown_ok: bool) -> bool {
         let a = self.active_state();
-        (a == HEALTHY || (a == UNKNOWN && unknown_ok)) && !self.passive_down(now_ms)
+        (a == HEALTHY || (a == UNKNOWN && unknown_ok))
+            && !self.passive_down(now_ms)
+            && !self.outlier.ejected(clock_ns)
+    }
+
+    /// Out of service for any reason: actively unhealthy, passively down or ejected
+    /// (what `max_ejection_percent` counts).
+    pub fn out_of_service(&self, now_ms: u64, clock_ns: u64) -> bool {
+        self.active_state() == UNHEALTHY
+            || self.passive_down(now_ms)
+            || self.outlier.ejected(clock_ns)
     }
 
     /// Records an active check; returns true when the state changed.
@@ -143,9 +158,12 @@ impl Target {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    pub fn health_label(&self, now_ms: u64) -> &'static str {
+    pub fn health_label(&self, now_ms: u64, clock_ns: u64) -> &'static str {
         if self.passive_down(now_ms) {
             return "unhealthy";
+        }
+        if self.outlier.ejected(clock_ns) {
+            return "ejected";
         }
         match self.active_state() {
             HEALTHY => "healthy",
