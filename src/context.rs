@@ -198,6 +198,8 @@ pub struct Ctx {
     pub(crate) response: ResponseState,
     /// What the response cache did for this request.
     pub(crate) cache: CacheCtx,
+    /// The route's body transforms at work on this request (`proxy::body`).
+    pub(crate) body: crate::policy::transform::BodyState,
     _active: ActiveGuard,
 }
 
@@ -218,6 +220,7 @@ impl Ctx {
             },
             response: ResponseState::default(),
             cache: CacheCtx::default(),
+            body: Default::default(),
             _active: ActiveGuard(shared.clone()),
         }
     }

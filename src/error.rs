@@ -67,6 +67,14 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
+    /// 400: a body the route transforms is not valid JSON (the parser's message).
+    InvalidBody(String),
+    /// 502: the upstream's response could not be transformed (`on_invalid: fail`); holds
+    /// the upstream's name, for logs only.
+    BadUpstreamBody(String),
+    /// 502: a call of an aggregate route failed (`on_error: fail`): the call's name from
+    /// the config and what happened, never the upstream's address.
+    AggregateFailed(String, String),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -99,6 +107,8 @@ impl Reject {
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
             Reject::RequestTimeout => 408,
+            Reject::InvalidBody(_) => 400,
+            Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => 502,
         }
     }
 
@@ -123,6 +133,9 @@ impl Reject {
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
             Reject::RequestTimeout => "request-timeout",
+            Reject::InvalidBody(_) => "invalid-body",
+            Reject::BadUpstreamBody(_) => "bad-upstream-body",
+            Reject::AggregateFailed(..) => "aggregate-call-failed",
         }
     }
 
@@ -142,6 +155,8 @@ impl Reject {
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
             Reject::RequestTimeout => "Request Timeout",
+            Reject::InvalidBody(_) => "Bad Request",
+            Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => "Bad Gateway",
         }
     }
 
@@ -180,6 +195,11 @@ impl Reject {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
+            Reject::InvalidBody(why) => format!("the request body is not valid JSON: {why}"),
+            Reject::BadUpstreamBody(_) => {
+                "the upstream's response could not be transformed for this route".into()
+            }
+            Reject::AggregateFailed(call, why) => format!("call {call:?} failed: {why}"),
         }
     }
 
@@ -239,7 +259,8 @@ impl fmt::Display for Reject {
             Reject::NoHealthyTarget(u)
             | Reject::Overloaded(u)
             | Reject::BadGateway(u)
-            | Reject::GatewayTimeout(u) => write!(f, " (upstream {u:?})"),
+            | Reject::GatewayTimeout(u)
+            | Reject::BadUpstreamBody(u) => write!(f, " (upstream {u:?})"),
             _ => Ok(()),
         }
     }
@@ -251,7 +272,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 21] = [
+    const REASONS: [&str; 24] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -273,6 +294,9 @@ mod tests {
         "quota-exceeded",
         "limit-store-unavailable",
         "request-timeout",
+        "invalid-body",
+        "bad-upstream-body",
+        "aggregate-call-failed",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -315,6 +339,9 @@ mod tests {
             limited(true),
             Reject::LimitStoreUnavailable,
             Reject::RequestTimeout,
+            Reject::InvalidBody(String::new()),
+            Reject::BadUpstreamBody(String::new()),
+            Reject::AggregateFailed(String::new(), String::new()),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);
@@ -329,6 +356,7 @@ mod tests {
             Reject::Overloaded(name.into()),
             Reject::BadGateway(name.into()),
             Reject::GatewayTimeout(name.into()),
+            Reject::BadUpstreamBody(name.into()),
         ] {
             let body = r.body("rid");
             assert!(!body.contains(name), "{body}");
