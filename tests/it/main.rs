@@ -15,6 +15,7 @@
 
 mod common;
 
+mod aggregate;
 mod architecture;
 mod auth;
 mod bad_input;
