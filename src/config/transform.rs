@@ -376,3 +376,136 @@ fn aggregate(cfg: &Config, errs: &mut Vec<ConfigError>, p: &str, r: &Route, a: &
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load, validate};
+
+    const HEAD: &str = "listeners: [ { name: a, address: \"127.0.0.1:1\" } ]\n\
+        upstreams:\n  u: { targets: [ { address: \"127.0.0.1:2\" } ] }\n  v: { targets: [ { address: \"127.0.0.1:3\" } ] }\n";
+
+    /// (path, message) of every error for `routes` (the routes: section).
+    fn errors(routes: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let yaml = format!("{HEAD}routes:\n{routes}");
+        let (cfg, mut errs) = load::parse_partial(&yaml, env);
+        if let Some(cfg) = cfg {
+            errs.extend(validate::validate(&cfg));
+        }
+        errs.into_iter().map(|e| (e.path, e.message)).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn transforms_and_aggregates_that_are_well_formed_pass() {
+        let got = errors(
+            "  - { name: a, upstream: u, request_body: { json: { set: { /m/c: \"${consumer}\", \"/m/h\": \"${header:X-T}\" }, remove: [/x, \"/a~1b\"], rename: { /id: /order_id } }, max_size: 64KiB }, response_body: { xml_to_json: true, on_invalid: pass } }\n\
+             \x20 - { name: b, match: { path_regex: \"^/c/(?P<id>[0-9]+)$\" }, aggregate: { on_error: omit, calls: { one: { upstream: u, path: \"/o/{id}\", timeout: 2s }, two: { upstream: v, path: /static } } } }\n",
+            &no_env,
+        );
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn each_error_with_its_yaml_path() {
+        let got = errors(
+            "  - { name: a, upstream: u, request_body: { json: { set: { meta: 1 }, remove: [\"/a~2\", \"\"], rename: { /a: /a/b } }, max_size: 1MiB } }\n\
+             \x20 - { name: b, upstream: u, match: { path_regex: \"^/c/(?P<id>[0-9]+)$\" }, cache: {}, aggregate: { calls: { \"bad name\": { upstream: nope, path: \"/o/{id}/{other}\", timeout: 10m }, two: { upstream: v, path: \"x{\" } } } }\n\
+             \x20 - { name: c, aggregate: { calls: {} } }\n",
+            &no_env,
+        );
+        let want: &[(&str, &str)] = &[
+            (
+                "routes[0].request_body.json.remove[0]",
+                "`~` must be followed by 0",
+            ),
+            ("routes[0].request_body.json.remove[1]", "the empty pointer"),
+            (
+                "routes[0].request_body.json.rename./a",
+                "cannot move \"/a\" into itself",
+            ),
+            (
+                "routes[0].request_body.json.set.meta",
+                "is not a JSON Pointer",
+            ),
+            (
+                "routes[0].request_body.max_size",
+                "between 1 byte and 65536 bytes",
+            ),
+            (
+                "routes[1].upstream",
+                "a route with aggregate has no upstream",
+            ),
+            ("routes[1].cache", "does not apply to an aggregate route"),
+            ("routes[1].aggregate.calls.bad name", "a call name is"),
+            (
+                "routes[1].aggregate.calls.bad name.upstream",
+                "unknown upstream \"nope\"",
+            ),
+            (
+                "routes[1].aggregate.calls.bad name.path",
+                "{other} is not a named group of match.path_regex",
+            ),
+            (
+                "routes[1].aggregate.calls.bad name.timeout",
+                "between 1ms and 5m",
+            ),
+            ("routes[1].aggregate.calls.two.path", "must start with /"),
+            ("routes[1].aggregate.calls.two.path", "without its"),
+            ("routes[2].aggregate.calls", "at least one call"),
+        ];
+        for (path, msg) in want {
+            assert!(
+                got.iter().any(|(p, m)| p == path && m.contains(msg)),
+                "missing {path}: {msg}\ngot {got:#?}"
+            );
+        }
+        // A `${header:...}` that names no header is no request-time form: loading
+        // reports it where it is written.
+        let got = errors(
+            "  - { name: a, upstream: u, request_body: { json: { set: { /x: \"${header:bad name}\" } } } }\n",
+            &no_env,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "routes[0].request_body.json.set./x");
+        assert!(got[0].1.contains("header:bad name"), "{got:?}");
+    }
+
+    #[test]
+    fn request_time_forms_stay_for_the_request_and_the_environment_fills_the_rest() {
+        let env = |n: &str| match n {
+            "TEAM" => Some("blue".to_string()),
+            "consumer" => Some("from-env".to_string()),
+            _ => None,
+        };
+        let yaml = format!(
+            "{HEAD}routes:\n  - {{ name: a, upstream: u, request_headers: {{ set: {{ X-C: \"${{consumer}}\" }} }}, request_body: {{ json: {{ set: {{ /c: \"${{consumer}}\", /s: \"${{subject}}\", /h: \"${{header:X-Tenant}}\", /t: \"${{TEAM}}-${{consumer}}\" }}, add: {{ /o: {{ k: \"${{subject}}\" }} }} }} }} }}\n"
+        );
+        let cfg = load::parse(&yaml, &env).expect("parses");
+        let r = &cfg.routes[0];
+        let set = &r.request_body.as_ref().unwrap().json.as_ref().unwrap().set;
+        assert_eq!(set["/c"], "${consumer}");
+        assert_eq!(set["/s"], "${subject}");
+        assert_eq!(set["/h"], "${header:X-Tenant}");
+        assert_eq!(set["/t"], "blue-${consumer}");
+        let add = &r.request_body.as_ref().unwrap().json.as_ref().unwrap().add;
+        assert_eq!(add["/o"]["k"], "${subject}");
+        // Outside a transform value, `${consumer}` is the environment as before.
+        assert_eq!(r.request_headers.set["X-C"], "from-env");
+        // Only the value that read the environment is redacted.
+        assert!(cfg
+            .env_filled
+            .contains("routes[0].request_body.json.set./t"));
+        assert!(!cfg
+            .env_filled
+            .contains("routes[0].request_body.json.set./c"));
+        // An unknown `${NAME}` in a transform value is still an environment error.
+        let bad = format!(
+            "{HEAD}routes:\n  - {{ name: a, upstream: u, request_body: {{ json: {{ set: {{ /c: \"${{NOPE}}\" }} }} }} }}\n"
+        );
+        let errs = load::parse(&bad, &env).unwrap_err();
+        assert_eq!(errs[0].path, "routes[0].request_body.json.set./c");
+    }
+}

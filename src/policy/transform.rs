@@ -232,17 +232,13 @@ fn put(doc: &mut Value, p: &Pointer, v: Value, replace: bool) {
         };
     }
     match cur {
-        Value::Object(o) => {
-            if replace || !o.contains_key(last) {
-                o.insert(last.clone(), v);
-            }
+        Value::Object(o) if replace || !o.contains_key(last) => {
+            o.insert(last.clone(), v);
         }
         Value::Array(a) if last == "-" => a.push(v),
-        Value::Array(a) => {
+        Value::Array(a) if replace => {
             if let Some(i) = index(last, a.len()) {
-                if replace {
-                    a[i] = v;
-                }
+                a[i] = v;
             }
         }
         _ => {}
