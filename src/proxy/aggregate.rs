@@ -250,7 +250,9 @@ fn log_call(ctx: &Ctx, route: &str, plan: &CallPlan, o: &Outcome) {
         "result": o.result.label(),
         "upstream_ms": o.took.as_secs_f64() * 1000.0,
     });
-    crate::accesslog::write(line.to_string());
+    let mut line = line.to_string();
+    line.push('\n');
+    crate::accesslog::write(line);
 }
 
 impl Gateway {

@@ -16,7 +16,11 @@ fn json_reply(body: &str) -> Reply {
 /// Three origins (`orders`, `customers`, `payments`) and a gateway whose route
 /// `order-view` aggregates calls `calls` (flow-style mapping body) with `on_error`.
 async fn gateway(origins: &[&Origin; 3], on_error: &str, calls: &str) -> Gateway {
-    let yaml = config(&format!(
+    Gateway::start(&yaml(origins, on_error, calls)).await
+}
+
+fn yaml(origins: &[&Origin; 3], on_error: &str, calls: &str) -> String {
+    config(&format!(
         "upstreams:\n  orders: {{ targets: [ {{ address: \"{}\" }} ] }}\n  customers: {{ targets: [ {{ address: \"{}\" }} ] }}\n  payments: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
          auth:\n  api_key: {{ header: X-API-Key }}\n\
          consumers:\n  - {{ id: acme, api_keys: [\"{}\"] }}\n\
@@ -25,8 +29,7 @@ async fn gateway(origins: &[&Origin; 3], on_error: &str, calls: &str) -> Gateway
         origins[1].address(),
         origins[2].address(),
         gatehouse::hash_key(KEY),
-    ));
-    Gateway::start(&yaml).await
+    ))
 }
 
 const TWO: &str = "order: { upstream: orders, path: \"/orders/{id}\", timeout: 5s }, customer: { upstream: customers, path: \"/customers/by-order/{id}\", timeout: 5s }";
@@ -58,7 +61,11 @@ async fn calls_are_merged_by_name_with_captures_and_identity() {
     c.script("/customers/by-order/12", |_, _| {
         json_reply(r#"{"name": "Ada"}"#)
     });
-    let gw = gateway(&[&o, &c, &p], "fail", TWO).await;
+    let dir = crate::common::TestDir::new();
+    let log = dir.join("access.log");
+    let config = yaml(&[&o, &c, &p], "fail", TWO)
+        .replace("path: \"off\"", &format!("path: \"{}\"", log.display()));
+    let gw = Gateway::start(&config).await;
     let http = client();
     let r = send(
         &http,
@@ -106,6 +113,21 @@ async fn calls_are_merged_by_name_with_captures_and_identity() {
     let text = gw.metrics_text().await;
     assert_eq!(aggregate_metric(&text, "order", "ok"), 1.0);
     assert_eq!(aggregate_metric(&text, "customer", "ok"), 1.0);
+    // One access-log line per call, tied to the client request by its id.
+    let calls = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["aggregate_call"].is_string())
+            .collect::<Vec<_>>()
+    };
+    let logged = eventually(Duration::from_secs(10), || async { calls().len() == 2 }).await;
+    assert!(logged.is_some(), "{:?}", calls());
+    for v in calls() {
+        assert_eq!(v["request_id"], rid.as_str());
+        assert_eq!(v["result"], "ok");
+    }
 }
 
 #[tokio::test]
