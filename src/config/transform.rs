@@ -250,8 +250,12 @@ fn size_at_most(errs: &mut Vec<ConfigError>, p: &str, s: Option<Size>, max: u64)
 pub fn validate_route(cfg: &Config, p: &str, r: &Route) -> Vec<ConfigError> {
     let mut errs = Vec::new();
     if let Some(rb) = &r.request_body {
-        if let Some(ops) = &rb.json {
-            json_ops(&mut errs, &format!("{p}.request_body.json"), ops);
+        match &rb.json {
+            Some(ops) => json_ops(&mut errs, &format!("{p}.request_body.json"), ops),
+            None => errs.push(ConfigError::new(
+                format!("{p}.request_body.json"),
+                "missing: request_body transforms JSON (json: { remove, rename, set, add })",
+            )),
         }
         size_at_most(
             &mut errs,
@@ -263,6 +267,11 @@ pub fn validate_route(cfg: &Config, p: &str, r: &Route) -> Vec<ConfigError> {
     if let Some(rb) = &r.response_body {
         if let Some(ops) = &rb.json {
             json_ops(&mut errs, &format!("{p}.response_body.json"), ops);
+        } else if !rb.xml_to_json {
+            errs.push(ConfigError::new(
+                format!("{p}.response_body"),
+                "does nothing without json: or xml_to_json: true",
+            ));
         }
         size_at_most(
             &mut errs,
@@ -413,7 +422,8 @@ mod tests {
         let got = errors(
             "  - { name: a, upstream: u, request_body: { json: { set: { meta: 1 }, remove: [\"/a~2\", \"\"], rename: { /a: /a/b } }, max_size: 1MiB } }\n\
              \x20 - { name: b, upstream: u, match: { path_regex: \"^/c/(?P<id>[0-9]+)$\" }, cache: {}, aggregate: { calls: { \"bad name\": { upstream: nope, path: \"/o/{id}/{other}\", timeout: 10m }, two: { upstream: v, path: \"x{\" } } } }\n\
-             \x20 - { name: c, aggregate: { calls: {} } }\n",
+             \x20 - { name: c, aggregate: { calls: {} } }\n\
+             \x20 - { name: d, upstream: u, request_body: { max_size: 1KiB }, response_body: { on_invalid: pass } }\n",
             &no_env,
         );
         let want: &[(&str, &str)] = &[
@@ -455,6 +465,8 @@ mod tests {
             ("routes[1].aggregate.calls.two.path", "must start with /"),
             ("routes[1].aggregate.calls.two.path", "without its"),
             ("routes[2].aggregate.calls", "at least one call"),
+            ("routes[3].request_body.json", "missing"),
+            ("routes[3].response_body", "does nothing"),
         ];
         for (path, msg) in want {
             assert!(

@@ -70,6 +70,7 @@ impl Calls {
         plan: &CallPlan,
         template: &RequestHeader,
         path: &str,
+        key: &[u8],
         max: u64,
     ) -> Outcome {
         let started = Instant::now();
@@ -90,7 +91,7 @@ impl Calls {
                 None,
             );
         }
-        let Some(id) = up.select(path.as_bytes(), &[]) else {
+        let Some(id) = up.select(key, &[]) else {
             return fail(
                 CallResult::NoTarget,
                 "no healthy upstream target".into(),
@@ -293,7 +294,12 @@ impl Gateway {
         let template = &template;
         let outcomes = futures::future::join_all(plan.calls.iter().map(|c| {
             let path = c.path(captures.as_ref());
-            async move { self.calls.call(c, template, &path, max).await }
+            // `consistent_hash` keys on what the proxy would (consumer, header, ...).
+            let key = match &c.upstream.hash_on {
+                Some(on) => super::hash_key(session, on, ctx.identity.as_deref()),
+                None => Vec::new(),
+            };
+            async move { self.calls.call(c, template, &path, &key, max).await }
         }))
         .await;
         ctx.timing.upstream_header_at = Some(Instant::now());
