@@ -305,3 +305,40 @@ async fn responses_that_cannot_be_transformed_fail_or_pass_as_configured() {
     assert_eq!(metric(&text, "fail", "response", "invalid"), 1.0);
     assert_eq!(metric(&text, "pass", "response", "passed"), 2.0);
 }
+
+#[tokio::test]
+async fn both_transforms_over_http2() {
+    let origin = Origin::start().await;
+    fixed(
+        &origin,
+        "/h2",
+        Reply::new(200, r#"{"id": 5, "secret": 1}"#).header("content-type", "application/json"),
+    );
+    let yaml = config(&format!(
+        "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - {{ name: h2, match: {{ path_prefix: /h2 }}, upstream: o, request_body: {{ json: {{ set: {{ /via: h2 }} }} }}, response_body: {{ json: {{ remove: [/secret] }} }} }}\n",
+        origin.address()
+    ))
+    .replacen("\" }\n", "\", http2: true }\n", 1);
+    assert!(yaml.contains("http2: true"), "{yaml}");
+    let gw = Gateway::start(&yaml).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let res = h2
+        .post(gw.url("/h2"))
+        .header("content-type", "application/json")
+        .body(r#"{"a": 1}"#)
+        .send()
+        .await
+        .expect("POST over h2c");
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    let r = Resp::from_reqwest(res).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"id": 5}));
+    let seen = origin.seen("/h2");
+    let got: serde_json::Value = serde_json::from_slice(&seen[0].body).expect("JSON");
+    assert_eq!(got, json!({"a": 1, "via": "h2"}));
+}
