@@ -217,6 +217,8 @@ pub struct Ctx {
     pub(crate) response: ResponseState,
     /// What the response cache did for this request.
     pub(crate) cache: CacheCtx,
+    /// The route's body transforms at work on this request (`proxy::body`).
+    pub(crate) body: crate::policy::transform::BodyState,
     _active: ActiveGuard,
 }
 
@@ -237,6 +239,7 @@ impl Ctx {
             },
             response: ResponseState::default(),
             cache: CacheCtx::default(),
+            body: Default::default(),
             _active: ActiveGuard(shared.clone()),
         }
     }

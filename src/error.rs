@@ -69,6 +69,14 @@ pub enum Reject {
     RequestTimeout,
     /// 503: the upstream's circuit breaker is open (name, seconds until it half-opens).
     CircuitOpen(String, u32),
+    /// 400: a body the route transforms is not valid JSON (the parser's message).
+    InvalidBody(String),
+    /// 502: the upstream's response could not be transformed (`on_invalid: fail`); holds
+    /// the upstream's name, for logs only.
+    BadUpstreamBody(String),
+    /// 502: a call of an aggregate route failed (`on_error: fail`): the call's name from
+    /// the config and what happened, never the upstream's address.
+    AggregateFailed(String, String),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -102,6 +110,8 @@ impl Reject {
             Reject::LimitStoreUnavailable => 503,
             Reject::RequestTimeout => 408,
             Reject::CircuitOpen(..) => 503,
+            Reject::InvalidBody(_) => 400,
+            Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => 502,
         }
     }
 
@@ -127,6 +137,9 @@ impl Reject {
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
             Reject::RequestTimeout => "request-timeout",
             Reject::CircuitOpen(..) => "circuit-open",
+            Reject::InvalidBody(_) => "invalid-body",
+            Reject::BadUpstreamBody(_) => "bad-upstream-body",
+            Reject::AggregateFailed(..) => "aggregate-call-failed",
         }
     }
 
@@ -147,6 +160,8 @@ impl Reject {
             Reject::LimitStoreUnavailable => "Service Unavailable",
             Reject::RequestTimeout => "Request Timeout",
             Reject::CircuitOpen(..) => "Service Unavailable",
+            Reject::InvalidBody(_) => "Bad Request",
+            Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => "Bad Gateway",
         }
     }
 
@@ -188,6 +203,11 @@ impl Reject {
             Reject::CircuitOpen(..) => {
                 "the upstream of this route is failing and is not being called; retry later".into()
             }
+            Reject::InvalidBody(why) => format!("the request body is not valid JSON: {why}"),
+            Reject::BadUpstreamBody(_) => {
+                "the upstream's response could not be transformed for this route".into()
+            }
+            Reject::AggregateFailed(call, why) => format!("call {call:?} failed: {why}"),
         }
     }
 
@@ -249,7 +269,8 @@ impl fmt::Display for Reject {
             | Reject::Overloaded(u)
             | Reject::BadGateway(u)
             | Reject::GatewayTimeout(u)
-            | Reject::CircuitOpen(u, _) => write!(f, " (upstream {u:?})"),
+            | Reject::CircuitOpen(u, _)
+            | Reject::BadUpstreamBody(u) => write!(f, " (upstream {u:?})"),
             _ => Ok(()),
         }
     }
@@ -261,7 +282,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 22] = [
+    const REASONS: [&str; 25] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -284,6 +305,9 @@ mod tests {
         "limit-store-unavailable",
         "request-timeout",
         "circuit-open",
+        "invalid-body",
+        "bad-upstream-body",
+        "aggregate-call-failed",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -327,6 +351,9 @@ mod tests {
             Reject::LimitStoreUnavailable,
             Reject::RequestTimeout,
             Reject::CircuitOpen(String::new(), 1),
+            Reject::InvalidBody(String::new()),
+            Reject::BadUpstreamBody(String::new()),
+            Reject::AggregateFailed(String::new(), String::new()),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);
@@ -342,6 +369,7 @@ mod tests {
             Reject::BadGateway(name.into()),
             Reject::GatewayTimeout(name.into()),
             Reject::CircuitOpen(name.into(), 1),
+            Reject::BadUpstreamBody(name.into()),
         ] {
             let body = r.body("rid");
             assert!(!body.contains(name), "{body}");

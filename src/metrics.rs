@@ -13,8 +13,9 @@
 //! | `status` (`upstream_requests`, failures) | fixed outcome names (`connect_error`, ...) | the names in `proxy` |
 //! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
 //! | `reason` (`rejected`) | `proxy::Reject::slug` | an enum |
-//! | `result`, `reused`, `backend`, `op`, `state` | fixed strings | constants |
+//! | `result`, `reused`, `backend`, `op`, `state`, `direction` | fixed strings | constants |
 //! | `reason` (`upstream_retries`) | `connect` or a status of `retry.on` | the config |
+//! | `call` (`aggregate_calls`) | the config (`aggregate.calls` names) | the config's size |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -48,7 +49,8 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable, request-timeout, circuit-open.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, circuit-open,
+    /// invalid-body, bad-upstream-body, aggregate-call-failed.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -74,6 +76,12 @@ pub struct Metrics {
     pub outlier_ejections: IntCounterVec,
     /// Requests whose route `deadline` ended their attempts (answered 504).
     pub deadline_exceeded: IntCounterVec,
+    /// Bodies a route's `request_body`/`response_body` handled, by route, direction
+    /// (`request`, `response`) and result (`ok`, `invalid`, `too_large`, `passed`).
+    pub body_transforms: IntCounterVec,
+    /// Calls of aggregate routes, by route, call (both names from the config) and result
+    /// (`ok`, `error`, `timeout`, `status`, `invalid`, `too_large`, `no_target`).
+    pub aggregate_calls: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -223,6 +231,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_route_deadline_exceeded_total",
             "Requests whose route deadline ended their upstream attempts (504)",
             &["route"]
+        )?,
+        body_transforms: register_int_counter_vec!(
+            "gatehouse_body_transforms_total",
+            "Bodies transformed by a route (request_body, response_body), by result",
+            &["route", "direction", "result"]
+        )?,
+        aggregate_calls: register_int_counter_vec!(
+            "gatehouse_aggregate_calls_total",
+            "Upstream calls made by aggregate routes, by call and result",
+            &["route", "call", "result"]
         )?,
     })
 }

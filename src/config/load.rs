@@ -33,9 +33,20 @@ impl std::fmt::Display for InterpolateError {
 impl std::error::Error for InterpolateError {}
 
 /// Replaces `${VAR}` and `${VAR:-default}` in one string. `$${` is a literal `${`.
+#[cfg(test)]
 pub fn interpolate(
     s: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
+    interpolate_keeping(s, lookup, &|_| false)
+}
+
+/// `interpolate`, leaving in place (as written) every `${expr}` for which `keep` is
+/// true: the request-time forms of a transform value (`${consumer}`, `${header:X}`).
+pub fn interpolate_keeping(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    keep: &dyn Fn(&str) -> bool,
 ) -> Result<String, InterpolateError> {
     if !s.contains('$') {
         return Ok(s.to_string());
@@ -55,6 +66,11 @@ pub fn interpolate(
                 .find('}')
                 .ok_or_else(|| InterpolateError::Unterminated(s.to_string()))?;
             let expr = &body[..end];
+            if keep(expr) {
+                out.push_str(&after[..end + 3]);
+                rest = &body[end + 1..];
+                continue;
+            }
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
@@ -91,11 +107,14 @@ fn secret_hint(path: &str, message: String) -> String {
     }
 }
 
-/// True when `s` has a `${` that is not the escaped `$${`. Errs towards true (a `$$${`
-/// counts), which only ever redacts one value too many.
-fn references_var(s: &str) -> bool {
-    s.match_indices("${")
-        .any(|(i, _)| i == 0 || s.as_bytes()[i - 1] != b'$')
+/// True when `s` has a `${` that is not the escaped `$${` and not a form `keep` leaves in
+/// place. Errs towards true (a `$$${` counts), which only ever redacts one value too many.
+fn references_env(s: &str, keep: &dyn Fn(&str) -> bool) -> bool {
+    s.match_indices("${").any(|(i, _)| {
+        let escaped = i > 0 && s.as_bytes()[i - 1] == b'$';
+        let expr = s[i + 2..].split('}').next().unwrap_or("");
+        !escaped && !keep(expr)
+    })
 }
 
 fn interpolate_value(
@@ -107,10 +126,18 @@ fn interpolate_value(
 ) {
     match v {
         Value::String(s) => {
-            if references_var(s) {
+            // In a transform's values the request-time forms stay for the request to
+            // fill; they are no environment reference (nor a secret to redact).
+            let runtime: &dyn Fn(&str) -> bool = if super::transform::is_transform_value_path(path)
+            {
+                &super::transform::is_runtime_reference
+            } else {
+                &|_| false
+            };
+            if references_env(s, runtime) {
                 filled.insert(path.to_string());
             }
-            match interpolate(s, lookup) {
+            match interpolate_keeping(s, lookup, runtime) {
                 Ok(n) => *s = n,
                 Err(e) => errs.push(ConfigError::new(path, secret_hint(path, e.to_string()))),
             }

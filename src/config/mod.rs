@@ -8,6 +8,7 @@ pub mod demo;
 pub mod load;
 pub mod model;
 pub mod traffic;
+pub mod transform;
 pub mod units;
 pub mod validate;
 pub mod values;

@@ -541,6 +541,15 @@ pub struct Route {
     /// Traffic management: the total time of all attempts at the upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Dur>,
+    /// JSON operations on the request body (config/transform.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<super::transform::RequestBody>,
+    /// JSON operations and XML to JSON on the response body (config/transform.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<super::transform::ResponseBody>,
+    /// The route answers from parallel upstream calls instead of proxying (no `upstream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<super::transform::Aggregate>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

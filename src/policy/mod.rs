@@ -8,6 +8,7 @@
 //!
 //! Header transforms (`headers`) run on every request and are not in the list.
 
+pub mod aggregate;
 pub mod api_key;
 pub mod auth;
 pub mod client_ip;
@@ -18,6 +19,8 @@ pub mod limits;
 pub mod quota;
 pub mod rate_limit;
 pub mod ratelimit_headers;
+pub mod transform;
+pub mod xml;
 
 use crate::config::{model, Config, ConfigError};
 use crate::error::Reject;

@@ -88,7 +88,13 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         );
         j.str("path", req.uri.path());
         j.int("status", u64::from(status));
-        j.opt_str("upstream", ctx.upstream().map(|u| u.name.as_str()));
+        // An aggregate route has no upstream of its own (each call logs its line).
+        j.opt_str(
+            "upstream",
+            ctx.upstream()
+                .filter(|_| ctx.route().is_none_or(|r| r.aggregate.is_none()))
+                .map(|u| u.name.as_str()),
+        );
         j.opt_str("upstream_target", target);
         j.opt_int(
             "upstream_status",

@@ -11,7 +11,9 @@
 //! policy's decisions are `attempts`.
 
 mod admit;
+mod aggregate;
 mod attempts;
+mod body;
 mod log;
 mod refresh;
 
@@ -40,6 +42,8 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Identities and requests handed from a stale request to its background refresh.
     refreshes: refresh::Refreshes,
+    /// The connection pool of aggregate routes' calls.
+    calls: aggregate::Calls,
 }
 
 /// Writes a problem+json answer. The one place a `Reject` becomes a response.
@@ -102,6 +106,7 @@ impl Gateway {
         Gateway {
             shared,
             refreshes: refresh::Refreshes::default(),
+            calls: aggregate::Calls::default(),
         }
     }
 
@@ -332,6 +337,14 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        if let Some(reject) = self.transform_request(session, ctx).await {
+            respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
+        if ctx.route().is_some_and(|r| r.aggregate.is_some()) {
+            self.aggregate(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -343,6 +356,9 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if body::request_body(body, _end_of_stream, ctx) {
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.request.body_bytes += b.len() as u64;
             if let Some(max) = ctx.route().and_then(|r| r.max_body) {
@@ -719,6 +735,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
         }
+        body::upstream_request(req, ctx)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
@@ -812,7 +829,19 @@ impl ProxyHttp for Gateway {
         if ctx.timing.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
         }
-        Ok(())
+        body::response_header(session, resp, ctx)
+    }
+
+    /// The route's response transform holds, rewrites or replaces the body.
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        body::response_body(session, body, end_of_stream, ctx)?;
+        Ok(None)
     }
 
     /// An error ended the request: problem+json when nothing was written yet.

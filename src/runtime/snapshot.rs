@@ -41,6 +41,13 @@ pub struct Route {
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
     pub policies: Vec<Arc<dyn Policy>>,
+    /// `request_body:` (JSON operations on what the upstream gets).
+    pub request_transform: Option<Arc<crate::policy::transform::RequestTransform>>,
+    /// `response_body:` (JSON operations, XML to JSON on what the client gets).
+    pub response_transform: Option<Arc<crate::policy::transform::ResponseTransform>>,
+    /// `aggregate:`: the route answers from these calls and never proxies; `upstream`
+    /// above is then its first call's (it is never contacted as the route's own).
+    pub aggregate: Option<Arc<crate::policy::aggregate::AggregatePlan>>,
 }
 
 /// A route's own `timeouts`, laid over the upstream's peer options per request.
@@ -155,7 +162,11 @@ impl Snapshot {
         let mut checked = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
             // An empty name is validation's "missing" error.
-            if !r.upstream.is_empty() && !cfg.upstreams.contains_key(&r.upstream) {
+            // An aggregate route with an upstream is validation's error.
+            if !r.upstream.is_empty()
+                && r.aggregate.is_none()
+                && !cfg.upstreams.contains_key(&r.upstream)
+            {
                 errs.push(ConfigError::new(
                     format!("routes[{i}].upstream"),
                     format!("unknown upstream {:?}", r.upstream),
@@ -188,7 +199,20 @@ impl Snapshot {
         let m = crate::metrics::metrics();
         let mut entries = Vec::with_capacity(checked.len());
         for (i, r, path, methods) in checked {
-            let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+            let aggregate = r.aggregate.as_ref().and_then(|a| {
+                crate::policy::aggregate::AggregatePlan::compile(
+                    &r.name,
+                    a,
+                    r.matches.path_regex.as_deref(),
+                    &upstreams,
+                )
+                .map(Arc::new)
+            });
+            let own = match &aggregate {
+                Some(plan) => plan.first_upstream().cloned(),
+                None => upstreams.get(&r.upstream).cloned(),
+            };
+            let Some(upstream) = own else {
                 // The checking pass found the name and built every upstream.
                 errs.push(ConfigError::new(
                     format!("routes[{i}].upstream"),
@@ -241,6 +265,17 @@ impl Snapshot {
                 duration: m.http_duration.with_label_values(&[&r.name]),
                 requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
+                request_transform: r
+                    .request_body
+                    .as_ref()
+                    .and_then(crate::policy::transform::RequestTransform::compile)
+                    .map(Arc::new),
+                response_transform: r
+                    .response_body
+                    .as_ref()
+                    .and_then(crate::policy::transform::ResponseTransform::compile)
+                    .map(Arc::new),
+                aggregate,
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),

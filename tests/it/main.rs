@@ -15,6 +15,7 @@
 
 mod common;
 
+mod aggregate;
 mod architecture;
 mod auth;
 mod bad_input;
@@ -42,6 +43,7 @@ mod retries;
 mod routing;
 mod server_loop;
 mod tls_h2;
+mod transforms;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
 /// built: a new `tests/<name>.rs` or a file here without its `mod` line would pass

@@ -111,6 +111,8 @@ pub struct Seen {
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
+    /// The request body as received.
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -250,13 +252,18 @@ type Body = BoxBody<Bytes, Infallible>;
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let _ = body.collect().await;
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
     let seen = Seen {
         now: state.now(),
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
+        body,
     };
     let n = {
         let mut hits = state.hits.lock().unwrap();
