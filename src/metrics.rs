@@ -59,6 +59,8 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// Client connections closed at accept because the listener was at `max_connections`.
     pub downstream_refused: IntCounterVec,
+    /// Open WebSocket tunnels, by route (`proxy::streaming`).
+    pub websocket_connections: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -174,6 +176,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Client connections refused at accept because the listener was at max_connections",
             &["listener"]
         )?,
+        websocket_connections: register_int_gauge_vec!(
+            "gatehouse_websocket_connections",
+            "Open WebSocket connections (upgraded tunnels), by route",
+            &["route"]
+        )?,
     })
 }
 
@@ -286,5 +293,21 @@ mod tests {
         assert_eq!(status_label(599, &mut b), "599");
         assert_eq!(status_label(600, &mut b), "other");
         assert_eq!(status_label(999, &mut b), "other");
+    }
+}
+
+/// Counts one in a gauge for as long as it lives (an open WebSocket tunnel).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(g: IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

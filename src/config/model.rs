@@ -529,6 +529,12 @@ pub struct Route {
     /// `server.trusted_proxies`; the cache then keys on them. Otherwise they are removed.
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// `websocket:` the route accepts WebSocket upgrades, within these limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<super::streaming::WebSocket>,
+    /// `grpc:` gRPC options (the gRPC-web bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<super::streaming::Grpc>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -12,6 +12,7 @@
 mod admit;
 mod log;
 mod refresh;
+pub mod streaming;
 
 use crate::cache::phases;
 use crate::context::Ctx;
@@ -39,13 +40,29 @@ pub struct Gateway {
     refreshes: refresh::Refreshes,
 }
 
-/// Writes a problem+json answer. The one place a `Reject` becomes a response.
+/// Writes a problem+json answer. The one place a `Reject` becomes a response. A gRPC
+/// request (`content-type: application/grpc*`, gRPC-web included) gets the gRPC form of
+/// it instead: HTTP 200, trailers-only, `grpc-status` (`Reject::grpc_status`) and
+/// `grpc-message`, since gRPC clients read no HTTP status or body.
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
-    let body = Bytes::from(reject.body(&ctx.request.id));
-    let mut resp = ResponseHeader::build(reject.status(), Some(5))?;
-    resp.insert_header("content-type", "application/problem+json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
+    let grpc = streaming::grpc_content_type(session.req_header());
+    let body = match grpc {
+        Some(_) => Bytes::new(),
+        None => Bytes::from(reject.body(&ctx.request.id)),
+    };
+    let mut resp = match &grpc {
+        Some(ct) => streaming::grpc_refusal(&reject, ct)?,
+        None => {
+            let mut resp = ResponseHeader::build(reject.status(), Some(5))?;
+            resp.insert_header("content-type", "application/problem+json")?;
+            resp.insert_header("cache-control", "no-store")?;
+            resp
+        }
+    };
+    if session.req_header().version < http::Version::HTTP_2 || grpc.is_none() {
+        // On HTTP/2 a gRPC refusal is one HEADERS frame with END_STREAM: no length.
+        resp.insert_header("content-length", body.len().to_string())?;
+    }
     headers::apply_server_header(&mut resp, server_header(ctx));
     if !ctx.request.id.is_empty() {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
@@ -76,7 +93,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
             .inc();
     }
     ctx.response.reject = Some(reject);
-    let head_only = session.req_header().method == http::Method::HEAD;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(resp), head_only)
         .await?;
@@ -287,17 +304,27 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        // After the policies: an unauthenticated client learns nothing of the route.
+        if let Some(reject) = streaming::admit(session.req_header(), ctx) {
+            respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
-    /// Counts the body against the route's `max_body` as it arrives.
+    /// Counts the body against the route's `max_body` as it arrives (a WebSocket
+    /// tunnel's frames are no request body), then decodes a gRPC-web text body.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.was_upgraded() {
+            streaming::request_body(body, end_of_stream, &mut ctx.stream).ok();
+            return Ok(());
+        }
         if let Some(b) = body {
             ctx.request.body_bytes += b.len() as u64;
             if let Some(max) = ctx.route().and_then(|r| r.max_body) {
@@ -309,6 +336,10 @@ impl ProxyHttp for Gateway {
                     );
                 }
             }
+        }
+        if let Err(reject) = streaming::request_body(body, end_of_stream, &mut ctx.stream) {
+            ctx.response.reject = Some(reject);
+            return Error::e_explain(ErrorType::HTTPStatus(400), "undecodable grpc-web-text");
         }
         Ok(())
     }
@@ -477,6 +508,9 @@ impl ProxyHttp for Gateway {
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
         route.timeouts.apply(&mut peer.options);
+        if ctx.stream.upgrade {
+            streaming::upgrade_peer(&mut peer.options, route);
+        }
         Ok(Box::new(peer))
     }
 
@@ -603,6 +637,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
         }
+        streaming::upstream_request(req, &ctx.stream)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
@@ -618,6 +653,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Before the cache sees it: a stored response never carries another hop's fields.
         headers::strip_hop_by_hop_response(resp);
+        let h1 = session.req_header().version < http::Version::HTTP_2;
+        streaming::response_header(resp, &ctx.stream, h1)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();
@@ -651,6 +688,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         refresh::give_back(session, &mut ctx.request.lent_version);
+        streaming::upgraded(session, resp, ctx);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
             let cache = ctx.routing.cache();
             phases::on_response(
@@ -689,6 +727,29 @@ impl ProxyHttp for Gateway {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
         }
         Ok(())
+    }
+
+    /// A bridged gRPC-web text response is base64-encoded chunk by chunk; a tunnel's
+    /// frames keep it from its idle limit.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        streaming::response_body(body, &ctx.stream);
+        Ok(None)
+    }
+
+    /// A bridged gRPC-web call's trailers become the trailer frame ending its body.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        Ok(streaming::trailers(trailers, &ctx.stream))
     }
 
     /// An error ended the request: problem+json when nothing was written yet.

@@ -39,6 +39,18 @@ pub struct Route {
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
     pub policies: Vec<Arc<dyn Policy>>,
+    /// `websocket:`: upgrades are accepted, within these limits.
+    pub websocket: Option<WebSocketLimits>,
+    /// `grpc.web`: gRPC-web clients are bridged to the gRPC upstream.
+    pub grpc_web: bool,
+}
+
+/// A WebSocket route's limits and its open-connection gauge.
+#[derive(Debug, Clone)]
+pub struct WebSocketLimits {
+    pub idle: Duration,
+    pub max: Duration,
+    pub open: prometheus::IntGauge,
 }
 
 /// A route's own `timeouts`, laid over the upstream's peer options per request.
@@ -235,6 +247,12 @@ impl Snapshot {
                 duration: m.http_duration.with_label_values(&[&r.name]),
                 requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
+                websocket: r.websocket.as_ref().map(|w| WebSocketLimits {
+                    idle: w.idle(),
+                    max: w.max(),
+                    open: m.websocket_connections.with_label_values(&[&r.name]),
+                }),
+                grpc_web: r.grpc.as_ref().is_some_and(|g| g.web),
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),
