@@ -490,6 +490,7 @@ impl ProxyHttp for Gateway {
             let mut peer = up.peer(id);
             peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
             route.timeouts.apply(&mut peer.options);
+            streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
@@ -508,6 +509,7 @@ impl ProxyHttp for Gateway {
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
         route.timeouts.apply(&mut peer.options);
+        streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
         if ctx.stream.upgrade {
             streaming::upgrade_peer(&mut peer.options, route);
         }

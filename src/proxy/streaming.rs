@@ -380,6 +380,49 @@ pub fn trailers(trailers: &HeaderMap, st: &StreamState) -> Option<Bytes> {
     })
 }
 
+/// `grpc-timeout` of a gRPC request (gRPC over HTTP/2, "Requests": 1 to 8 digits and a
+/// unit, `H` `M` `S` `m` `u` `n`). `None` when absent or malformed (then ignored, as a
+/// gRPC server would refuse it itself).
+pub fn grpc_timeout(req: &RequestHeader) -> Option<Duration> {
+    grpc_content_type(req)?;
+    let v = req.headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n.checked_mul(3600)?),
+        b"M" => Duration::from_secs(n.checked_mul(60)?),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A gRPC call's `grpc-timeout` lowers (never raises) the upstream's connect and
+/// per-read and per-write timeouts for this call: a call whose upstream has not
+/// answered within its deadline gets DEADLINE_EXCEEDED from the gateway rather than
+/// waiting for the route's timeouts. The field is forwarded as it came, so the upstream
+/// enforces the whole deadline of a streaming call; the gateway bounds each wait.
+pub fn apply_grpc_timeout(req: &RequestHeader, o: &mut pingora::upstreams::peer::PeerOptions) {
+    let Some(d) = grpc_timeout(req) else {
+        return;
+    };
+    // Pingora's timers need something to wait for: at least a millisecond.
+    let d = d.max(Duration::from_millis(1));
+    for t in [
+        &mut o.connection_timeout,
+        &mut o.total_connection_timeout,
+        &mut o.read_timeout,
+        &mut o.write_timeout,
+    ] {
+        *t = Some(t.map_or(d, |cur| cur.min(d)));
+    }
+}
+
 /// The upstream peer of an accepted upgrade request: no per-read timeout on the
 /// upstream side (a quiet upstream is normal in a tunnel busy the other way), the
 /// tunnel's limits instead, from now (they bound the wait for the 101 too).
@@ -448,6 +491,38 @@ mod tests {
         assert!(is_websocket_upgrade(&r));
         r.insert_header("upgrade", "h2c").unwrap();
         assert!(!is_websocket_upgrade(&r));
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        let mut r = req("application/grpc");
+        assert_eq!(grpc_timeout(&r), None);
+        for (v, want) in [
+            ("300m", Some(Duration::from_millis(300))),
+            ("2S", Some(Duration::from_secs(2))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789S", None),
+            ("m", None),
+            ("10x", None),
+            ("-1S", None),
+        ] {
+            r.insert_header("grpc-timeout", v).unwrap();
+            assert_eq!(grpc_timeout(&r), want, "{v}");
+        }
+        let mut o = pingora::upstreams::peer::PeerOptions::new();
+        o.read_timeout = Some(Duration::from_millis(100));
+        r.insert_header("grpc-timeout", "2S").unwrap();
+        apply_grpc_timeout(&r, &mut o);
+        assert_eq!(
+            o.read_timeout,
+            Some(Duration::from_millis(100)),
+            "never raised"
+        );
+        assert_eq!(o.write_timeout, Some(Duration::from_secs(2)));
+        let mut plain = req("application/json");
+        plain.insert_header("grpc-timeout", "1m").unwrap();
+        assert_eq!(grpc_timeout(&plain), None, "only gRPC requests");
     }
 
     #[test]

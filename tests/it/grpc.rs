@@ -181,12 +181,16 @@ fn cert(name: &str) -> String {
 
 struct Setup {
     gw: Gateway,
+    /// A plain HTTP upstream (h2c) that answers after 3 s, behind the route `slow`.
+    slow: common::Upstream,
     h2c: SocketAddr,
     tls: SocketAddr,
 }
 
 async fn setup() -> Setup {
     let up = start_upstream().await;
+    let slow = common::Upstream::start("slow").await;
+    slow.set_delay(Duration::from_secs(3));
     let hash = gatehouse::hash_key(KEY);
     let (h2c, tls) = (free_port(), free_port());
     let yaml = format!(
@@ -203,11 +207,13 @@ admin: {{ address: "127.0.0.1:{}", token: {TOKEN} }}
 access_log: {{ path: "off" }}
 upstreams:
   g: {{ targets: [ {{ address: "{up}" }} ], http2: true }}
+  slow: {{ targets: [ {{ address: "{slow}" }} ], http2: true }}
 auth:
   api_key: {{ header: X-API-Key }}
 consumers:
   - {{ id: acme, api_keys: ["{hash}"] }}
 routes:
+  - {{ name: slow, match: {{ path_prefix: /test.Echo/, headers: {{ x-slow: "1" }} }}, upstream: slow }}
   - name: keyed
     match: {{ path_prefix: /test.Echo/, headers: {{ x-keyed: "1" }} }}
     upstream: g
@@ -221,10 +227,12 @@ routes:
         cert("a.test.pem"),
         cert("a.test.key"),
         free_port(),
+        slow = slow.address(),
     );
     let gw = Gateway::start(&yaml).await;
     Setup {
         gw,
+        slow,
         h2c: format!("127.0.0.1:{h2c}").parse().unwrap(),
         tls: format!("127.0.0.1:{tls}").parse().unwrap(),
     }
@@ -381,6 +389,21 @@ async fn refusals_become_grpc_statuses() {
     let st = unary(&ch, slow, &[]).await.unwrap_err();
     assert_eq!(st.code(), tonic::Code::DeadlineExceeded, "{st:?}");
 
+    // The client's own deadline (`grpc-timeout`) bounds the wait on an upstream that has
+    // no route timeout of its own: DEADLINE_EXCEEDED from the gateway. (Sent by a plain
+    // HTTP client: tonic's would give up at the deadline itself, before the gateway.)
+    let r = grpc_web(
+        s.h2c,
+        "Unary",
+        "application/grpc-web+proto",
+        frame(&msg("late")),
+        &[("x-slow", "1"), ("grpc-timeout", "300m")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("4"), "{:?}", r.headers);
+    assert_eq!(s.slow.hits(), 1, "the call reached the upstream");
+
     let m = s.gw.metrics().await;
     assert_eq!(
         m.get(
@@ -394,7 +417,7 @@ async fn refusals_become_grpc_statuses() {
             "gatehouse_rejected_requests_total",
             &[("reason", "gateway-timeout")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
 }
 
