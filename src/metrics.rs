@@ -277,6 +277,22 @@ pub fn http_requests(route: &str, method: &str, status: u16) -> IntCounter {
         .with_label_values(&[route, method_label(method), status])
 }
 
+/// Counts one in a gauge for as long as it lives (an open WebSocket tunnel).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(g: IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,21 +309,5 @@ mod tests {
         assert_eq!(status_label(599, &mut b), "599");
         assert_eq!(status_label(600, &mut b), "other");
         assert_eq!(status_label(999, &mut b), "other");
-    }
-}
-
-/// Counts one in a gauge for as long as it lives (an open WebSocket tunnel).
-pub struct GaugeGuard(IntGauge);
-
-impl GaugeGuard {
-    pub fn inc(g: IntGauge) -> GaugeGuard {
-        g.inc();
-        GaugeGuard(g)
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -84,3 +84,82 @@ pub fn validate(cfg: &Config, p: &str, r: &Route) -> Vec<ConfigError> {
     }
     errs
 }
+
+#[cfg(test)]
+mod tests {
+    fn problems(yaml: &str) -> Vec<(String, String)> {
+        let yaml = format!(
+            "listeners: [ {{ name: public, address: \"127.0.0.1:18080\" }} ]\n\
+             upstreams:\n  u: {{ targets: [ {{ address: \"127.0.0.1:9001\" }} ] }}\n  \
+             g: {{ targets: [ {{ address: \"127.0.0.1:9002\" }} ], http2: true }}\n\
+             cache: {{ memory: 1MiB }}\n{yaml}"
+        );
+        let (cfg, parse_errs) = crate::config::load::parse_partial(&yaml, &|_| None);
+        assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
+        crate::config::validate::validate(&cfg.expect("parsed"))
+            .into_iter()
+            .map(|e| (e.path, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn valid_streaming_keys() {
+        for routes in [
+            "routes: [ { name: r, upstream: u, websocket: {} } ]",
+            "routes: [ { name: r, upstream: u, websocket: { idle_timeout: 5m, max_duration: 1h } } ]",
+            "routes: [ { name: r, upstream: g, grpc: { web: true } } ]",
+            "routes: [ { name: r, upstream: u, grpc: { web: false } } ]",
+        ] {
+            assert_eq!(problems(routes), [] as [(String, String); 0], "{routes}");
+        }
+    }
+
+    #[test]
+    fn streaming_shape_errors() {
+        let cases: &[(&str, &[(&str, &str)])] = &[
+            (
+                "routes: [ { name: r, upstream: u, websocket: { idle_timeout: 0s } } ]",
+                &[("routes[0].websocket.idle_timeout", "must be more than 0")],
+            ),
+            (
+                "routes: [ { name: r, upstream: u, websocket: { max_duration: 0s } } ]",
+                &[("routes[0].websocket.max_duration", "must be more than 0")],
+            ),
+            (
+                "routes: [ { name: r, upstream: u, cache: {}, websocket: {} } ]",
+                &[(
+                    "routes[0].websocket",
+                    "a WebSocket route cannot also have cache:",
+                )],
+            ),
+            (
+                "routes: [ { name: r, upstream: u, grpc: { web: true } } ]",
+                &[(
+                    "routes[0].grpc.web",
+                    "the bridge needs a gRPC upstream: set http2: true on upstreams.u",
+                )],
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = problems(yaml);
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(p, m)| (p.to_string(), m.to_string()))
+                .collect();
+            assert_eq!(got, want, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let yaml = "listeners: [ { name: public, address: \"127.0.0.1:18080\" } ]\n\
+                    upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n\
+                    routes: [ { name: r, upstream: u, websocket: { idle: 5m }, grpc: { webb: true } } ]\n";
+        let (_, errs) = crate::config::load::parse_partial(yaml, &|_| None);
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.iter().any(|p| p.starts_with("routes[0].websocket")),
+            "{errs:?}"
+        );
+    }
+}

@@ -23,8 +23,11 @@ const KEY: &str = "ws-test-key";
 /// close is answered. It records the upgrade request's fields of each connection.
 struct EchoServer {
     addr: SocketAddr,
-    upgrades: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    upgrades: Arc<Mutex<Vec<Fields>>>,
 }
+
+/// The fields of one upgrade request, as the server saw them.
+type Fields = Vec<(String, String)>;
 
 impl EchoServer {
     async fn start() -> EchoServer {
@@ -36,6 +39,8 @@ impl EchoServer {
             while let Ok((tcp, _)) = listener.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
+                    // tungstenite's callback type: its error variant is not ours to shrink.
+                    #[allow(clippy::result_large_err)]
                     let record = |req: &Request, resp: Response| {
                         let fields = req
                             .headers()
@@ -51,14 +56,10 @@ impl EchoServer {
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
-                        match msg {
-                            Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(msg).await.is_err() {
-                                    return;
-                                }
-                            }
-                            // tungstenite answers the close itself; then the stream ends.
-                            _ => {}
+                        // tungstenite answers a close itself; then the stream ends.
+                        let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                        if echo && ws.send(msg).await.is_err() {
+                            return;
                         }
                     }
                 });
@@ -67,7 +68,7 @@ impl EchoServer {
         EchoServer { addr, upgrades }
     }
 
-    fn last_upgrade(&self) -> Vec<(String, String)> {
+    fn last_upgrade(&self) -> Fields {
         self.upgrades
             .lock()
             .unwrap()
