@@ -227,7 +227,6 @@ pub fn grpc_refusal(reject: &Reject, content_type: &str) -> pingora::Result<Resp
 
 /// The upstream request of a gRPC or bridged gRPC-web call.
 pub fn upstream_request(req: &mut RequestHeader, st: &StreamState) -> pingora::Result<()> {
-    let ct = content_type(&req.headers).to_string();
     let bridged = st.grpc_web != GrpcWeb::Off;
     if bridged {
         // `application/grpc-web-text+proto` -> `application/grpc+proto`.
@@ -236,7 +235,8 @@ pub fn upstream_request(req: &mut RequestHeader, st: &StreamState) -> pingora::R
         } else {
             GRPC_WEB
         };
-        let upstream_ct = format!("{GRPC}{}", &ct[from.len()..]);
+        let ct = content_type(&req.headers);
+        let upstream_ct = format!("{GRPC}{}", ct.get(from.len()..).unwrap_or(""));
         req.insert_header(http::header::CONTENT_TYPE, upstream_ct)?;
         if st.grpc_web == GrpcWeb::Text {
             // The body shrinks by a quarter as it is decoded.
@@ -276,7 +276,7 @@ pub fn response_header(
     } else {
         GRPC_WEB
     };
-    let web_ct = format!("{to}{}", &ct[GRPC.len()..]);
+    let web_ct = format!("{to}{}", ct.get(GRPC.len()..).unwrap_or(""));
     resp.insert_header(http::header::CONTENT_TYPE, web_ct)?;
     resp.remove_header(&http::header::CONTENT_LENGTH);
     if downstream_h1 {
@@ -292,7 +292,7 @@ pub fn request_body(
     end: bool,
     st: &mut StreamState,
 ) -> Result<(), Reject> {
-    if st.websocket.is_some() {
+    if st.upgrade {
         Tunnel::touch();
         return Ok(());
     }
@@ -340,7 +340,9 @@ fn decode_quartets(text: &[u8]) -> Option<Vec<u8>> {
 /// encoded chunk by chunk, each padded, so that every message reaches the client as soon
 /// as it came (gRPC-web text decoders take padded base64 strings one after another).
 pub fn response_body(body: &mut Option<Bytes>, st: &StreamState) {
-    if st.websocket.is_some() {
+    // An upgrade request's answer: the tunnel's frames, or (when the upstream refused
+    // the upgrade) an ordinary body, which the idle limit then bounds between chunks.
+    if st.upgrade {
         Tunnel::touch();
         return;
     }

@@ -4,7 +4,7 @@
 //! client, the gateway's own refusals as gRPC statuses (missing API key ->
 //! UNAUTHENTICATED, a slow upstream past the route's read timeout ->
 //! DEADLINE_EXCEEDED), and the gRPC-web bridge (`grpc: {web: true}`) in binary and
-//! base64 text mode over HTTP/1.1. The messages are hand-written prost structs and the
+//! base64 text mode over HTTP/1.1 (and binary over HTTP/2). The messages are hand-written prost structs and the
 //! service a hand-written tower service (no protoc).
 
 use crate::common;
@@ -501,7 +501,7 @@ async fn grpc_web(
 }
 
 #[tokio::test]
-async fn grpc_web_binary_and_text_over_http1() {
+async fn grpc_web_binary_and_text_over_http1_and_http2() {
     let s = setup().await;
     // Binary, unary.
     let r = grpc_web(
@@ -591,4 +591,26 @@ async fn grpc_web_binary_and_text_over_http1() {
     assert_eq!(r.header("grpc-status"), Some("16"));
     assert_eq!(r.header("content-type"), Some("application/grpc-web+proto"));
     assert!(r.body.is_empty());
+
+    // gRPC-web over HTTP/2 (prior knowledge, the h2c listener) is bridged the same way.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(format!("http://{}/test.Echo/Unary", s.h2c))
+        .header("content-type", "application/grpc-web+proto")
+        .body(frame(&msg("over h2")))
+        .send()
+        .await
+        .expect("grpc-web over h2");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let r = common::Resp::from_reqwest(resp).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/grpc-web"));
+    let (msgs, trailer) = replies(&frames(&r.body));
+    assert_eq!(msgs, ["echo: over h2"]);
+    assert!(trailer.contains("grpc-status:0"), "{trailer:?}");
 }
