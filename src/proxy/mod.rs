@@ -691,6 +691,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         refresh::give_back(session, &mut ctx.request.lent_version);
         streaming::upgraded(session, resp, ctx);
+        streaming::keep_streams_uncompressed(session, resp);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
             let cache = ctx.routing.cache();
             phases::on_response(
