@@ -2,7 +2,7 @@
 //! and server. Frames both ways (text and binary), the close handshake, authentication
 //! and limits at the upgrade request (a refused upgrade is problem+json, never a 101),
 //! the idle and total limits cutting the tunnel, `gatehouse_websocket_connections`
-//! going up and down, and the refusal on a route without `websocket:`. The listener
+//! going up and down, the refusal on a route without `websocket:`, and a reload. The listener
 //! allows one request per connection (`keepalive_requests: 1`), which must not break an
 //! upgraded connection.
 
@@ -354,4 +354,34 @@ async fn max_duration_cuts_a_busy_tunnel() {
     assert!(cut, "max_duration (2 s) never cut the tunnel");
     assert!(echoed >= 1, "frames went through before the cut");
     wait_open(&gw, "short", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_reload_turns_websocket_on_for_new_upgrades_and_keeps_open_tunnels() {
+    let up = EchoServer::start().await;
+    let gw = Gateway::start(&config(up.addr)).await;
+    let mut open = connect(&gw, "/ws/kept", None).await.expect("upgrade");
+    let (status, _, _) = refused(connect(&gw, "/plain", None).await.unwrap_err());
+    assert_eq!(status, 400);
+    let yaml = std::fs::read_to_string(&gw.config_path).expect("config");
+    let on = yaml.replace(
+        "  - { name: plain, match: { path_prefix: /plain }, upstream: ws }",
+        "  - { name: plain, match: { path_prefix: /plain }, upstream: ws, websocket: {} }",
+    );
+    assert_ne!(on, yaml);
+    std::fs::write(&gw.config_path, on).expect("write config");
+    let r = gw.admin_post("/admin/reload", &serde_json::json!({})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let mut ws = connect(&gw, "/plain", None)
+        .await
+        .expect("upgrade after reload");
+    ws.send(Message::text("new")).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::text("new"));
+    wait_open(&gw, "plain", 1.0).await;
+    // The tunnel opened before the reload goes on under the snapshot it started with.
+    open.send(Message::text("old")).await.unwrap();
+    assert_eq!(
+        next(&mut open).await.unwrap().unwrap(),
+        Message::text("old")
+    );
 }
