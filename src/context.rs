@@ -207,6 +207,30 @@ pub struct ResponseState {
     pub(crate) extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
+/// How a gRPC-web request is bridged (`proxy::streaming`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcWeb {
+    #[default]
+    Off,
+    /// `application/grpc-web[+proto]`: the frames pass as they are.
+    Binary,
+    /// `application/grpc-web-text[+proto]`: base64 both ways.
+    Text,
+}
+
+/// WebSocket and gRPC facts of the request (`proxy::streaming`).
+#[derive(Default)]
+pub struct StreamState {
+    /// An accepted WebSocket upgrade (a 101 was answered): counted in
+    /// `gatehouse_websocket_connections{route}` for as long as the request lives.
+    pub(crate) websocket: Option<crate::metrics::GaugeGuard>,
+    /// The client asked for a WebSocket upgrade on a route that allows it.
+    pub(crate) upgrade: bool,
+    pub(crate) grpc_web: GrpcWeb,
+    /// gRPC-web text: request body characters not yet decoded (fewer than 4).
+    pub(crate) text_carry: Vec<u8>,
+}
+
 pub struct Ctx {
     pub(crate) request: RequestState,
     pub(crate) routing: Routing,
@@ -219,6 +243,7 @@ pub struct Ctx {
     pub(crate) cache: CacheCtx,
     /// The route's body transforms at work on this request (`proxy::body`).
     pub(crate) body: crate::policy::transform::BodyState,
+    pub(crate) stream: StreamState,
     _active: ActiveGuard,
 }
 
@@ -240,6 +265,7 @@ impl Ctx {
             response: ResponseState::default(),
             cache: CacheCtx::default(),
             body: Default::default(),
+            stream: StreamState::default(),
             _active: ActiveGuard(shared.clone()),
         }
     }

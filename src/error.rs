@@ -77,6 +77,8 @@ pub enum Reject {
     /// 502: a call of an aggregate route failed (`on_error: fail`): the call's name from
     /// the config and what happened, never the upstream's address.
     AggregateFailed(String, String),
+    /// 400: a WebSocket upgrade on a route without `websocket:`.
+    WebSocketNotEnabled,
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -112,6 +114,7 @@ impl Reject {
             Reject::CircuitOpen(..) => 503,
             Reject::InvalidBody(_) => 400,
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => 502,
+            Reject::WebSocketNotEnabled => 400,
         }
     }
 
@@ -140,6 +143,7 @@ impl Reject {
             Reject::InvalidBody(_) => "invalid-body",
             Reject::BadUpstreamBody(_) => "bad-upstream-body",
             Reject::AggregateFailed(..) => "aggregate-call-failed",
+            Reject::WebSocketNotEnabled => "websocket-not-enabled",
         }
     }
 
@@ -162,6 +166,7 @@ impl Reject {
             Reject::CircuitOpen(..) => "Service Unavailable",
             Reject::InvalidBody(_) => "Bad Request",
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => "Bad Gateway",
+            Reject::WebSocketNotEnabled => "Bad Request",
         }
     }
 
@@ -208,6 +213,7 @@ impl Reject {
                 "the upstream's response could not be transformed for this route".into()
             }
             Reject::AggregateFailed(call, why) => format!("call {call:?} failed: {why}"),
+            Reject::WebSocketNotEnabled => "this route does not accept WebSocket upgrades".into(),
         }
     }
 
@@ -240,7 +246,42 @@ impl Reject {
     }
 }
 
+/// gRPC status codes (grpc/doc/statuscodes.md) the gateway's own refusals become.
+pub mod grpc_code {
+    pub const INVALID_ARGUMENT: u8 = 3;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
 impl Reject {
+    /// The gRPC status a gRPC client gets instead of this refusal (HTTP 200 with
+    /// `grpc-status`, `proxy::respond`). By HTTP status: 401 UNAUTHENTICATED, 403
+    /// PERMISSION_DENIED, 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED
+    /// (as issue 13 asks, where gRPC's own HTTP mapping would say UNAVAILABLE for 429 and
+    /// 504); 404 (no route) UNIMPLEMENTED, as gRPC maps it; the 400s (path, Host, a body
+    /// that could not be read) INVALID_ARGUMENT, since they are about this request;
+    /// 413 RESOURCE_EXHAUSTED (gRPC's code for a message over a size limit); 408
+    /// DEADLINE_EXCEEDED; 502 UNAVAILABLE (the upstream failed, a retry may succeed);
+    /// 500 and anything else INTERNAL.
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_code::*;
+        match self.status() {
+            400 => INVALID_ARGUMENT,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            408 | 504 => DEADLINE_EXCEEDED,
+            413 | 429 | 431 => RESOURCE_EXHAUSTED,
+            502 | 503 => UNAVAILABLE,
+            _ => INTERNAL,
+        }
+    }
+
     /// Headers a rejection carries besides `Retry-After` (e.g. `WWW-Authenticate`).
     pub fn headers(&self) -> Vec<(http::HeaderName, http::HeaderValue)> {
         let www = |v: String| {
@@ -282,7 +323,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 25] = [
+    const REASONS: [&str; 26] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -308,6 +349,7 @@ mod tests {
         "invalid-body",
         "bad-upstream-body",
         "aggregate-call-failed",
+        "websocket-not-enabled",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -354,9 +396,34 @@ mod tests {
             Reject::InvalidBody(String::new()),
             Reject::BadUpstreamBody(String::new()),
             Reject::AggregateFailed(String::new(), String::new()),
+            Reject::WebSocketNotEnabled,
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);
+    }
+
+    #[test]
+    fn grpc_statuses() {
+        let challenge = Challenge {
+            bearer: false,
+            api_key: true,
+            refused: None,
+        };
+        assert_eq!(Reject::Unauthorized(challenge).grpc_status(), 16);
+        assert_eq!(Reject::Forbidden(String::new()).grpc_status(), 7);
+        let limited = Reject::Limited(Box::new(Limited {
+            limit: "rate",
+            quota: false,
+            policy: String::new(),
+            label: String::new(),
+            retry_after: 1,
+        }));
+        assert_eq!(limited.grpc_status(), 8);
+        assert_eq!(Reject::NoHealthyTarget(String::new()).grpc_status(), 14);
+        assert_eq!(Reject::GatewayTimeout(String::new()).grpc_status(), 4);
+        assert_eq!(Reject::NotFound.grpc_status(), 12);
+        assert_eq!(Reject::BadHost.grpc_status(), 3);
+        assert_eq!(Reject::Internal.grpc_status(), 13);
     }
 
     /// Problem bodies go to clients: they never carry the upstream's name.

@@ -82,6 +82,8 @@ pub struct Metrics {
     /// Calls of aggregate routes, by route, call (both names from the config) and result
     /// (`ok`, `error`, `timeout`, `status`, `invalid`, `too_large`, `no_target`).
     pub aggregate_calls: IntCounterVec,
+    /// Open WebSocket tunnels, by route (`proxy::streaming`).
+    pub websocket_connections: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -242,6 +244,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Upstream calls made by aggregate routes, by call and result",
             &["route", "call", "result"]
         )?,
+        websocket_connections: register_int_gauge_vec!(
+            "gatehouse_websocket_connections",
+            "Open WebSocket connections (upgraded tunnels), by route",
+            &["route"]
+        )?,
     })
 }
 
@@ -336,6 +343,22 @@ pub fn http_requests(route: &str, method: &str, status: u16) -> IntCounter {
     metrics()
         .http_requests
         .with_label_values(&[route, method_label(method), status])
+}
+
+/// Counts one in a gauge for as long as it lives (an open WebSocket tunnel).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn inc(g: IntGauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]

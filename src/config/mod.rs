@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod load;
 pub mod model;
+pub mod streaming;
 pub mod traffic;
 pub mod transform;
 pub mod units;

@@ -550,6 +550,12 @@ pub struct Route {
     /// The route answers from parallel upstream calls instead of proxying (no `upstream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<super::transform::Aggregate>,
+    /// `websocket:` the route accepts WebSocket upgrades, within these limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<super::streaming::WebSocket>,
+    /// `grpc:` gRPC options (the gRPC-web bridge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<super::streaming::Grpc>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -501,6 +501,7 @@ fn routes(v: &mut V, cfg: &Config) {
             );
         }
         route_limits(v, cfg, &p, r);
+        v.errs.extend(super::streaming::validate(cfg, &p, r));
         if r.trust_forwarded_headers && cfg.server.trusted_proxies.is_empty() {
             // It would do nothing: the fields are believed only from a trusted proxy.
             v.err(

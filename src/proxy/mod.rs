@@ -16,6 +16,7 @@ mod attempts;
 mod body;
 mod log;
 mod refresh;
+pub mod streaming;
 
 use crate::cache::phases;
 use crate::context::Ctx;
@@ -46,13 +47,29 @@ pub struct Gateway {
     calls: aggregate::Calls,
 }
 
-/// Writes a problem+json answer. The one place a `Reject` becomes a response.
+/// Writes a problem+json answer. The one place a `Reject` becomes a response. A gRPC
+/// request (`content-type: application/grpc*`, gRPC-web included) gets the gRPC form of
+/// it instead: HTTP 200, trailers-only, `grpc-status` (`Reject::grpc_status`) and
+/// `grpc-message`, since gRPC clients read no HTTP status or body.
 pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Result<()> {
-    let body = Bytes::from(reject.body(&ctx.request.id));
-    let mut resp = ResponseHeader::build(reject.status(), Some(5))?;
-    resp.insert_header("content-type", "application/problem+json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
+    let grpc = streaming::grpc_content_type(session.req_header());
+    let body = match grpc {
+        Some(_) => Bytes::new(),
+        None => Bytes::from(reject.body(&ctx.request.id)),
+    };
+    let mut resp = match &grpc {
+        Some(ct) => streaming::grpc_refusal(&reject, ct)?,
+        None => {
+            let mut resp = ResponseHeader::build(reject.status(), Some(5))?;
+            resp.insert_header("content-type", "application/problem+json")?;
+            resp.insert_header("cache-control", "no-store")?;
+            resp
+        }
+    };
+    if session.req_header().version < http::Version::HTTP_2 || grpc.is_none() {
+        // On HTTP/2 a gRPC refusal is one HEADERS frame with END_STREAM: no length.
+        resp.insert_header("content-length", body.len().to_string())?;
+    }
     headers::apply_server_header(&mut resp, server_header(ctx));
     if !ctx.request.id.is_empty() {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
@@ -83,7 +100,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
             .inc();
     }
     ctx.response.reject = Some(reject);
-    let head_only = session.req_header().method == http::Method::HEAD;
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(resp), head_only)
         .await?;
@@ -337,6 +354,11 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        // After the policies: an unauthenticated client learns nothing of the route.
+        if let Some(reject) = streaming::admit(session.req_header(), ctx) {
+            respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
         if let Some(reject) = self.transform_request(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
@@ -348,15 +370,20 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Counts the body against the route's `max_body` as it arrives.
+    /// Counts the body against the route's `max_body` as it arrives (a WebSocket
+    /// tunnel's frames are no request body), then decodes a gRPC-web text body.
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if body::request_body(body, _end_of_stream, ctx) {
+        if session.was_upgraded() {
+            streaming::request_body(body, end_of_stream, &mut ctx.stream).ok();
+            return Ok(());
+        }
+        if body::request_body(body, end_of_stream, ctx) {
             return Ok(());
         }
         if let Some(b) = body {
@@ -370,6 +397,10 @@ impl ProxyHttp for Gateway {
                     );
                 }
             }
+        }
+        if let Err(reject) = streaming::request_body(body, end_of_stream, &mut ctx.stream) {
+            ctx.response.reject = Some(reject);
+            return Error::e_explain(ErrorType::HTTPStatus(400), "undecodable grpc-web-text");
         }
         Ok(())
     }
@@ -546,6 +577,7 @@ impl ProxyHttp for Gateway {
             if let Some(left) = left {
                 attempts::bound_by_deadline(&mut peer.options, left);
             }
+            streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
@@ -572,6 +604,10 @@ impl ProxyHttp for Gateway {
         route.timeouts.apply(&mut peer.options);
         if let Some(left) = left {
             attempts::bound_by_deadline(&mut peer.options, left);
+        }
+        streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
+        if ctx.stream.upgrade {
+            streaming::upgrade_peer(&mut peer.options, route);
         }
         Ok(Box::new(peer))
     }
@@ -736,6 +772,7 @@ impl ProxyHttp for Gateway {
             route.request_headers.apply_request(req);
         }
         body::upstream_request(req, ctx)?;
+        streaming::upstream_request(req, &ctx.stream)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
@@ -758,6 +795,8 @@ impl ProxyHttp for Gateway {
         }
         // Before the cache sees it: a stored response never carries another hop's fields.
         headers::strip_hop_by_hop_response(resp);
+        let h1 = session.req_header().version < http::Version::HTTP_2;
+        streaming::response_header(resp, &ctx.stream, h1)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_response(session, resp, &mut ctx.cache, cache);
         let now = Instant::now();
@@ -792,6 +831,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         refresh::give_back(session, &mut ctx.request.lent_version);
+        streaming::upgraded(session, resp, ctx);
+        streaming::keep_streams_uncompressed(session, resp);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
             let cache = ctx.routing.cache();
             phases::on_response(
@@ -832,7 +873,9 @@ impl ProxyHttp for Gateway {
         body::response_header(session, resp, ctx)
     }
 
-    /// The route's response transform holds, rewrites or replaces the body.
+    /// The route's response transform holds, rewrites or replaces the body; a bridged
+    /// gRPC-web text response is then base64-encoded chunk by chunk, and a tunnel's
+    /// frames keep it from its idle limit.
     fn response_body_filter(
         &self,
         session: &mut Session,
@@ -841,7 +884,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         body::response_body(session, body, end_of_stream, ctx)?;
+        streaming::response_body(body, &ctx.stream);
         Ok(None)
+    }
+
+    /// A bridged gRPC-web call's trailers become the trailer frame ending its body.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        Ok(streaming::trailers(trailers, &ctx.stream))
     }
 
     /// An error ended the request: problem+json when nothing was written yet.

@@ -48,6 +48,18 @@ pub struct Route {
     /// `aggregate:`: the route answers from these calls and never proxies; `upstream`
     /// above is then its first call's (it is never contacted as the route's own).
     pub aggregate: Option<Arc<crate::policy::aggregate::AggregatePlan>>,
+    /// `websocket:`: upgrades are accepted, within these limits.
+    pub websocket: Option<WebSocketLimits>,
+    /// `grpc.web`: gRPC-web clients are bridged to the gRPC upstream.
+    pub grpc_web: bool,
+}
+
+/// A WebSocket route's limits and its open-connection gauge.
+#[derive(Debug, Clone)]
+pub struct WebSocketLimits {
+    pub idle: Duration,
+    pub max: Duration,
+    pub open: prometheus::IntGauge,
 }
 
 /// A route's own `timeouts`, laid over the upstream's peer options per request.
@@ -276,6 +288,12 @@ impl Snapshot {
                     .and_then(crate::policy::transform::ResponseTransform::compile)
                     .map(Arc::new),
                 aggregate,
+                websocket: r.websocket.as_ref().map(|w| WebSocketLimits {
+                    idle: w.idle(),
+                    max: w.max(),
+                    open: m.websocket_connections.with_label_values(&[&r.name]),
+                }),
+                grpc_web: r.grpc.as_ref().is_some_and(|g| g.web),
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),

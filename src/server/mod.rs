@@ -43,6 +43,7 @@
 //! Pingora reads bodies in 64 KiB chunks that bypass a small read buffer anyway.
 
 use crate::error::Reject;
+use crate::proxy::streaming::Tunnel;
 use crate::proxy::Gateway;
 use crate::runtime::Shared;
 use async_trait::async_trait;
@@ -282,7 +283,11 @@ impl App {
             }
             session.set_pipelined_prefix(head);
             first = false;
-            match self.proxy.process_new_http(session, shutdown).await {
+            // A WebSocket tunnel's idle and total limits (`proxy::streaming`): the
+            // request is dropped, both connections with it, when they run out.
+            let tunnel = Arc::new(Tunnel::default());
+            let served = tunnel.run(self.proxy.process_new_http(session, shutdown));
+            match served.await {
                 Some(reused) => {
                     let (s, p) = reused.consume();
                     stream = s;

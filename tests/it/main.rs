@@ -31,6 +31,7 @@ mod config_check;
 mod defaults;
 mod echo;
 mod failures;
+mod grpc;
 mod jose_vectors;
 mod jwks;
 mod keys_bounds;
@@ -42,8 +43,10 @@ mod path_protocol;
 mod retries;
 mod routing;
 mod server_loop;
+mod streaming;
 mod tls_h2;
 mod transforms;
+mod websocket;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
 /// built: a new `tests/<name>.rs` or a file here without its `mod` line would pass
