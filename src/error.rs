@@ -67,6 +67,12 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
+    /// 403: the client address is refused by a listener's or route's `ip` rules.
+    IpDenied,
+    /// 414: the request target is longer than the route's `max_url` (bytes).
+    UriTooLong(usize),
+    /// 431: more header fields than the route's `max_headers`.
+    TooManyHeaders(usize),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -99,6 +105,9 @@ impl Reject {
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
             Reject::RequestTimeout => 408,
+            Reject::IpDenied => 403,
+            Reject::UriTooLong(_) => 414,
+            Reject::TooManyHeaders(_) => 431,
         }
     }
 
@@ -123,6 +132,10 @@ impl Reject {
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
             Reject::RequestTimeout => "request-timeout",
+            Reject::IpDenied => "ip-denied",
+            Reject::UriTooLong(_) => "uri-too-long",
+            // The same problem as a header block over `max_header_size`.
+            Reject::TooManyHeaders(_) => "headers-too-large",
         }
     }
 
@@ -142,6 +155,9 @@ impl Reject {
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
             Reject::RequestTimeout => "Request Timeout",
+            Reject::IpDenied => "Forbidden",
+            Reject::UriTooLong(_) => "URI Too Long",
+            Reject::TooManyHeaders(_) => "Request Header Fields Too Large",
         }
     }
 
@@ -180,6 +196,14 @@ impl Reject {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
+            // Never which list or which address: that is for the operator's metrics.
+            Reject::IpDenied => "requests from this address are not accepted here".into(),
+            Reject::UriTooLong(max) => {
+                format!("the request target exceeds the limit of {max} bytes")
+            }
+            Reject::TooManyHeaders(max) => {
+                format!("the request has more than {max} header fields")
+            }
         }
     }
 
@@ -251,7 +275,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 21] = [
+    const REASONS: [&str; 24] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -273,6 +297,10 @@ mod tests {
         "quota-exceeded",
         "limit-store-unavailable",
         "request-timeout",
+        "ip-denied",
+        "uri-too-long",
+        // Again: a header count over `max_headers` is the same problem as a block too large.
+        "headers-too-large",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -315,6 +343,9 @@ mod tests {
             limited(true),
             Reject::LimitStoreUnavailable,
             Reject::RequestTimeout,
+            Reject::IpDenied,
+            Reject::UriTooLong(1),
+            Reject::TooManyHeaders(1),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

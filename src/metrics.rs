@@ -14,6 +14,7 @@
 //! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
 //! | `reason` (`rejected`) | `proxy::Reject::slug` | an enum |
 //! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
+//! | `scope`, `name`, `rule` (`ip_rejected`) | `listener`/`route`, the configured name, `allow`/`deny` | the config's size |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -47,7 +48,7 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable, request-timeout.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, ip-denied, uri-too-long.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -59,6 +60,9 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// Client connections closed at accept because the listener was at `max_connections`.
     pub downstream_refused: IntCounterVec,
+    /// Requests refused by `ip` rules: `scope` listener | route, `name` the configured
+    /// listener or route name, `rule` allow | deny (which list refused).
+    pub ip_rejected: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -173,6 +177,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_downstream_connections_refused_total",
             "Client connections refused at accept because the listener was at max_connections",
             &["listener"]
+        )?,
+        ip_rejected: register_int_counter_vec!(
+            "gatehouse_ip_rejected_total",
+            "Requests refused by a listener's or route's ip rules, by scope, name and rule",
+            &["scope", "name", "rule"]
         )?,
     })
 }

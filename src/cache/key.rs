@@ -77,12 +77,19 @@ pub struct VaryOn<'a> {
     /// The identity fields sent to the upstream (`policy::headers::identity_fields`);
     /// empty for an anonymous request.
     pub identity: &'a [(&'a str, http::HeaderValue)],
+    /// On a route with `cors`: the request's origin when the route allows it, empty
+    /// otherwise (`policy::cors::Cors::cache_variant`), so each allowed origin has its
+    /// own variant and every other origin shares one.
+    pub cors_origin: Option<&'a [u8]>,
 }
 
 /// The variance of a request against a stored (or about to be stored) response.
 pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
     vb.add_value("\0route", on.route);
+    if let Some(origin) = on.cors_origin {
+        vb.add_value("\0cors-origin", origin);
+    }
     let mut names = vary_names(response);
     names.extend(on.route_vary.iter().cloned());
     for name in names {
@@ -256,6 +263,31 @@ mod tests {
             ..VaryOn::default()
         };
         assert_eq!(v(&plain, &a), v(&plain, &[]));
+    }
+
+    #[test]
+    fn cors_routes_keep_one_variant_per_allowed_origin() {
+        let resp = headers(&[]);
+        let req = headers(&[]);
+        let on = |origin| VaryOn {
+            route: "r",
+            cors_origin: origin,
+            ..VaryOn::default()
+        };
+        let a: &[u8] = b"https://a.test";
+        let b: &[u8] = b"https://b.test";
+        assert_ne!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(b)), &resp, &req)
+        );
+        assert_ne!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(b"")), &resp, &req)
+        );
+        assert_eq!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(a)), &resp, &req)
+        );
     }
 
     #[test]

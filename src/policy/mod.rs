@@ -11,8 +11,12 @@
 pub mod api_key;
 pub mod auth;
 pub mod client_ip;
+pub mod compression;
 pub mod consumers;
+pub mod cors;
+pub mod edge;
 pub mod headers;
+pub mod ip;
 pub mod jwt;
 pub mod limits;
 pub mod quota;

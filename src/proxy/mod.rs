@@ -86,6 +86,18 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     Ok(())
 }
 
+/// Sends a CORS preflight's answer (`policy::cors::Cors::preflight`): never forwarded,
+/// not a rejection.
+async fn answer_preflight(
+    session: &mut Session,
+    ctx: &Ctx,
+    mut resp: Box<ResponseHeader>,
+) -> Result<()> {
+    headers::apply_server_header(&mut resp, server_header(ctx));
+    resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
+    session.write_response_header(resp, true).await
+}
+
 /// `server.server_header` of the snapshot the request started with.
 fn server_header(ctx: &Ctx) -> &str {
     ctx.routing
@@ -271,6 +283,12 @@ impl ProxyHttp for Gateway {
         Ctx::new(&self.shared)
     }
 
+    /// Our response compression (`policy::compression`) instead of Pingora's disabled
+    /// default module.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(Box::new(crate::policy::compression::ModuleBuilder));
+    }
+
     /// Admission, then the fields a client may not set (identity, and URL-building
     /// fields unless trusted), then the policies. A background refresh has its own
     /// (`refresh_filter`).
@@ -283,6 +301,19 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
+        // CORS before authentication and limits: a preflight carries no credential.
+        if let Some(route) = ctx.routing.route.clone() {
+            if let Some(cors) = &route.edge.cors {
+                if crate::policy::cors::is_preflight(session.req_header()) {
+                    let resp = cors.preflight(session.req_header())?;
+                    answer_preflight(session, ctx, resp).await?;
+                    return Ok(true);
+                }
+                // On whatever answers it, a rejection included (a script can read its 401).
+                let fields = cors.actual_fields(&session.req_header().headers);
+                ctx.response.extra_headers.extend(fields);
+            }
+        }
         if let Some(reject) = self.run_policies(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
@@ -368,7 +399,13 @@ impl ProxyHttp for Gateway {
             .as_deref()
             .map(headers::identity_fields)
             .unwrap_or_default();
+        let origin = route
+            .edge
+            .cors
+            .as_ref()
+            .map(|c| c.cache_variant(&req.headers));
         let on = crate::cache::key::VaryOn {
+            cors_origin: origin.as_deref(),
             route: &route.name,
             route_vary: &rc.vary,
             forwarded: if ctx.request.forwarded_trusted {
@@ -673,6 +710,9 @@ impl ProxyHttp for Gateway {
         headers::apply_server_header(resp, server_header(ctx));
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
+            if let Some(cors) = &route.edge.cors {
+                cors.on_response(resp);
+            }
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         if resp.status.is_informational() {
@@ -687,6 +727,19 @@ impl ProxyHttp for Gateway {
         }
         if ctx.timing.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
+        }
+        // Last, after the cache (which stores the identity copy): encode for this client.
+        // A background refresh has no client to encode for.
+        if let Some(c) = ctx.route().and_then(|r| r.edge.compression.as_ref()) {
+            if !ctx.request.refresh {
+                let encoder = c.on_response(session.req_header(), resp);
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<crate::policy::compression::CompressModule>()
+                {
+                    m.set(encoder);
+                }
+            }
         }
         Ok(())
     }

@@ -39,6 +39,8 @@ pub struct Route {
     pub requests: crate::metrics::RequestCounters,
     /// Authenticate, authorize and limit, in that order.
     pub policies: Vec<Arc<dyn Policy>>,
+    /// CORS, `ip` rules, compression and the shape limits (`policy::edge`).
+    pub edge: crate::policy::edge::Edge,
 }
 
 /// A route's own `timeouts`, laid over the upstream's peer options per request.
@@ -94,6 +96,8 @@ pub struct Snapshot {
     pub server_timing_listeners: HashSet<SocketAddr>,
     /// Each listener's `path_policy` (listeners without one have the default).
     pub path_policies: Vec<(SocketAddr, crate::path::Policy)>,
+    /// The `ip` rules of the listeners that have them.
+    pub listener_ip: Vec<(SocketAddr, crate::policy::ip::IpRules)>,
     pub unmatched_duration: Histogram,
     pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
@@ -117,6 +121,15 @@ impl Snapshot {
             .find(|(a, _)| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
             .map(|(_, p)| *p)
             .unwrap_or_default()
+    }
+
+    /// The `ip` rules of the listener at `local`, found as `path_policy` finds its policy.
+    pub fn listener_ip(&self, local: Option<SocketAddr>) -> Option<&crate::policy::ip::IpRules> {
+        let local = local?;
+        self.listener_ip
+            .iter()
+            .find(|(a, _)| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
+            .map(|(_, r)| r)
     }
 
     /// Checks and builds the runtime form: the one function `gatehouse check`, start-up
@@ -158,8 +171,11 @@ impl Snapshot {
             }
             let path = route_path(i, &r.matches, &mut errs);
             let methods = auth.route_methods(cfg, i, r, &mut errs);
-            if let (Some(path), Some(methods)) = (path, methods) {
-                checked.push((i, r, path, methods));
+            let edge = crate::policy::edge::Edge::compile(i, r)
+                .map_err(|e| errs.extend(e))
+                .ok();
+            if let (Some(path), Some(methods), Some(edge)) = (path, methods, edge) {
+                checked.push((i, r, path, methods, edge));
             }
         }
         if !errs.is_empty() {
@@ -182,7 +198,7 @@ impl Snapshot {
         let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
         let m = crate::metrics::metrics();
         let mut entries = Vec::with_capacity(checked.len());
-        for (i, r, path, methods) in checked {
+        for (i, r, path, methods, edge) in checked {
             let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
                 // The checking pass found the name and built every upstream.
                 errs.push(ConfigError::new(
@@ -235,6 +251,7 @@ impl Snapshot {
                 duration: m.http_duration.with_label_values(&[&r.name]),
                 requests: crate::metrics::RequestCounters::new(&r.name),
                 policies: route_policies,
+                edge,
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),
@@ -264,7 +281,17 @@ impl Snapshot {
                 Some((l.address.parse().ok()?, policy))
             })
             .collect();
+        let listener_ip = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let rules =
+                    crate::policy::ip::IpRules::compile("listener", &l.name, l.ip.as_ref()?);
+                Some((l.address.parse().ok()?, rules))
+            })
+            .collect();
         Ok(Snapshot {
+            listener_ip,
             path_policies,
             router,
             upstreams,
