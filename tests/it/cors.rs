@@ -114,7 +114,11 @@ async fn a_credentialed_preflight_is_answered_before_auth_and_limits_and_never_f
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("access-control-allow-origin"), Some(APP), "never *");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some(APP),
+        "never *"
+    );
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert_eq!(
         r.header("access-control-expose-headers"),
@@ -130,7 +134,13 @@ async fn wildcard_and_regex_origins_and_a_preflight_without_credentials() {
     let gw = gateway(&up).await;
     let http = client();
     for origin in ["https://shop.partner.test", "https://acme.tenant.test"] {
-        let r = send(&http, "OPTIONS", &gw.url("/private/x"), &preflight(origin, "GET", "")).await;
+        let r = send(
+            &http,
+            "OPTIONS",
+            &gw.url("/private/x"),
+            &preflight(origin, "GET", ""),
+        )
+        .await;
         assert_eq!(r.status, 204);
         assert_eq!(r.header("access-control-allow-origin"), Some(origin));
     }
@@ -155,9 +165,18 @@ async fn wildcard_and_regex_origins_and_a_preflight_without_credentials() {
     .await;
     assert_eq!(r.status, 204);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(r.header("access-control-allow-methods"), Some("GET, HEAD, POST"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET, HEAD, POST")
+    );
     assert!(r.header("access-control-allow-credentials").is_none());
-    let r = send(&http, "GET", &gw.url("/public/x"), &[("origin", "https://anyone.test")]).await;
+    let r = send(
+        &http,
+        "GET",
+        &gw.url("/public/x"),
+        &[("origin", "https://anyone.test")],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
     assert_eq!(up.hits(), 1, "only the actual request was forwarded");
@@ -170,18 +189,33 @@ async fn a_disallowed_origin_gets_no_cors_fields_and_is_not_an_error() {
     let http = client();
     let evil = "https://evil.test";
     // A preflight from it: 204 without CORS fields, not forwarded.
-    let r = send(&http, "OPTIONS", &gw.url("/private/x"), &preflight(evil, "GET", "")).await;
+    let r = send(
+        &http,
+        "OPTIONS",
+        &gw.url("/private/x"),
+        &preflight(evil, "GET", ""),
+    )
+    .await;
     assert_eq!(r.status, 204);
     assert!(cors_fields(&r).is_empty(), "{:?}", cors_fields(&r));
     // An allowed origin announcing a method or a header `cors` does not allow: same.
-    for (path, m, h) in [("/public/x", "DELETE", ""), ("/private/x", "GET", "x-secret")] {
+    for (path, m, h) in [
+        ("/public/x", "DELETE", ""),
+        ("/private/x", "GET", "x-secret"),
+    ] {
         let r = send(&http, "OPTIONS", &gw.url(path), &preflight(APP, m, h)).await;
         assert_eq!(r.status, 204);
         assert!(cors_fields(&r).is_empty(), "{m} {h}: {:?}", cors_fields(&r));
     }
     // A preflight is routed as the request it announces: no route takes DELETE on
     // /private, so it gets that request's 404.
-    let r = send(&http, "OPTIONS", &gw.url("/private/x"), &preflight(APP, "DELETE", "")).await;
+    let r = send(
+        &http,
+        "OPTIONS",
+        &gw.url("/private/x"),
+        &preflight(APP, "DELETE", ""),
+    )
+    .await;
     assert_problem(&r, 404);
     assert_eq!(up.hits(), 0);
     // The actual request is served, without CORS fields.
@@ -196,7 +230,13 @@ async fn a_disallowed_origin_gets_no_cors_fields_and_is_not_an_error() {
     assert!(cors_fields(&r).is_empty(), "{:?}", cors_fields(&r));
     assert!(varies_on(&r, "origin"));
     // On a route without `cors`, a preflight is the upstream's business.
-    let r = send(&http, "OPTIONS", &gw.url("/plain/x"), &preflight(APP, "GET", "")).await;
+    let r = send(
+        &http,
+        "OPTIONS",
+        &gw.url("/plain/x"),
+        &preflight(APP, "GET", ""),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last_request().map(|q| q.method), Some("OPTIONS".into()));
 }
@@ -223,15 +263,36 @@ async fn the_upstreams_own_cors_fields_are_replaced_and_the_cache_keeps_a_varian
     };
     let a1 = get("https://a.test").await;
     assert_eq!(a1.text(), "body 1");
-    assert_eq!(a1.header("access-control-allow-origin"), Some("https://a.test"));
-    assert!(varies_on(&a1, "origin") && varies_on(&a1, "accept-language"), "{:?}", a1.headers);
+    assert_eq!(
+        a1.header("access-control-allow-origin"),
+        Some("https://a.test")
+    );
+    assert!(
+        varies_on(&a1, "origin") && varies_on(&a1, "accept-language"),
+        "{:?}",
+        a1.headers
+    );
     let b1 = get("https://b.test").await;
-    assert_eq!(b1.text(), "body 2", "another allowed origin: its own variant");
-    assert_eq!(b1.header("access-control-allow-origin"), Some("https://b.test"));
+    assert_eq!(
+        b1.text(),
+        "body 2",
+        "another allowed origin: its own variant"
+    );
+    assert_eq!(
+        b1.header("access-control-allow-origin"),
+        Some("https://b.test")
+    );
     let a2 = get("https://a.test").await;
     assert_eq!(a2.text(), "body 1", "a hit of a's variant");
-    assert!(a2.header("cache-status").unwrap_or("").contains("hit"), "{:?}", a2.headers);
-    assert_eq!(a2.header("access-control-allow-origin"), Some("https://a.test"));
+    assert!(
+        a2.header("cache-status").unwrap_or("").contains("hit"),
+        "{:?}",
+        a2.headers
+    );
+    assert_eq!(
+        a2.header("access-control-allow-origin"),
+        Some("https://a.test")
+    );
     // Disallowed origins share one variant, and never see the upstream's `*`.
     let x = get("https://x.test").await;
     assert_eq!(x.text(), "body 3");
@@ -262,5 +323,8 @@ fn check_refuses_a_credentialed_wildcard_origin_with_its_path() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("routes[0].cors.origins[0]"), "{out}");
     assert!(out.contains("credentials"), "{out}");
-    assert!(out.contains("routes[1].cors.origins[0]: invalid regex"), "{out}");
+    assert!(
+        out.contains("routes[1].cors.origins[0]: invalid regex"),
+        "{out}"
+    );
 }

@@ -42,6 +42,7 @@ mod operations;
 mod path_protocol;
 mod routing;
 mod server_loop;
+mod shape_limits;
 mod tls_h2;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
