@@ -328,3 +328,57 @@ fn check_refuses_a_credentialed_wildcard_origin_with_its_path() {
         "{out}"
     );
 }
+
+/// The README's "Edge policies" examples against `conf/demo.yaml`: the preflight on
+/// /account, the compressed orders response, the refused /internal.
+#[tokio::test]
+async fn the_demo_config_answers_the_readme_edge_examples() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let up = Upstream::start("echo").await;
+    let other = Upstream::start("other").await;
+    let yaml = std::fs::read_to_string(root.join("conf/demo.yaml"))
+        .unwrap()
+        .replace(
+            "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",
+            &format!("127.0.0.1:{}", common::free_port()),
+        )
+        .replace(
+            "${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:9901}",
+            &format!("127.0.0.1:{}", common::free_port()),
+        )
+        .replace("127.0.0.1:9001", &up.address())
+        .replace("127.0.0.1:9002", &other.address())
+        .replace("path: stdout", "path: \"off\"");
+    let gw = Gateway::start(&yaml).await;
+    let http = client();
+    let r = send(
+        &http,
+        "OPTIONS",
+        &gw.url("/account"),
+        &preflight("http://localhost:3000", "GET", "authorization"),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let r = send(
+        &http,
+        "GET",
+        &gw.url("/api/v1/orders/42"),
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        r.headers
+    );
+    let r = send(&http, "GET", &gw.url("/internal/x"), &[]).await;
+    assert_problem(&r, 403);
+    assert_eq!(up.hits() + other.hits(), 1);
+}
