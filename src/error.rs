@@ -73,6 +73,9 @@ pub enum Reject {
     UriTooLong(usize),
     /// 431: more header fields than the route's `max_headers`.
     TooManyHeaders(usize),
+    /// 413: a request body decoded under `compression.decompress_requests` grew past its
+    /// bounds (size, or ratio to the encoded bytes): a decompression bomb.
+    DecompressedTooLarge(u64),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -108,6 +111,7 @@ impl Reject {
             Reject::IpDenied => 403,
             Reject::UriTooLong(_) => 414,
             Reject::TooManyHeaders(_) => 431,
+            Reject::DecompressedTooLarge(_) => 413,
         }
     }
 
@@ -136,6 +140,7 @@ impl Reject {
             Reject::UriTooLong(_) => "uri-too-long",
             // The same problem as a header block over `max_header_size`.
             Reject::TooManyHeaders(_) => "headers-too-large",
+            Reject::DecompressedTooLarge(_) => "decompressed-body-too-large",
         }
     }
 
@@ -158,6 +163,7 @@ impl Reject {
             Reject::IpDenied => "Forbidden",
             Reject::UriTooLong(_) => "URI Too Long",
             Reject::TooManyHeaders(_) => "Request Header Fields Too Large",
+            Reject::DecompressedTooLarge(_) => "Content Too Large",
         }
     }
 
@@ -204,6 +210,9 @@ impl Reject {
             Reject::TooManyHeaders(max) => {
                 format!("the request has more than {max} header fields")
             }
+            Reject::DecompressedTooLarge(max) => format!(
+                "the decoded request body exceeds its bounds (at most {max} bytes, and a bounded expansion ratio)"
+            ),
         }
     }
 
@@ -275,7 +284,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 24] = [
+    const REASONS: [&str; 25] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -301,6 +310,7 @@ mod tests {
         "uri-too-long",
         // Again: a header count over `max_headers` is the same problem as a block too large.
         "headers-too-large",
+        "decompressed-body-too-large",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -346,6 +356,7 @@ mod tests {
             Reject::IpDenied,
             Reject::UriTooLong(1),
             Reject::TooManyHeaders(1),
+            Reject::DecompressedTooLarge(1),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

@@ -48,7 +48,8 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable, request-timeout, ip-denied, uri-too-long.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, ip-denied, uri-too-long,
+    /// decompressed-body-too-large.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,

@@ -92,6 +92,32 @@ pub struct Compression {
     /// zstd 1-19, default 3).
     #[serde(default, skip_serializing_if = "Levels::is_default")]
     pub levels: Levels,
+    /// Extension: request bodies sent with `Content-Encoding: gzip | br | zstd` are
+    /// decoded before they go upstream, within these bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decompress_requests: Option<DecompressRequests>,
+}
+
+fn default_max_expanded() -> Size {
+    Size(8 * 1024 * 1024)
+}
+
+fn default_max_ratio() -> u32 {
+    100
+}
+
+/// `routes[].compression.decompress_requests`: the bounds that stop a decompression
+/// bomb while it expands (checked on every chunk, before the expanded bytes are kept).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecompressRequests {
+    /// The most a decoded body may grow to. Default 8MiB.
+    #[serde(default = "default_max_expanded")]
+    pub max_size: Size,
+    /// Decoded bytes per encoded byte allowed once the decoded body passes 1 MiB
+    /// (smaller bodies are bounded by `max_size` only). Default 100.
+    #[serde(default = "default_max_ratio")]
+    pub max_ratio: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -313,6 +339,20 @@ fn compression(errs: &mut Vec<ConfigError>, p: &str, c: &Compression) {
             ));
         }
     }
+    if let Some(d) = &c.decompress_requests {
+        if d.max_size.0 < 1024 {
+            errs.push(ConfigError::new(
+                format!("{p}.decompress_requests.max_size"),
+                "must be at least 1KiB",
+            ));
+        }
+        if d.max_ratio < 2 {
+            errs.push(ConfigError::new(
+                format!("{p}.decompress_requests.max_ratio"),
+                "must be at least 2",
+            ));
+        }
+    }
 }
 
 fn media_range_ok(t: &str) -> bool {
@@ -407,7 +447,7 @@ mod tests {
     #[test]
     fn compression_settings_are_checked() {
         let e = paths(
-            "routes: [ { name: r, upstream: u, compression: { algorithms: [gzip, gzip], types: [\"text/*\", \"json\", \"*/*\"], levels: { gzip: 10, br: 11 } }, max_headers: 0, max_url: 8 } ]\n",
+            "routes: [ { name: r, upstream: u, compression: { algorithms: [gzip, gzip], types: [\"text/*\", \"json\", \"*/*\"], levels: { gzip: 10, br: 11 }, decompress_requests: { max_size: 10, max_ratio: 1 } }, max_headers: 0, max_url: 8 } ]\n",
         );
         let p: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
@@ -417,6 +457,8 @@ mod tests {
                 "routes[0].compression.types[1]",
                 "routes[0].compression.types[2]",
                 "routes[0].compression.levels.gzip",
+                "routes[0].compression.decompress_requests.max_size",
+                "routes[0].compression.decompress_requests.max_ratio",
                 "routes[0].max_headers",
                 "routes[0].max_url",
             ],

@@ -68,6 +68,7 @@ pub struct Compression {
     gzip_level: u32,
     br_level: u32,
     zstd_level: i32,
+    decompress_requests: Option<crate::config::edge::DecompressRequests>,
 }
 
 impl Compression {
@@ -94,7 +95,13 @@ impl Compression {
             gzip_level: c.levels.gzip.unwrap_or(6),
             br_level: c.levels.br.unwrap_or(4),
             zstd_level: c.levels.zstd.map_or(3, |l| l as i32),
+            decompress_requests: c.decompress_requests,
         }
+    }
+
+    /// The bounds of request-body decoding, when the route decodes request bodies.
+    pub fn decompress_requests(&self) -> Option<crate::config::edge::DecompressRequests> {
+        self.decompress_requests
     }
 
     /// The coding to send for this `Accept-Encoding` (every field of it), if any: the

@@ -14,6 +14,7 @@ pub mod client_ip;
 pub mod compression;
 pub mod consumers;
 pub mod cors;
+pub mod decompression;
 pub mod edge;
 pub mod headers;
 pub mod ip;

@@ -318,15 +318,27 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        // After the policies: a refused request's body is never decoded.
+        let limits = ctx
+            .route()
+            .and_then(|r| r.edge.compression.as_ref())
+            .and_then(|c| c.decompress_requests());
+        if let Some(limits) = limits {
+            ctx.request.decoder = crate::policy::decompression::RequestDecoder::for_request(
+                session.req_header(),
+                &limits,
+            );
+        }
         Ok(false)
     }
 
-    /// Counts the body against the route's `max_body` as it arrives.
+    /// Counts the body against the route's `max_body` as it arrives (encoded bytes, as
+    /// sent), then decodes it when `decompress_requests` applies.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -337,6 +349,23 @@ impl ProxyHttp for Gateway {
                     return Error::e_explain(
                         ErrorType::HTTPStatus(413),
                         "request body over max_body",
+                    );
+                }
+            }
+        }
+        if let Some(d) = ctx.request.decoder.as_mut() {
+            let input = body.take().unwrap_or_default();
+            match d.decode(&input, end_of_stream) {
+                // An empty last chunk goes as none (Pingora would write a zero-size chunk
+                // and then the terminator again); an empty chunk before it stays empty,
+                // which Pingora skips (`None` there would end the upstream body).
+                Ok(out) => *body = (!(out.is_empty() && end_of_stream)).then_some(out),
+                Err(reject) => {
+                    let status = reject.status();
+                    ctx.response.reject = Some(reject);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "request body could not be decoded within its bounds",
                     );
                 }
             }
@@ -639,6 +668,9 @@ impl ProxyHttp for Gateway {
         }
         if let Some(route) = ctx.route() {
             route.request_headers.apply_request(req);
+        }
+        if ctx.request.decoder.is_some() {
+            crate::policy::decompression::decoded_request_header(req)?;
         }
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);

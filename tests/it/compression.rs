@@ -374,3 +374,82 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test]
+async fn request_bodies_are_decoded_for_the_upstream_and_a_bomb_is_refused() {
+    use crate::common::{assert_problem, config, Gateway, Upstream};
+    let up = Upstream::start("u").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  u: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: d, upstream: u, max_body: 1MiB, compression: {{ algorithms: [gzip], decompress_requests: {{ max_size: 4MiB, max_ratio: 50 }} }} }}\n",
+        up.address()
+    )))
+    .await;
+    let http = client();
+    let plain = doc(300_000);
+    let post = |coding: &'static str, body: Vec<u8>| {
+        let http = http.clone();
+        let url = gw.url("/upload");
+        async move {
+            let r = http
+                .post(&url)
+                .header("content-encoding", coding)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .expect("POST");
+            Resp::from_reqwest(r).await
+        }
+    };
+    let br = {
+        let mut w = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+        w.write_all(&plain).unwrap();
+        w.into_inner()
+    };
+    let zs = zstd::stream::encode_all(&plain[..], 3).unwrap();
+    for (coding, body) in [("gzip", gzip(&plain)), ("br", br), ("zstd", zs)] {
+        let r = post(coding, body).await;
+        assert_eq!(r.status, 200, "{coding}: {}", r.text());
+        let seen = up.last_request().expect("forwarded");
+        assert_eq!(seen.body_len, plain.len(), "{coding}: the upstream got identity");
+        assert!(seen.header("content-encoding").is_none(), "{coding}");
+        assert!(seen.header("content-length").is_none(), "{coding}");
+    }
+    // An unknown coding is the upstream's business: passed untouched.
+    let r = post("deflate", b"xyz".to_vec()).await;
+    assert_eq!(r.status, 200);
+    let seen = up.last_request().unwrap();
+    assert_eq!(seen.header("content-encoding").as_deref(), Some("deflate"));
+    assert_eq!(seen.body_len, 3);
+    let hits = up.hits();
+    // 256 MiB of zeros in about 250 KiB of gzip: within max_body, refused as it expands.
+    let bomb = gzip(&vec![0u8; 256 << 20]);
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let r = post("gzip", bomb).await;
+    assert_problem(&r, 413);
+    assert_eq!(
+        r.json()["type"],
+        "https://gatehouse.dev/problems/decompressed-body-too-large"
+    );
+    // Not valid gzip: 400.
+    let r = post("gzip", b"definitely not gzip".to_vec()).await;
+    assert_problem(&r, 400);
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.get(
+            "gatehouse_rejected_requests_total",
+            &[("reason", "decompressed-body-too-large")]
+        ),
+        Some(1.0)
+    );
+    // Whatever reached the upstream of the refused bodies never completed as a request
+    // bigger than the bound.
+    assert!(up.requests().iter().all(|q| q.body_len <= 4 << 20));
+    assert!(up.hits() <= hits + 2);
+}
