@@ -186,7 +186,8 @@ impl Compression {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n < self.min_size) {
+        // An empty body stays empty (an encoded empty body is not empty).
+        if declared.is_some_and(|n| n == 0 || n < self.min_size) {
             return false;
         }
         let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
@@ -478,6 +479,15 @@ mod tests {
             ("content-length", "99")
         ])));
         assert!(!c.eligible(&resp(&[("content-type", "image/png")])));
+        let z = comp("{ min_size: 0 }");
+        assert!(!z.eligible(&resp(&[
+            ("content-type", "text/html"),
+            ("content-length", "0")
+        ])));
+        assert!(z.eligible(&resp(&[
+            ("content-type", "text/html"),
+            ("content-length", "1")
+        ])));
         assert!(!c.eligible(&resp(&[])));
         assert!(!c.eligible(&resp(&[
             ("content-type", "text/plain"),

@@ -417,7 +417,11 @@ async fn request_bodies_are_decoded_for_the_upstream_and_a_bomb_is_refused() {
         let r = post(coding, body).await;
         assert_eq!(r.status, 200, "{coding}: {}", r.text());
         let seen = up.last_request().expect("forwarded");
-        assert_eq!(seen.body_len, plain.len(), "{coding}: the upstream got identity");
+        assert_eq!(
+            seen.body_len,
+            plain.len(),
+            "{coding}: the upstream got identity"
+        );
         assert!(seen.header("content-encoding").is_none(), "{coding}");
         assert!(seen.header("content-length").is_none(), "{coding}");
     }
