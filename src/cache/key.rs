@@ -81,6 +81,10 @@ pub struct VaryOn<'a> {
     /// otherwise (`policy::cors::Cors::cache_variant`), so each allowed origin has its
     /// own variant and every other origin shares one.
     pub cors_origin: Option<&'a [u8]>,
+    /// The route compresses for each client (`compression`) and asks the upstream for
+    /// identity: the stored response cannot depend on the client's `Accept-Encoding`,
+    /// so a `Vary: Accept-Encoding` from the upstream does not split the one copy.
+    pub identity_coding: bool,
 }
 
 /// The variance of a request against a stored (or about to be stored) response.
@@ -95,6 +99,9 @@ pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> O
     for name in names {
         if name == "*" {
             continue; // never stored (rules::decide)
+        }
+        if on.identity_coding && name.eq_ignore_ascii_case("accept-encoding") {
+            continue;
         }
         let value = normalized_request_value(request, &name)
             .map(String::into_bytes)
@@ -287,6 +294,26 @@ mod tests {
         assert_eq!(
             variance(&on(Some(a)), &resp, &req),
             variance(&on(Some(a)), &resp, &req)
+        );
+    }
+
+    #[test]
+    fn accept_encoding_does_not_split_a_route_that_compresses_itself() {
+        let resp = headers(&[("vary", "Accept-Encoding")]);
+        let gz = headers(&[("accept-encoding", "gzip")]);
+        let br = headers(&[("accept-encoding", "br")]);
+        let on = |identity_coding| VaryOn {
+            route: "r",
+            identity_coding,
+            ..VaryOn::default()
+        };
+        assert_eq!(
+            variance(&on(true), &resp, &gz),
+            variance(&on(true), &resp, &br)
+        );
+        assert_ne!(
+            variance(&on(false), &resp, &gz),
+            variance(&on(false), &resp, &br)
         );
     }
 

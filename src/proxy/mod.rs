@@ -435,6 +435,7 @@ impl ProxyHttp for Gateway {
             .map(|c| c.cache_variant(&req.headers));
         let on = crate::cache::key::VaryOn {
             cors_origin: origin.as_deref(),
+            identity_coding: route.edge.compression.is_some(),
             route: &route.name,
             route_vary: &rc.vary,
             forwarded: if ctx.request.forwarded_trusted {
@@ -671,6 +672,11 @@ impl ProxyHttp for Gateway {
         }
         if ctx.request.decoder.is_some() {
             crate::policy::decompression::decoded_request_header(req)?;
+        }
+        if ctx.route().is_some_and(|r| r.edge.compression.is_some()) {
+            // The gateway encodes for each client, after the cache: ask for the identity
+            // bytes (no field at all would mean any coding, RFC 9110 §12.5.3).
+            req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         }
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
