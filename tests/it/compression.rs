@@ -468,3 +468,40 @@ async fn request_bodies_are_decoded_for_the_upstream_and_a_bomb_is_refused() {
     assert!(up.requests().iter().all(|q| q.body_len <= 4 << 20));
     assert!(up.hits() <= hits + 2);
 }
+
+/// Over h2c: encoded without HTTP/1 framing fields, decoded intact, the cache copy too.
+#[tokio::test]
+async fn h2c_clients_get_encoded_answers() {
+    let origin = Origin::start().await;
+    let body = doc(12_000);
+    let b = body.clone();
+    origin.script("/c/h2", move |_, _| {
+        Reply::ok("max-age=60", b.clone()).header("content-type", "application/json")
+    });
+    let yaml = crate::common::config(&format!(
+        "cache: {{ memory: 1MiB }}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: c, upstream: o, cache: {{ ttl: 60s }}, compression: {{}} }}\n",
+        origin.address()
+    ))
+    .replace("name: public, address", "name: public, http2: true, address");
+    let gw = crate::common::Gateway::start(&yaml).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for ae in ["zstd", "gzip", "br"] {
+        let r = h2
+            .get(gw.url("/c/h2"))
+            .header("accept-encoding", ae)
+            .send()
+            .await
+            .expect("h2c GET");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let r = Resp::from_reqwest(r).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), Some(ae));
+        assert!(r.header("transfer-encoding").is_none());
+        assert_eq!(decode(ae, &r.body), body, "{ae}");
+    }
+    assert_eq!(origin.hits("/c/h2"), 1);
+}
