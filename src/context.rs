@@ -75,6 +75,8 @@ pub struct RequestState {
     pub(crate) lent_version: Option<http::Version>,
     /// Request body bytes read so far (`max_body`, the access log).
     pub(crate) body_bytes: u64,
+    /// Decodes the body on its way upstream (`compression.decompress_requests`).
+    pub(crate) decoder: Option<crate::policy::decompression::RequestDecoder>,
 }
 
 /// Which snapshot and route serve the request.

@@ -79,6 +79,15 @@ pub enum Reject {
     AggregateFailed(String, String),
     /// 400: a WebSocket upgrade on a route without `websocket:`.
     WebSocketNotEnabled,
+    /// 403: the client address is refused by a listener's or route's `ip` rules.
+    IpDenied,
+    /// 414: the request target is longer than the route's `max_url` (bytes).
+    UriTooLong(usize),
+    /// 431: more header fields than the route's `max_headers`.
+    TooManyHeaders(usize),
+    /// 413: a request body decoded under `compression.decompress_requests` grew past its
+    /// bounds (size, or ratio to the encoded bytes): a decompression bomb.
+    DecompressedTooLarge(u64),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -115,6 +124,10 @@ impl Reject {
             Reject::InvalidBody(_) => 400,
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => 502,
             Reject::WebSocketNotEnabled => 400,
+            Reject::IpDenied => 403,
+            Reject::UriTooLong(_) => 414,
+            Reject::TooManyHeaders(_) => 431,
+            Reject::DecompressedTooLarge(_) => 413,
         }
     }
 
@@ -144,6 +157,11 @@ impl Reject {
             Reject::BadUpstreamBody(_) => "bad-upstream-body",
             Reject::AggregateFailed(..) => "aggregate-call-failed",
             Reject::WebSocketNotEnabled => "websocket-not-enabled",
+            Reject::IpDenied => "ip-denied",
+            Reject::UriTooLong(_) => "uri-too-long",
+            // The same problem as a header block over `max_header_size`.
+            Reject::TooManyHeaders(_) => "headers-too-large",
+            Reject::DecompressedTooLarge(_) => "decompressed-body-too-large",
         }
     }
 
@@ -167,6 +185,10 @@ impl Reject {
             Reject::InvalidBody(_) => "Bad Request",
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => "Bad Gateway",
             Reject::WebSocketNotEnabled => "Bad Request",
+            Reject::IpDenied => "Forbidden",
+            Reject::UriTooLong(_) => "URI Too Long",
+            Reject::TooManyHeaders(_) => "Request Header Fields Too Large",
+            Reject::DecompressedTooLarge(_) => "Content Too Large",
         }
     }
 
@@ -214,6 +236,17 @@ impl Reject {
             }
             Reject::AggregateFailed(call, why) => format!("call {call:?} failed: {why}"),
             Reject::WebSocketNotEnabled => "this route does not accept WebSocket upgrades".into(),
+            // Never which list or which address: that is for the operator's metrics.
+            Reject::IpDenied => "requests from this address are not accepted here".into(),
+            Reject::UriTooLong(max) => {
+                format!("the request target exceeds the limit of {max} bytes")
+            }
+            Reject::TooManyHeaders(max) => {
+                format!("the request has more than {max} header fields")
+            }
+            Reject::DecompressedTooLarge(max) => format!(
+                "the decoded request body exceeds its bounds (at most {max} bytes, and a bounded expansion ratio)"
+            ),
         }
     }
 
@@ -323,7 +356,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 26] = [
+    const REASONS: [&str; 30] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -350,6 +383,11 @@ mod tests {
         "bad-upstream-body",
         "aggregate-call-failed",
         "websocket-not-enabled",
+        "ip-denied",
+        "uri-too-long",
+        // Again: a header count over `max_headers` is the same problem as a block too large.
+        "headers-too-large",
+        "decompressed-body-too-large",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -397,6 +435,10 @@ mod tests {
             Reject::BadUpstreamBody(String::new()),
             Reject::AggregateFailed(String::new(), String::new()),
             Reject::WebSocketNotEnabled,
+            Reject::IpDenied,
+            Reject::UriTooLong(1),
+            Reject::TooManyHeaders(1),
+            Reject::DecompressedTooLarge(1),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

@@ -16,6 +16,8 @@
 //! | `result`, `reused`, `backend`, `op`, `state`, `direction` | fixed strings | constants |
 //! | `reason` (`upstream_retries`) | `connect` or a status of `retry.on` | the config |
 //! | `call` (`aggregate_calls`) | the config (`aggregate.calls` names) | the config's size |
+//! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
+//! | `scope`, `name`, `rule` (`ip_rejected`) | `listener`/`route`, the configured name, `allow`/`deny` | the config's size |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -51,6 +53,8 @@ pub struct Metrics {
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
     /// quota-exceeded, limit-store-unavailable, request-timeout, circuit-open,
     /// invalid-body, bad-upstream-body, aggregate-call-failed.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, ip-denied, uri-too-long,
+    /// decompressed-body-too-large.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -84,6 +88,9 @@ pub struct Metrics {
     pub aggregate_calls: IntCounterVec,
     /// Open WebSocket tunnels, by route (`proxy::streaming`).
     pub websocket_connections: IntGaugeVec,
+    /// Requests refused by `ip` rules: `scope` listener | route, `name` the configured
+    /// listener or route name, `rule` allow | deny (which list refused).
+    pub ip_rejected: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -248,6 +255,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_websocket_connections",
             "Open WebSocket connections (upgraded tunnels), by route",
             &["route"]
+        )?,
+        ip_rejected: register_int_counter_vec!(
+            "gatehouse_ip_rejected_total",
+            "Requests refused by a listener's or route's ip rules, by scope, name and rule",
+            &["scope", "name", "rule"]
         )?,
     })
 }

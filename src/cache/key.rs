@@ -77,17 +77,31 @@ pub struct VaryOn<'a> {
     /// The identity fields sent to the upstream (`policy::headers::identity_fields`);
     /// empty for an anonymous request.
     pub identity: &'a [(&'a str, http::HeaderValue)],
+    /// On a route with `cors`: the request's origin when the route allows it, empty
+    /// otherwise (`policy::cors::Cors::cache_variant`), so each allowed origin has its
+    /// own variant and every other origin shares one.
+    pub cors_origin: Option<&'a [u8]>,
+    /// The route compresses for each client (`compression`) and asks the upstream for
+    /// identity: the stored response cannot depend on the client's `Accept-Encoding`,
+    /// so a `Vary: Accept-Encoding` from the upstream does not split the one copy.
+    pub identity_coding: bool,
 }
 
 /// The variance of a request against a stored (or about to be stored) response.
 pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
     vb.add_value("\0route", on.route);
+    if let Some(origin) = on.cors_origin {
+        vb.add_value("\0cors-origin", origin);
+    }
     let mut names = vary_names(response);
     names.extend(on.route_vary.iter().cloned());
     for name in names {
         if name == "*" {
             continue; // never stored (rules::decide)
+        }
+        if on.identity_coding && name.eq_ignore_ascii_case("accept-encoding") {
+            continue;
         }
         let value = normalized_request_value(request, &name)
             .map(String::into_bytes)
@@ -256,6 +270,51 @@ mod tests {
             ..VaryOn::default()
         };
         assert_eq!(v(&plain, &a), v(&plain, &[]));
+    }
+
+    #[test]
+    fn cors_routes_keep_one_variant_per_allowed_origin() {
+        let resp = headers(&[]);
+        let req = headers(&[]);
+        let on = |origin| VaryOn {
+            route: "r",
+            cors_origin: origin,
+            ..VaryOn::default()
+        };
+        let a: &[u8] = b"https://a.test";
+        let b: &[u8] = b"https://b.test";
+        assert_ne!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(b)), &resp, &req)
+        );
+        assert_ne!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(b"")), &resp, &req)
+        );
+        assert_eq!(
+            variance(&on(Some(a)), &resp, &req),
+            variance(&on(Some(a)), &resp, &req)
+        );
+    }
+
+    #[test]
+    fn accept_encoding_does_not_split_a_route_that_compresses_itself() {
+        let resp = headers(&[("vary", "Accept-Encoding")]);
+        let gz = headers(&[("accept-encoding", "gzip")]);
+        let br = headers(&[("accept-encoding", "br")]);
+        let on = |identity_coding| VaryOn {
+            route: "r",
+            identity_coding,
+            ..VaryOn::default()
+        };
+        assert_eq!(
+            variance(&on(true), &resp, &gz),
+            variance(&on(true), &resp, &br)
+        );
+        assert_ne!(
+            variance(&on(false), &resp, &gz),
+            variance(&on(false), &resp, &br)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the checks that need built objects and turns it into what requests read.
 
 pub mod demo;
+pub mod edge;
 pub mod load;
 pub mod model;
 pub mod streaming;

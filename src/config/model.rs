@@ -136,6 +136,10 @@ pub struct Listener {
     /// What to do with paths that backends may read differently (every key: `reject`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_policy: Option<PathPolicy>,
+    /// Client addresses admitted on this listener (`config::edge`); a route's `ip` must
+    /// pass too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<super::edge::IpRules>,
 }
 
 /// `path_policy:` of a listener (an unset key is `reject`) or of a route (an unset key is
@@ -556,6 +560,18 @@ pub struct Route {
     /// `grpc:` gRPC options (the gRPC-web bridge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<super::streaming::Grpc>,
+    /// Edge policies (`config::edge`): CORS, client address rules, response compression,
+    /// header count and URL length limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::edge::Cors>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<super::edge::IpRules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<super::edge::Compression>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_url: Option<Size>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -36,14 +36,29 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     check_header_size(snap, req)?;
     reject_bad_framing(session)?;
     check_host(req)?;
+    let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let client_ip = || {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        snap.trusted_proxies.client_ip(peer, &req.headers)
+    };
+    // Before routing: a refused network learns nothing about which paths exist.
+    if let Some(rules) = snap.listener_ip(local) {
+        rules.check(client_ip())?;
+    }
     let raw_path = req.uri.path();
     let authority = request_authority(req);
     let host = host_of(&authority);
-    let listener_policy =
-        snap.path_policy(session.server_addr().and_then(|a| a.as_inet()).copied());
+    let listener_policy = snap.path_policy(local);
     let (route, path) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
     // From here on a rejection names the route (its metrics, its access-log field).
     let route = ctx.routing.route.insert(route);
+    if let Some(rules) = &route.edge.ip {
+        rules.check(client_ip())?;
+    }
+    route.edge.shape(req)?;
     remember_url_for_cache(snap, &mut ctx.cache, &authority, &path.forwarded);
     ctx.request.authority = authority;
     ctx.routing.upstream_path = rewrite_path(
@@ -157,9 +172,12 @@ fn route_by_path<'a>(
     listener: path::Policy,
     req: &RequestHeader,
 ) -> Result<(Arc<Route>, ReadPath<'a>), Reject> {
+    // A CORS preflight is routed as the request it announces (`policy::cors`).
+    let method = crate::policy::cors::preflight_method(req);
+    let method = method.as_ref().unwrap_or(&req.method);
     let find = |routed: &str| {
         snap.router
-            .find(host, routed, &req.method, &req.headers)
+            .find(host, routed, method, &req.headers)
             .cloned()
     };
     choose_route(

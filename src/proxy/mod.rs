@@ -110,6 +110,18 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     Ok(())
 }
 
+/// Sends a CORS preflight's answer (`policy::cors::Cors::preflight`): never forwarded,
+/// not a rejection.
+async fn answer_preflight(
+    session: &mut Session,
+    ctx: &Ctx,
+    mut resp: Box<ResponseHeader>,
+) -> Result<()> {
+    headers::apply_server_header(&mut resp, server_header(ctx));
+    resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
+    session.write_response_header(resp, true).await
+}
+
 /// `server.server_header` of the snapshot the request started with.
 fn server_header(ctx: &Ctx) -> &str {
     ctx.routing
@@ -338,6 +350,12 @@ impl ProxyHttp for Gateway {
         Ctx::new(&self.shared)
     }
 
+    /// Our response compression (`policy::compression`) instead of Pingora's disabled
+    /// default module.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        modules.add_module(Box::new(crate::policy::compression::ModuleBuilder));
+    }
+
     /// Admission, then the fields a client may not set (identity, and URL-building
     /// fields unless trusted), then the policies. A background refresh has its own
     /// (`refresh_filter`).
@@ -350,6 +368,19 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
+        // CORS before authentication and limits: a preflight carries no credential.
+        if let Some(route) = ctx.routing.route.clone() {
+            if let Some(cors) = &route.edge.cors {
+                if crate::policy::cors::is_preflight(session.req_header()) {
+                    let resp = cors.preflight(session.req_header())?;
+                    answer_preflight(session, ctx, resp).await?;
+                    return Ok(true);
+                }
+                // On whatever answers it, a rejection included (a script can read its 401).
+                let fields = cors.actual_fields(&session.req_header().headers);
+                ctx.response.extra_headers.extend(fields);
+            }
+        }
         if let Some(reject) = self.run_policies(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
@@ -358,6 +389,17 @@ impl ProxyHttp for Gateway {
         if let Some(reject) = streaming::admit(session.req_header(), ctx) {
             respond(session, ctx, reject).await?;
             return Ok(true);
+        }
+        // After the policies: a refused request's body is never decoded.
+        let limits = ctx
+            .route()
+            .and_then(|r| r.edge.compression.as_ref())
+            .and_then(|c| c.decompress_requests());
+        if let Some(limits) = limits {
+            ctx.request.decoder = crate::policy::decompression::RequestDecoder::for_request(
+                session.req_header(),
+                &limits,
+            );
         }
         if let Some(reject) = self.transform_request(session, ctx).await {
             respond(session, ctx, reject).await?;
@@ -370,8 +412,9 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    /// Counts the body against the route's `max_body` as it arrives (a WebSocket
-    /// tunnel's frames are no request body), then decodes a gRPC-web text body.
+    /// Counts the body against the route's `max_body` as it arrives (encoded bytes, as
+    /// sent; a WebSocket tunnel's frames are no request body), decodes it when
+    /// `decompress_requests` applies, then decodes a gRPC-web text body.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -394,6 +437,23 @@ impl ProxyHttp for Gateway {
                     return Error::e_explain(
                         ErrorType::HTTPStatus(413),
                         "request body over max_body",
+                    );
+                }
+            }
+        }
+        if let Some(d) = ctx.request.decoder.as_mut() {
+            let input = body.take().unwrap_or_default();
+            match d.decode(&input, end_of_stream) {
+                // An empty last chunk goes as none (Pingora would write a zero-size chunk
+                // and then the terminator again); an empty chunk before it stays empty,
+                // which Pingora skips (`None` there would end the upstream body).
+                Ok(out) => *body = (!(out.is_empty() && end_of_stream)).then_some(out),
+                Err(reject) => {
+                    let status = reject.status();
+                    ctx.response.reject = Some(reject);
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(status),
+                        "request body could not be decoded within its bounds",
                     );
                 }
             }
@@ -460,7 +520,14 @@ impl ProxyHttp for Gateway {
             .as_deref()
             .map(headers::identity_fields)
             .unwrap_or_default();
+        let origin = route
+            .edge
+            .cors
+            .as_ref()
+            .map(|c| c.cache_variant(&req.headers));
         let on = crate::cache::key::VaryOn {
+            cors_origin: origin.as_deref(),
+            identity_coding: route.edge.compression.is_some(),
             route: &route.name,
             route_vary: &rc.vary,
             forwarded: if ctx.request.forwarded_trusted {
@@ -773,6 +840,14 @@ impl ProxyHttp for Gateway {
         }
         body::upstream_request(req, ctx)?;
         streaming::upstream_request(req, &ctx.stream)?;
+        if ctx.request.decoder.is_some() {
+            crate::policy::decompression::decoded_request_header(req)?;
+        }
+        if ctx.route().is_some_and(|r| r.edge.compression.is_some()) {
+            // The gateway encodes for each client, after the cache: ask for the identity
+            // bytes (no field at all would mean any coding, RFC 9110 §12.5.3).
+            req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         Ok(())
@@ -832,7 +907,6 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         refresh::give_back(session, &mut ctx.request.lent_version);
         streaming::upgraded(session, resp, ctx);
-        streaming::keep_streams_uncompressed(session, resp);
         if let Some(rc) = ctx.route().and_then(|r| r.cache.as_ref()) {
             let cache = ctx.routing.cache();
             phases::on_response(
@@ -855,6 +929,9 @@ impl ProxyHttp for Gateway {
         headers::apply_server_header(resp, server_header(ctx));
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
+            if let Some(cors) = &route.edge.cors {
+                cors.on_response(resp);
+            }
         }
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         if resp.status.is_informational() {
@@ -869,6 +946,19 @@ impl ProxyHttp for Gateway {
         }
         if ctx.timing.server_timing {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
+        }
+        // Last, after the cache (which stores the identity copy): encode for this client.
+        // A background refresh has no client to encode for.
+        if let Some(c) = ctx.route().and_then(|r| r.edge.compression.as_ref()) {
+            if !ctx.request.refresh && !streaming::never_compressed(resp) {
+                let encoder = c.on_response(session.req_header(), resp);
+                if let Some(m) = session
+                    .downstream_modules_ctx
+                    .get_mut::<crate::policy::compression::CompressModule>()
+                {
+                    m.set(encoder);
+                }
+            }
         }
         body::response_header(session, resp, ctx)
     }

@@ -425,22 +425,11 @@ pub fn apply_grpc_timeout(req: &RequestHeader, o: &mut pingora::upstreams::peer:
     }
 }
 
-/// Event streams and gRPC bodies are never compressed by Pingora's response-compression
-/// module: its encoders flush only at the end of the body, so each event or message
-/// would wait inside the compressor for the ones after it. (gRPC compresses its messages
-/// itself; an event stream's events are small.) Runs in `response_filter`, before the
-/// module sees the header.
-pub fn keep_streams_uncompressed(session: &mut pingora::proxy::Session, resp: &ResponseHeader) {
-    let ct = content_type(&resp.headers);
-    if has_prefix(ct, "text/event-stream") || has_prefix(ct, GRPC) {
-        use pingora::modules::http::compression::ResponseCompression;
-        if let Some(c) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
-        {
-            c.adjust_level(0);
-        }
-    }
+/// gRPC bodies are never compressed by a route's `compression`: gRPC compresses its
+/// messages itself (`grpc-encoding`), and a `Content-Encoding` over its length-prefixed
+/// frames is not gRPC any more. (Event streams may be: the encoder flushes each chunk.)
+pub fn never_compressed(resp: &ResponseHeader) -> bool {
+    has_prefix(content_type(&resp.headers), GRPC)
 }
 
 /// The upstream peer of an accepted upgrade request: no per-read timeout on the

@@ -52,6 +52,8 @@ pub struct Route {
     pub websocket: Option<WebSocketLimits>,
     /// `grpc.web`: gRPC-web clients are bridged to the gRPC upstream.
     pub grpc_web: bool,
+    /// CORS, `ip` rules, compression and the shape limits (`policy::edge`).
+    pub edge: crate::policy::edge::Edge,
 }
 
 /// A WebSocket route's limits and its open-connection gauge.
@@ -115,6 +117,8 @@ pub struct Snapshot {
     pub server_timing_listeners: HashSet<SocketAddr>,
     /// Each listener's `path_policy` (listeners without one have the default).
     pub path_policies: Vec<(SocketAddr, crate::path::Policy)>,
+    /// The `ip` rules of the listeners that have them.
+    pub listener_ip: Vec<(SocketAddr, crate::policy::ip::IpRules)>,
     pub unmatched_duration: Histogram,
     pub unmatched_requests: crate::metrics::RequestCounters,
     pub policies: Arc<PolicySet>,
@@ -138,6 +142,15 @@ impl Snapshot {
             .find(|(a, _)| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
             .map(|(_, p)| *p)
             .unwrap_or_default()
+    }
+
+    /// The `ip` rules of the listener at `local`, found as `path_policy` finds its policy.
+    pub fn listener_ip(&self, local: Option<SocketAddr>) -> Option<&crate::policy::ip::IpRules> {
+        let local = local?;
+        self.listener_ip
+            .iter()
+            .find(|(a, _)| *a == local || (a.ip().is_unspecified() && a.port() == local.port()))
+            .map(|(_, r)| r)
     }
 
     /// Checks and builds the runtime form: the one function `gatehouse check`, start-up
@@ -186,8 +199,11 @@ impl Snapshot {
             }
             let path = route_path(i, &r.matches, &mut errs);
             let methods = auth.route_methods(cfg, i, r, &mut errs);
-            if let (Some(path), Some(methods)) = (path, methods) {
-                checked.push((i, r, path, methods));
+            let edge = crate::policy::edge::Edge::compile(i, r)
+                .map_err(|e| errs.extend(e))
+                .ok();
+            if let (Some(path), Some(methods), Some(edge)) = (path, methods, edge) {
+                checked.push((i, r, path, methods, edge));
             }
         }
         if !errs.is_empty() {
@@ -210,7 +226,7 @@ impl Snapshot {
         let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
         let m = crate::metrics::metrics();
         let mut entries = Vec::with_capacity(checked.len());
-        for (i, r, path, methods) in checked {
+        for (i, r, path, methods, edge) in checked {
             let aggregate = r.aggregate.as_ref().and_then(|a| {
                 crate::policy::aggregate::AggregatePlan::compile(
                     &r.name,
@@ -294,6 +310,7 @@ impl Snapshot {
                     open: m.websocket_connections.with_label_values(&[&r.name]),
                 }),
                 grpc_web: r.grpc.as_ref().is_some_and(|g| g.web),
+                edge,
             };
             entries.push(Entry {
                 hosts: mt.hosts.clone(),
@@ -323,7 +340,17 @@ impl Snapshot {
                 Some((l.address.parse().ok()?, policy))
             })
             .collect();
+        let listener_ip = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let rules =
+                    crate::policy::ip::IpRules::compile("listener", &l.name, l.ip.as_ref()?);
+                Some((l.address.parse().ok()?, rules))
+            })
+            .collect();
         Ok(Snapshot {
+            listener_ip,
             path_policies,
             router,
             upstreams,
