@@ -312,7 +312,7 @@ impl Gateway {
             let path = c.path(captures.as_ref());
             // `consistent_hash` keys on what the proxy would (consumer, header, ...).
             let key = match &c.upstream.hash_on {
-                Some(on) => super::hash_key(session, on, ctx.identity.as_deref()),
+                Some(on) => super::hash_key(session, on, ctx.identity.as_deref()).into_owned(),
                 None => Vec::new(),
             };
             async move { self.calls.call(c, template, &path, &key, max).await }

@@ -108,9 +108,7 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         j.key("client");
         match session.client_addr() {
             // An address prints as digits, dots, colons and brackets: nothing to escape.
-            Some(a) => {
-                let _ = write!(j.out, "\"{a}\"");
-            }
+            Some(a) => client_into(j.out, a),
             None => j.out.push_str("null"),
         }
         j.opt_str("consumer", ctx.consumer_id());
@@ -203,20 +201,52 @@ impl<'a> JsonLine<'a> {
     }
 }
 
-/// JSON string escaping (RFC 8259 §7): quotes, backslashes and control characters.
+/// JSON string escaping (RFC 8259 §7): quotes, backslashes and control characters. Runs
+/// of bytes that need none (nearly every value) are copied at once, not char by char.
 fn escape_into(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both slices end on char boundaries.
+        out.push_str(&s[plain..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+/// `"a.b.c.d:port"` for an IPv4 client without `fmt` (this runs for every request);
+/// IPv6 and Unix addresses print as `Display` has them.
+fn client_into(out: &mut String, a: &pingora::protocols::l4::socket::SocketAddr) {
+    out.push('"');
+    match a.as_inet() {
+        Some(std::net::SocketAddr::V4(v4)) => {
+            let mut b = itoa::Buffer::new();
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(b.format(*o));
             }
-            c => out.push(c),
+            out.push(':');
+            out.push_str(b.format(v4.port()));
+        }
+        _ => {
+            let _ = write!(out, "{a}");
         }
     }
     out.push('"');
@@ -231,6 +261,8 @@ mod tests {
         let mut l = String::new();
         let mut j = JsonLine::new(&mut l);
         j.str("path", "/a\"b\\c\n\u{1}é");
+        j.str("plain", "/api/v1/orders?limit=10");
+        j.str("mixed", "é\tend\u{1f}");
         j.int("status", 200);
         j.opt_ms("ms", Some(std::time::Duration::from_nanos(1_234_560)));
         j.opt_ms("whole", Some(std::time::Duration::from_millis(7)));
@@ -240,11 +272,29 @@ mod tests {
         j.finish();
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\n\u{1}é");
+        assert_eq!(v["plain"], "/api/v1/orders?limit=10");
+        assert_eq!(v["mixed"], "é\tend\u{1f}");
         assert_eq!(v["status"], 200);
         assert_eq!(v["ms"], 1.234);
         assert_eq!(v["whole"], 7.0);
         assert_eq!(v["tiny"], 0.005);
         assert_eq!(v["bytes"], u64::MAX);
         assert!(v["none"].is_null());
+    }
+
+    #[test]
+    fn client_addresses_print_as_display_does() {
+        use pingora::protocols::l4::socket::SocketAddr;
+        for a in [
+            "127.0.0.1:8080",
+            "10.200.3.4:1",
+            "[::1]:443",
+            "[2001:db8::1]:65535",
+        ] {
+            let addr = SocketAddr::Inet(a.parse().unwrap());
+            let mut s = String::new();
+            client_into(&mut s, &addr);
+            assert_eq!(s, format!("\"{addr}\""));
+        }
     }
 }

@@ -198,25 +198,37 @@ impl Gateway {
     }
 }
 
-/// What `consistent_hash` hashes for this request.
-fn hash_key(session: &Session, on: &HashOn, identity: Option<&Identity>) -> Vec<u8> {
+/// What `consistent_hash` hashes for this request: borrowed from the request where it
+/// can be (a header value, the path, the consumer id), so no copy is made per request.
+fn hash_key<'a>(
+    session: &'a Session,
+    on: &HashOn,
+    identity: Option<&'a Identity>,
+) -> std::borrow::Cow<'a, [u8]> {
+    use std::borrow::Cow;
     match on {
-        HashOn::Header(name) => session
-            .req_header()
-            .headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-            .unwrap_or_default(),
-        HashOn::Path => session.req_header().uri.path().as_bytes().to_vec(),
-        HashOn::Consumer if identity.is_some() => identity
-            .map(|id| id.consumer_id.as_bytes().to_vec())
-            .unwrap_or_default(),
+        HashOn::Header(name) => Cow::Borrowed(
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default(),
+        ),
+        HashOn::Path => Cow::Borrowed(session.req_header().uri.path().as_bytes()),
+        HashOn::Consumer if identity.is_some() => Cow::Borrowed(
+            identity
+                .map(|id| id.consumer_id.as_bytes())
+                .unwrap_or_default(),
+        ),
         // An anonymous caller's "consumer" is its address.
-        HashOn::Ip | HashOn::Consumer => session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string().into_bytes())
-            .unwrap_or_default(),
+        HashOn::Ip | HashOn::Consumer => Cow::Owned(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string().into_bytes())
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -649,7 +661,7 @@ impl ProxyHttp for Gateway {
         }
         let key = match &up.hash_on {
             Some(on) => hash_key(session, on, ctx.identity.as_deref()),
-            None => Vec::new(),
+            None => std::borrow::Cow::Borrowed(&[][..]),
         };
         // A retry policy may go back to a tried target once every one was tried.
         let chosen = up.select(&key, ctx.attempt.tried()).or_else(|| {
@@ -787,7 +799,10 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.timing.connected_at = Some(Instant::now());
+        // Read only by `Server-Timing`: no clock read for the requests without it.
+        if ctx.timing.server_timing {
+            ctx.timing.connected_at = Some(Instant::now());
+        }
         if let Some(route) = ctx.route() {
             if reused {
                 route.upstream.conn_reused.inc();

@@ -286,8 +286,14 @@ impl Upstream {
         let ok = |i: usize| {
             !tried.contains(&TargetId(i)) && self.targets[i].usable(now, clock_ns, unknown_ok)
         };
-        let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         let n = self.targets.len();
+        // One target: every policy chooses it when it is eligible. Pingora's selection
+        // would reach the same answer through a fresh iterator and a set of the backends
+        // seen, per request.
+        if n == 1 {
+            return ok(0).then_some(0);
+        }
+        let accept = |b: &Backend, _: bool| self.index_of(b).is_some_and(ok);
         match &self.selector {
             Selector::RoundRobin(lb) => lb
                 .select_with(key, n * 4, accept)
