@@ -901,6 +901,9 @@ class Target:
         # every proxy gets (server.header_timeout, client_header_timeout, timeout http-request).
         values.update(sc.get("_tls_values", {}))
         values["header_timeout"] = fmt_secs(sc["_header_timeout"]) if sc.get("_header_timeout") else "10s"
+        # Connection-table sizes (nginx worker_connections, HAProxy maxconn) that fit the idle
+        # clients actually opened (after any fd-limit cap): both preallocate per slot.
+        values["max_connections"] = int(sc["load"].get("idle_connections") or 0) + 2000
         tmpl = "gatehouse" if name == "gatehouse-base" else name
         self.config_text = render(sc[tmpl], values, f"{sc['name']}: {name} template")
         ext = {"gatehouse": "yaml", "nginx": "conf", "haproxy": "cfg"}[tmpl]
@@ -1263,7 +1266,7 @@ class IdleConns:
     """N idle keep-alive client connections, opened by idle_conns.py processes on CPU 0. A
     process can hold only as many sockets as its fd limit allows, so large counts are split
     over several processes, each spreading its connections over its own 127.0.0.x source
-    addresses (one address's ephemeral port range holds ~28,000 connections to one port)."""
+    addresses (4,000 per address: connect() finds a free ephemeral port slowly once a range fills up)."""
 
     def __init__(self, port, n, path, pin, timeout=300):
         per_proc = max(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 256)
@@ -1274,7 +1277,7 @@ class IdleConns:
         left = n
         while left > 0:
             k = min(left, per_proc)
-            nsrc = max(1, math.ceil(k / 20000))
+            nsrc = max(1, math.ceil(k / 4000))   # a source address fills its port range slowly past a few thousand
             self.p = PROCS.start(pin(0) + [sys.executable, os.path.join(HERE, "idle_conns.py"),
                                             "127.0.0.1", str(port), str(k), path, str(nsrc), str(first_src)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -1512,6 +1515,8 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         res["rss_before_idle_kib"] = read_status(t.pid).get("VmRSS")
         idle = IdleConns(t.port, int(load["idle_connections"]), sc["requests"][0]["path"], pin)
         res.update(idle_opened=idle.opened, idle_failed=idle.failed, idle_open_seconds=idle.open_seconds)
+        if getattr(idle, "last_error", None):
+            res["idle_last_error"] = idle.last_error
         time.sleep(3)
         res["rss_idle_kib"] = read_status(t.pid).get("VmRSS")
         res["idle_alive_at_rest"] = idle.alive()

@@ -16,14 +16,36 @@ Standard library only (asyncio).
 import asyncio
 import resource
 import signal
+import socket
 import sys
 import time
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connect_from(host, port, source):
+    """asyncio.open_connection from a chosen source address. IP_BIND_ADDRESS_NO_PORT defers the
+    port choice to connect(), where the kernel picks per destination: a plain bind(addr, 0)
+    picks a port unique over all destinations and gets slow once thousands are taken."""
+    if not source:
+        return await asyncio.open_connection(host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
 
 
 async def open_one(host, port, req, state, source):
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, local_addr=(source, 0) if source else None), 10)
+            connect_from(host, port, source), 10)
         writer.write(req)
         await writer.drain()
         # Read the response head and its Content-Length body so the connection is idle.

@@ -29,9 +29,31 @@ import json
 import random
 import resource
 import signal
+import socket
 import statistics
 import sys
 import time
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connect_from(host, port, source):
+    """asyncio.open_connection from a chosen source address. IP_BIND_ADDRESS_NO_PORT defers the
+    port choice to connect(), where the kernel picks per destination: a plain bind(addr, 0)
+    picks a port unique over all destinations and gets slow once thousands are taken."""
+    if not source:
+        return await asyncio.open_connection(host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
 
 
 def pctl(vals, p):
@@ -62,7 +84,7 @@ class Attack:
         t0 = time.monotonic()
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.a.host, self.a.port, local_addr=(self.source(i), 0)), 10)
+                connect_from(self.a.host, self.a.port, self.source(i)), 10)
         except (OSError, asyncio.TimeoutError):
             self.connect_failed += 1
             await asyncio.sleep(0.2)
