@@ -713,7 +713,8 @@ def pingora_floor(by):
         n, p, g = ((t.get(x) or {}).get("summary") for x in ("nginx", "pingora", "gatehouse"))
         if not (n and p and g and n.get("rps") and p.get("rps")):
             continue
-        line = (f"- `{sc}`: Pingora's bare proxy reaches **{p['rps'] / n['rps']:.2f}× nginx**; Gatehouse reaches "
+        alloc = t["pingora"].get("allocator") or "glibc malloc (a run from before the bare proxy got mimalloc)"
+        line = (f"- `{sc}` (bare Pingora on {alloc}): Pingora's bare proxy reaches **{p['rps'] / n['rps']:.2f}× nginx**; Gatehouse reaches "
                 f"{g['rps'] / n['rps']:.2f}× nginx = **{g['rps'] / p['rps']:.2f}× the bare Pingora proxy**")
         cpu = [x.get("cpu_us_per_req") for x in (n, p, g)]
         if all(cpu):
@@ -725,7 +726,8 @@ def pingora_floor(by):
     if not lines:
         return ""
     return "\n".join(["**Pingora's floor.** The `pingora` target is Pingora 0.9's bare proxy "
-                      "(`examples/bare_pingora.rs`, one upstream, nothing else), measured in the same run:", ""]
+                      "(`examples/bare_pingora.rs`, one upstream, nothing else; on mimalloc, Gatehouse's global "
+                      "allocator, since issue 12), measured in the same run:", ""]
                      + lines + ["", "Where the time and memory go, and what we changed: [PROFILE.md](PROFILE.md)."])
 
 
