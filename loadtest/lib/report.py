@@ -677,15 +677,19 @@ def issue12_rows(by, s, row):
             x["p99_ms"] <= 1.5 * c["p99_ms"])
     else:
         row("`slowloris`: legitimate p99 under attack", "≤ 1.5 × control", "–", None)
+    def alloc(sc):
+        a = (((by.get(sc) or {}).get("targets") or {}).get("pingora") or {}).get("allocator")
+        return "" if a else " (bare Pingora on glibc malloc: a run from before issue 12)"
     g, p = s("proxy-small", "gatehouse"), s("proxy-small", "pingora")
     if g and p:
-        row("`proxy-small` throughput vs the floor", "≥ 1.0 × bare Pingora (both on mimalloc)",
-            f"{g['rps']:,.0f} vs {p['rps']:,.0f} req/s = {g['rps'] / p['rps']:.3f}×", g["rps"] >= p["rps"])
+        row("`proxy-small` throughput vs the floor", "≥ 1.0 × bare Pingora on the same allocator",
+            f"{g['rps']:,.0f} vs {p['rps']:,.0f} req/s = {g['rps'] / p['rps']:.3f}×{alloc('proxy-small')}",
+            g["rps"] >= p["rps"])
     g, p = s("proxy-fixed-rate", "gatehouse"), s("proxy-fixed-rate", "pingora")
     if g and p:
         row("`proxy-fixed-rate` p99 vs the floor", "≤ bare Pingora's p99, same run",
-            f"{f_ms(g['p99_ms'])} vs {f_ms(p['p99_ms'])} ms (p99.9 {f_ms(g['p999_ms'])} vs {f_ms(p['p999_ms'])})",
-            g["p99_ms"] <= p["p99_ms"])
+            f"{f_ms(g['p99_ms'])} vs {f_ms(p['p99_ms'])} ms (p99.9 {f_ms(g['p999_ms'])} vs {f_ms(p['p999_ms'])})"
+            f"{alloc('proxy-fixed-rate')}", g["p99_ms"] <= p["p99_ms"])
     g, n, h = (s("h2-small", t) for t in ("gatehouse", "nginx", "haproxy"))
     if g:
         row("`h2-small` throughput", "reported against nginx and HAProxy (no bar)",
@@ -743,7 +747,7 @@ def attack_table(doc):
     a = doc["attack"]
     hdr = ["proxy", "req/s control → under attack", "× control", "p99 ms control → under attack", "p99 × control",
            "p99.9 ms control → attack", "legit errors under attack", "peak RSS MiB control → attack",
-           "open fds (max) control → attack", "slow heads cut (answer)", "median life of a cut head s",
+           "open fds (max) control → attack", "proxy CPU µs/req control → attack", "slow heads cut (answer)", "median life of a cut head s",
            "slow bodies cut (answer)", "attack conns open at the end", "Gatehouse `request-timeout` Δ"]
     rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for tn in targets_in(doc):
@@ -765,6 +769,7 @@ def attack_table(doc):
                  f"{x['errors_status'] + x['errors_socket']:,}",
                  f"{f_mib(c['rss_peak_kib'])} → {f_mib(x['rss_peak_kib'])}",
                  f"{c.get('fds_max') or '–'} → {x.get('fds_max') or '–'}",
+                 f"{f2(c.get('cpu_us_per_req'), 1)} → {f2(x.get('cpu_us_per_req'), 1)}",
                  f"{k.get('cut_head', 0):,} ({heads})", f2(k.get("lifetime_head_median_s")),
                  f"{k.get('cut_body', 0):,} ({bodies})", f"{k.get('open_at_end', 0):g}",
                  f"{x['attack']['rejected_request_timeout']:,.0f}" if (x.get("attack") or {}).get("rejected_request_timeout") is not None else "–"]
@@ -832,12 +837,14 @@ def pair_section(results_dir):
         for sc, per in d["ratios"].items():
             out += [f"**`{sc}` / `{d['base']}`** (run `{d.get('run_id', '?')}`; rounds interleaved across the two "
                     "scenarios; each ratio is taken within one round, then the median over rounds):", "",
-                    "| target | req/s ratio (median, min–max) | p99 ratio | CPU µs/req ratio | rounds |", "|---|---|---|---|---|"]
+                    "| target | req/s ratio (median, min–max) | p99 ratio | CPU µs/req ratio | peak RSS ratio | rounds |",
+                    "|---|---|---|---|---|---|"]
             for tn, e in per.items():
                 def cell(k):
                     v = e.get(k)
                     return "–" if not v else f"{v['median']:.3f}× ({v['min']:.3f}–{v['max']:.3f})"
-                out.append(f"| {tn} | {cell('rps')} | {cell('p99_ms')} | {cell('cpu_us_per_req')} | {e['rounds']} |")
+                out.append(f"| {tn} | {cell('rps')} | {cell('p99_ms')} | {cell('cpu_us_per_req')} | {cell('rss_peak_kib')} | "
+                           f"{e['rounds']} |")
             out.append("")
     return "\n".join(out)
 
@@ -1007,6 +1014,10 @@ def write_full_report(results_dir, path):
     idle = idle_per_conn(by)
     if idle:
         out += ["**Memory per idle connection** (same run for both counts):", "", idle, ""]
+    for notes in sorted(glob.glob(os.path.join(results_dir, "notes-*.md"))):
+        # hand-written readings of a run (what the numbers mean, noise, profiles), kept beside its data
+        with open(notes) as f:
+            out += [f.read().strip(), ""]
     pairs = pair_section(results_dir)
     if pairs:
         out += ["## Paired scenarios (cross-scenario ratios)", "", pairs]
