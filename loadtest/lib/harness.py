@@ -427,6 +427,8 @@ def load_scenario(arg):
         if sc.get("action"):
             raise HarnessError(f"{path}: a scenario has an action or an attack, not both")
     sc["tls"] = bool(sc.get("tls"))
+    if sc["tls"] and "direct" in sc["targets"]:
+        raise HarnessError(f"{path}: a TLS scenario cannot have the `direct` target (the upstream is plaintext)")
     return sc
 
 
