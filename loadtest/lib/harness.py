@@ -630,11 +630,12 @@ def parse_h2load(out, logfile):
     }
 
 
-def s_time_cmd(port, secs, reuse, pin):
-    """`openssl s_time`: one new TLS connection after another, each with a GET / over it and a
-    close; `-new` makes every handshake a full one, `-reuse` resumes the first session."""
+def s_time_cmd(port, secs, reuse, pin, request=True):
+    """`openssl s_time`: one new TLS connection after another, each with a GET / over it (or,
+    with request=False, nothing: handshake and close) and a close; `-new` makes every handshake
+    a full one, `-reuse` resumes the first session."""
     return pin(0) + ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-reuse" if reuse else "-new",
-                     "-time", str(max(1, int(round(secs)))), "-www", "/"]
+                     "-time", str(max(1, int(round(secs))))] + (["-www", "/"] if request else [])
 
 
 def parse_s_time(out, reuse):
@@ -1415,15 +1416,20 @@ def wait_quiet(max_wait, threshold=0.15):
         time.sleep(2.0)
 
 
-def run_handshakes(t, pin, duration, warmup, clients):
+def run_handshakes(t, pin, duration, warmup, clients, handshake_only=True):
     """`handshakes` mode: for full handshakes (`s_time -new`), then resumptions (`-reuse`),
     `clients` parallel s_time processes on CPU 0 for `duration`; the proxy's CPU seconds over
-    each part (from /proc/PID/stat) divided by the connections made = CPU per connection."""
+    each part (from /proc/PID/stat) divided by the connections made = CPU per connection.
+    Each connection carries one GET / (proxied), and with `handshake_only` the same two parts
+    run again without it (handshake and close: the TLS cost alone)."""
     out = {}
     if warmup > 0:
         PROCS.run(s_time_cmd(t.port, warmup, False, pin), timeout=warmup + 60)
-    for kind, reuse in (("full", False), ("resumed", True)):
-        cmds = [s_time_cmd(t.port, duration, reuse, pin) for _ in range(clients)]
+    parts = [("full", False, True), ("resumed", True, True)]
+    if handshake_only:
+        parts += [("full_only", False, False), ("resumed_only", True, False)]
+    for kind, reuse, request in parts:
+        cmds = [s_time_cmd(t.port, duration, reuse, pin, request) for _ in range(clients)]
         c0, t0 = t.cpu(), time.monotonic()
         ps = [PROCS.start(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
         total = resumed = 0
@@ -1443,8 +1449,12 @@ def run_handshakes(t, pin, duration, warmup, clients):
                      "cpu_s": cpu, "cpu_us_per_conn": cpu / total * 1e6 if cpu is not None and total else None,
                      "resumed": resumed, "cmd": cmds[0]}
     f, r = out["full"], out["resumed"]
+    extra = {}
+    for k in ("full_only", "resumed_only"):
+        if k in out:
+            extra[f"{k}_per_s"], extra[f"{k}_cpu_us"] = out[k]["per_s"], out[k]["cpu_us_per_conn"]
     # The generic fields (summary, tables): "requests" are full handshakes, rps their rate.
-    return {"requests": f["connections"], "seconds": f["seconds"], "rps": f["per_s"],
+    return {**extra, "requests": f["connections"], "seconds": f["seconds"], "rps": f["per_s"],
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "max_ms": None,
             "errors_status": 0, "errors_socket": 0, "handshakes": out,
             "full_per_s": f["per_s"], "full_cpu_us": f["cpu_us_per_conn"],
@@ -1468,7 +1478,7 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             if not measured:   # warm-up: full handshakes, not measured
                 PROCS.run(s_time_cmd(t.port, secs, False, pin), timeout=secs + 60)
                 return None, {}
-            r = run_handshakes(t, pin, secs, 0, int(load["clients"]))
+            r = run_handshakes(t, pin, secs, 0, int(load["clients"]), bool(load.get("handshake_only", True)))
             r["seconds"] = sum(h["seconds"] for h in r["handshakes"].values())
             return r.pop("loadgen_cmd"), r
         if open_loop:
@@ -1638,7 +1648,8 @@ def summarize(rounds):
         s["idle_opened"] = min(r.get("idle_opened", 0) for r in ok)
         s["idle_failed"] = max(r.get("idle_failed", 0) for r in ok)
         s["idle_alive_after_load"] = min(r.get("idle_alive_after_load", 0) for r in ok)
-    for k in ("full_per_s", "full_cpu_us", "resumed_per_s", "resumed_cpu_us", "resumed_share", "fds_max",
+    for k in ("full_per_s", "full_cpu_us", "resumed_per_s", "resumed_cpu_us", "resumed_share", "full_only_per_s",
+              "full_only_cpu_us", "resumed_only_per_s", "resumed_only_cpu_us", "fds_max",
               "fds_median", "rss_median_kib", "rss_before_attack_kib", "downstream_connections_gauge"):
         if any(r.get(k) is not None for r in ok):
             s[k] = med(k)

@@ -537,12 +537,14 @@ def write_charts(docs, results_dir):
                 charts.append((f"Peak RSS with and without the attack ({d['scenario']})", p))
         if d["load"]["mode"] == "handshakes":
             px = [t for t in targets_in(d) if _sum(d, t)]
-            groups = ["full handshake", "resumption"]
+            groups = ["full + GET", "resumed + GET", "full, no request", "resumed, no request"]
+            keys = ["full_cpu_us", "resumed_cpu_us", "full_only_cpu_us", "resumed_only_cpu_us"]
             vals = {g: {} for g in groups}
             for t in px:
-                vals[groups[0]][t], vals[groups[1]][t] = _sum(d, t).get("full_cpu_us"), _sum(d, t).get("resumed_cpu_us")
+                for g, k in zip(groups, keys):
+                    vals[g][t] = _sum(d, t).get(k)
             svg = bar_chart(f"Proxy CPU per new TLS connection ({d['scenario']})",
-                            "µs of utime+stime per connection (handshake + one GET + close); median over rounds",
+                            "µs of utime+stime per new connection (with one proxied GET, or handshake and close only); median over rounds",
                             groups, px, vals, ylabel="CPU µs per connection", fmt=lambda v: f"{v:.0f}")
             p = os.path.join(results_dir, f"cpu-{d['scenario']}.svg")
             with open(p, "w") as f:
@@ -703,7 +705,13 @@ def issue12_rows(by, s, row):
             f"full {f2(g.get('full_cpu_us'), 0)} µs = {f_ratio(g.get('full_cpu_us'), (n or {}).get('full_cpu_us'))} nginx, "
             f"{f_ratio(g.get('full_cpu_us'), (h or {}).get('full_cpu_us'))} HAProxy; resumed {f2(g.get('resumed_cpu_us'), 0)} µs = "
             f"{f_ratio(g.get('resumed_cpu_us'), (n or {}).get('resumed_cpu_us'))} nginx, "
-            f"{f_ratio(g.get('resumed_cpu_us'), (h or {}).get('resumed_cpu_us'))} HAProxy", "– no bar")
+            f"{f_ratio(g.get('resumed_cpu_us'), (h or {}).get('resumed_cpu_us'))} HAProxy (with one GET each)"
+            + (f"; handshake only: full {f2(g.get('full_only_cpu_us'), 0)} µs = "
+               f"{f_ratio(g.get('full_only_cpu_us'), (n or {}).get('full_only_cpu_us'))} nginx, "
+               f"{f_ratio(g.get('full_only_cpu_us'), (h or {}).get('full_only_cpu_us'))} HAProxy; resumed "
+               f"{f2(g.get('resumed_only_cpu_us'), 0)} µs = {f_ratio(g.get('resumed_only_cpu_us'), (n or {}).get('resumed_only_cpu_us'))} nginx, "
+               f"{f_ratio(g.get('resumed_only_cpu_us'), (h or {}).get('resumed_only_cpu_us'))} HAProxy"
+               if g.get("full_only_cpu_us") else ""), "– no bar")
     else:
         row("`tls-handshakes` CPU per connection", "reported against nginx and HAProxy", "–", None)
 
@@ -784,7 +792,8 @@ def f2(v, d=2):
 def handshake_table(doc):
     n, h = _sum(doc, "nginx") or {}, _sum(doc, "haproxy") or {}
     hdr = ["proxy", "full handshakes /s", "CPU µs per full-handshake connection", "× nginx", "× HAProxy",
-           "resumptions /s", "CPU µs per resumed connection", "× nginx", "× HAProxy", "resumed (of -reuse connections)"]
+           "resumptions /s", "CPU µs per resumed connection", "× nginx", "× HAProxy", "resumed (of -reuse connections)",
+           "handshake only, no request: CPU µs full / resumed", "× nginx", "× HAProxy"]
     rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for tn in targets_in(doc):
         s = _sum(doc, tn)
@@ -797,7 +806,10 @@ def handshake_table(doc):
             f_ratio(s.get("full_cpu_us"), n.get("full_cpu_us")), f_ratio(s.get("full_cpu_us"), h.get("full_cpu_us")),
             f_rps(s.get("resumed_per_s")), f2(s.get("resumed_cpu_us"), 0),
             f_ratio(s.get("resumed_cpu_us"), n.get("resumed_cpu_us")), f_ratio(s.get("resumed_cpu_us"), h.get("resumed_cpu_us")),
-            f"{s['resumed_share'] * 100:.0f}%" if s.get("resumed_share") is not None else "–"]) + " |")
+            f"{s['resumed_share'] * 100:.0f}%" if s.get("resumed_share") is not None else "–",
+            f"{f2(s.get('full_only_cpu_us'), 0)} / {f2(s.get('resumed_only_cpu_us'), 0)}",
+            f"{f_ratio(s.get('full_only_cpu_us'), n.get('full_only_cpu_us'))} / {f_ratio(s.get('resumed_only_cpu_us'), n.get('resumed_only_cpu_us'))}",
+            f"{f_ratio(s.get('full_only_cpu_us'), h.get('full_only_cpu_us'))} / {f_ratio(s.get('resumed_only_cpu_us'), h.get('resumed_only_cpu_us'))}"]) + " |")
     return "\n".join(rows)
 
 
