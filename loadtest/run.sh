@@ -4,11 +4,12 @@
 #   loadtest/run.sh                      # all scenarios, writes loadtest/RESULTS.md
 #   loadtest/run.sh proxy-small          # one scenario (others already in results/ stay in the report)
 #   loadtest/run.sh path/to/mine.yaml    # your own scenario file
-#   loadtest/run.sh --quick              # CI smoke: proxy-small, wrk only, a few seconds,
+#   loadtest/run.sh --quick              # CI smoke: proxy-small + slowloris, wrk only, ~30 s,
 #                                        # writes loadtest/results/smoke.md, exit != 0 on failure
 #   loadtest/run.sh --help               # every option
 #
-# Installs what is missing (apt-get: wrk nginx haproxy python3-yaml util-linux curl redis-server;
+# Installs what is missing (apt-get: wrk nginx haproxy python3-yaml util-linux curl openssl redis-server,
+# nghttp2-client for h2-small;
 # oha via `cargo install oha --locked`, cached in loadtest/.bin), builds the gateway
 # and the echo backend, then hands over to loadtest/lib/harness.py.
 set -euo pipefail
@@ -38,6 +39,7 @@ install_deps() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v python3 >/dev/null || missing+=(python3)
   command -v curl >/dev/null    || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)       # TLS scenarios: test certificate, s_time
   command -v redis-server >/dev/null || missing+=(redis-server)   # services: [redis]
   if ! python3 -c 'import yaml' 2>/dev/null && ! /usr/bin/python3 -c 'import yaml' 2>/dev/null; then
     missing+=(python3-yaml)
@@ -88,10 +90,16 @@ if [[ $REPORT_ONLY == 0 ]]; then
   # What this command line needs (oha for open-loop scenarios, the gateway if it is a target).
   NEEDS=" $("$PY" "$LOADTEST/lib/harness.py" --print-needs "$@") "
   [[ "$NEEDS" == *" oha "* ]] && install_oha
+  if [[ "$NEEDS" == *" h2load "* ]] && ! command -v h2load >/dev/null; then   # h2-small
+    log "installing: nghttp2-client (h2load)"
+    SUDO=""; [[ $(id -u) == 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nghttp2-client
+  fi
   [[ $NO_BUILD == 1 ]] || build_gatehouse
 fi
 
-# 10,000 idle client connections + the proxies' own sockets need more than 1024 fds.
+# 10,000 idle client connections + the proxies' own sockets need more than 1024 fds. (The
+# harness tries to raise the hard limit too, for proxy-idle-max; that needs CAP_SYS_RESOURCE.)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # --------------------------------------------------------------- run + cleanup

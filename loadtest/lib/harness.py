@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import statistics
 import subprocess
 import sys
@@ -330,15 +331,21 @@ def reap_orphans():
             return
 
 
-def wait_http(port, req, proc, timeout=30.0, host="127.0.0.1"):
-    """Wait until `req` through 127.0.0.1:port answers < 400. Returns None or an error."""
+def wait_http(port, req, proc, timeout=30.0, host="127.0.0.1", tls=False):
+    """Wait until `req` through 127.0.0.1:port answers < 400 (over TLS, with the harness's
+    self-signed certificate unchecked, if `tls`). Returns None or an error."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return f"exited with code {proc.returncode}"
         try:
-            c = http.client.HTTPConnection(host, port, timeout=2)
+            if tls:
+                ctx = ssl.create_default_context()
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                c = http.client.HTTPSConnection(host, port, timeout=2, context=ctx)
+            else:
+                c = http.client.HTTPConnection(host, port, timeout=2)
             body = request_body(req)
             c.request(req["method"], req["path"], body=body, headers=req.get("headers") or {})
             r = c.getresponse()
@@ -373,19 +380,24 @@ def load_scenario(arg):
     sc.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     sc["_file"] = os.path.relpath(path, REPO)
     known = {"name", "description", "upstream", "targets", "access_log", "load", "requests",
-             "gatehouse", "gatehouse-base", "nginx", "haproxy", "services", "action", "_file"}
+             "gatehouse", "gatehouse-base", "nginx", "haproxy", "services", "action", "attack",
+             "tls", "_file"}
     unknown = set(sc) - known
     if unknown:
         raise HarnessError(f"{path}: unknown keys {sorted(unknown)}")
     load = sc.setdefault("load", {})
     load.setdefault("mode", "closed")
-    if load["mode"] not in ("closed", "open"):
-        raise HarnessError(f"{path}: load.mode must be closed or open")
+    if load["mode"] not in LOAD_MODES:
+        raise HarnessError(f"{path}: load.mode must be one of {', '.join(LOAD_MODES)}")
+    if load["mode"] in ("h2", "handshakes") and not sc.get("tls"):
+        raise HarnessError(f"{path}: load.mode {load['mode']} needs `tls: true` (TLS listeners on every target)")
     load.setdefault("connections", 50)
     load.setdefault("duration", "10s")
     load.setdefault("warmup", "2s")
     load.setdefault("rounds", 3)
     load.setdefault("idle_connections", 0)
+    load.setdefault("streams", 10)          # h2: concurrent streams per connection (h2load -m)
+    load.setdefault("clients", 2)           # handshakes: parallel `openssl s_time` clients
     if load["mode"] == "open" and not load.get("rate"):
         raise HarnessError(f"{path}: open loop needs load.rate")
     up = sc.setdefault("upstream", {})
@@ -411,7 +423,62 @@ def load_scenario(arg):
             raise HarnessError(f"{path}: target {t} listed but no `{t}:` config template")
     if sc.get("action") is not None:
         sc["action"] = parse_action(sc["action"], load, path)
+    if sc.get("attack") is not None:
+        sc["attack"] = parse_attack(sc["attack"], load, path)
+        if sc.get("action"):
+            raise HarnessError(f"{path}: a scenario has an action or an attack, not both")
+    sc["tls"] = bool(sc.get("tls"))
+    if sc["tls"] and "direct" in sc["targets"]:
+        raise HarnessError(f"{path}: a TLS scenario cannot have the `direct` target (the upstream is plaintext)")
     return sc
+
+
+# closed: wrk keeps N connections busy | open: oha offers a rate | h2: h2load, HTTP/2 over TLS,
+# many streams per connection | handshakes: `openssl s_time`, new TLS connections (full, resumed)
+LOAD_MODES = ("closed", "open", "h2", "handshakes")
+ATTACKS = ("slowloris",)
+
+
+def parse_attack(a, load, path):
+    """`attack: { run: slowloris, connections: 1000, ... }`: slow clients held open against each
+    proxy while the normal closed-loop load runs; every proxy also runs the same rounds without
+    it (the control, same process, interleaved)."""
+    if not isinstance(a, dict):
+        raise HarnessError(f"{path}: attack must be a mapping like {{ run: slowloris, connections: 1000 }}")
+    unknown = set(a) - {"run", "connections", "sources", "interval", "body_share", "header_timeout",
+                        "quick_connections", "quick_header_timeout"}
+    if unknown:
+        raise HarnessError(f"{path}: attack: unknown keys {sorted(unknown)}")
+    if a.get("run") not in ATTACKS:
+        raise HarnessError(f"{path}: attack.run must be one of {', '.join(ATTACKS)}")
+    if load["mode"] != "closed":
+        raise HarnessError(f"{path}: an attack runs beside a closed-loop (wrk) load")
+    out = {"run": a["run"], "connections": int(a.get("connections", 1000)), "sources": int(a.get("sources", 8)),
+           "interval": parse_duration(a.get("interval", "1s")), "body_share": float(a.get("body_share", 0.1)),
+           "header_timeout": parse_duration(a.get("header_timeout", "5s")),
+           "quick_connections": int(a.get("quick_connections", 200)),
+           "quick_header_timeout": parse_duration(a.get("quick_header_timeout", "1s"))}
+    if not 1 <= out["sources"] <= 250 or not 0 <= out["body_share"] <= 1 or out["connections"] < 1:
+        raise HarnessError(f"{path}: attack needs connections >= 1, 1 <= sources <= 250, 0 <= body_share <= 1")
+    return out
+
+
+def make_tls(workdir):
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 / localhost (TLS scenarios): the
+    same certificate and key for every proxy; HAProxy takes both in one PEM file."""
+    d = os.path.join(workdir, "tls")
+    os.makedirs(d, exist_ok=True)
+    cert, key, pem = (os.path.join(d, f) for f in ("cert.pem", "key.pem", "cert-and-key.pem"))
+    if not os.path.exists(pem):
+        r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
+                            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise HarnessError(f"openssl could not make the test certificate: {r.stderr[-500:]}")
+        with open(pem, "w") as f:
+            f.write(open(cert).read() + open(key).read())
+    return {"tls_cert": cert, "tls_key": key, "tls_pem": pem}
 
 
 ACTIONS = ("upgrade",)
@@ -517,6 +584,73 @@ def oha_cmd(sc, port, duration, bodyfile, pin, db=None):
         # errors are only counted, in the JSON summary's errorDistribution.
         cmd += ["--db-url", db]
     return cmd + [f"http://127.0.0.1:{port}{r['path']}"]
+
+
+def h2load_cmd(sc, port, duration, pin, logfile=None):
+    """h2load: HTTP/2 over TLS (ALPN h2), `connections` clients with `streams` concurrent
+    streams each, one thread; --log-file keeps every request's latency for the percentiles."""
+    load, r = sc["load"], sc["requests"][0]
+    cmd = pin(0) + ["h2load", "-t1", "-c", str(load["connections"]), "-m", str(load["streams"]),
+                    "-D", fmt_secs(duration)]
+    for k, v in r["headers"].items():
+        cmd += ["-H", f"{k}: {v}"]
+    if logfile:
+        cmd += ["--log-file", logfile]
+    return cmd + [f"https://127.0.0.1:{port}{r['path']}"]
+
+
+def parse_h2load(out, logfile):
+    m = re.search(r"finished in ([0-9.]+)(m?s), ([0-9.]+) req/s", out)
+    q = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                  r"(\d+) errored, (\d+) timeout", out)
+    c = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not m or not q:
+        raise HarnessError("h2load printed no summary:\n" + out[-2000:])
+    secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+    lat = []
+    if logfile and os.path.exists(logfile):
+        with open(logfile) as f:
+            for line in f:
+                p = line.split("\t")
+                if len(p) >= 3 and p[1].strip() != "-1":
+                    lat.append(int(p[2]) / 1000)
+    lat.sort()
+    proto = re.search(r"Application protocol: (\S+)", out)
+    if not proto or proto.group(1) != "h2":
+        raise HarnessError(f"h2load did not negotiate h2 (ALPN): {proto.group(1) if proto else 'no TLS session'}\n"
+                           + out[-1000:])
+    done, ok = int(q.group(3)), int(q.group(4))
+    non2xx = (int(c.group(2)) + int(c.group(3)) + int(c.group(4))) if c else 0
+    return {
+        "requests": done, "seconds": secs, "rps": ok / secs if secs else 0.0,
+        "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99), "p999_ms": pct(lat, 99.9),
+        "mean_ms": statistics.mean(lat) if lat else None, "max_ms": lat[-1] if lat else None,
+        "errors_status": non2xx, "errors_socket": int(q.group(6)) + int(q.group(7)),
+        "errors_detail": {"failed": int(q.group(5)), "errored": int(q.group(6)), "timeout": int(q.group(7)),
+                          "non_2xx": non2xx},
+    }
+
+
+def s_time_cmd(port, secs, reuse, pin, request=True):
+    """`openssl s_time`: one new TLS connection after another, each with a GET / over it (or,
+    with request=False, nothing: handshake and close) and a close; `-new` makes every handshake
+    a full one, `-reuse` resumes the first session."""
+    return pin(0) + ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-reuse" if reuse else "-new",
+                     "-time", str(max(1, int(round(secs))))] + (["-www", "/"] if request else [])
+
+
+def parse_s_time(out, reuse):
+    """Connections made, and (with -reuse) how many were resumed: s_time prints one character
+    per connection, `r` for a resumed session and `*` for a full handshake."""
+    m = re.findall(r"(\d+) connections in [0-9.]+s;", out)
+    if not m:
+        raise HarnessError("openssl s_time printed no result:\n" + out[-1500:])
+    n = int(m[-1])
+    if not reuse:
+        return n, 0
+    tail_part = out.split("Now timing with session id reuse.", 1)[-1]
+    marks = "".join(re.findall(r"^[r*]+$", tail_part, re.M))
+    return n, marks.count("r")
 
 
 def parse_wrk(out):
@@ -767,6 +901,13 @@ class Target:
             "haproxy_log": "log stdout format raw local0" if access_log == "file" else "",
         }
         values.update(sc.get("_service_values", {}))
+        # TLS scenarios: the harness's self-signed certificate; attacks: the head deadline
+        # every proxy gets (server.header_timeout, client_header_timeout, timeout http-request).
+        values.update(sc.get("_tls_values", {}))
+        values["header_timeout"] = fmt_secs(sc["_header_timeout"]) if sc.get("_header_timeout") else "10s"
+        # Connection-table sizes (nginx worker_connections, HAProxy maxconn) that fit the idle
+        # clients actually opened (after any fd-limit cap): both preallocate per slot.
+        values["max_connections"] = int(sc["load"].get("idle_connections") or 0) + 2000
         kind = "gatehouse" if name == "gatehouse-base" else name
         # A scenario may give gatehouse-base a template of its own: with GATEHOUSE_BASE_BIN
         # the same binary, one interleaved run then compares two configs (proxy-breaker).
@@ -834,7 +975,7 @@ class Target:
                 return
             self.cur_pid = master
             PROCS.register(master)   # its own session and group (daemon)
-        e = wait_http(self.port, sc["requests"][0], None if self.daemon else self.proc, timeout=30)
+        e = wait_http(self.port, sc["requests"][0], None if self.daemon else self.proc, timeout=30, tls=sc["tls"])
         if e:
             self.error = f"did not start: {e}\n{tail(self.log)}" + (
                 tail(os.path.join(workdir, "nginx.error.log")) if name == "nginx" else "")
@@ -900,10 +1041,40 @@ class Target:
     def stop(self):
         if self.name == "direct":
             return
+        if self.name == "pingora" and self.proc and self.proc.poll() is None:
+            # SIGINT is Pingora's fast shutdown; SIGTERM would wait out its 5 s grace period.
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         if self.proc:
             PROCS.stop(self.proc)
         if self.cur_pid:
             stop_pid(self.cur_pid)
+
+    def metric_sum(self, name, match=""):
+        """Sum of a Gatehouse metric's series whose labels contain `match` (None if unavailable)."""
+        if self.name not in GATEHOUSE_KINDS or not self.admin_port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=3) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        vals = [float(m.group(2)) for m in re.finditer(rf'^{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)', text, re.M)
+                if match in (m.group(1) or "")]
+        return sum(vals) if vals else 0.0
+
+    def fds(self):
+        """Open file descriptors of the serving process(es): sockets to clients and upstreams."""
+        n = 0
+        for p in self.pids():
+            try:
+                n += len(os.listdir(f"/proc/{p}/fd"))
+            except OSError:
+                pass
+        return n
 
     def metrics(self):
         """gatehouse_upstream_connections_total by reused=true/false (None if unavailable)."""
@@ -1106,14 +1277,35 @@ class PidSampler(threading.Thread):
 # ----------------------------------------------------------------------------- one round
 
 class IdleConns:
-    def __init__(self, port, n, path, pin, timeout=180):
-        self.p = PROCS.start(pin(0) + [sys.executable, os.path.join(HERE, "idle_conns.py"),
-                                        "127.0.0.1", str(port), str(n), path],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.ready = self._line("READY", timeout)
-        m = dict(re.findall(r"(\w+)=(\S+)", self.ready))
-        self.opened, self.failed = int(m.get("opened", 0)), int(m.get("failed", 0))
-        self.open_seconds = float(m.get("seconds", 0))
+    """N idle keep-alive client connections, opened by idle_conns.py processes on CPU 0. A
+    process can hold only as many sockets as its fd limit allows, so large counts are split
+    over several processes, each spreading its connections over its own 127.0.0.x source
+    addresses (4,000 per address: connect() finds a free ephemeral port slowly once a range fills up)."""
+
+    def __init__(self, port, n, path, pin, timeout=300):
+        per_proc = max(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 256)
+        self.procs = []
+        self.opened = self.failed = 0
+        self.open_seconds = 0.0
+        first_src = 10
+        left = n
+        while left > 0:
+            k = min(left, per_proc)
+            nsrc = max(1, math.ceil(k / 4000))   # a source address fills its port range slowly past a few thousand
+            self.p = PROCS.start(pin(0) + [sys.executable, os.path.join(HERE, "idle_conns.py"),
+                                            "127.0.0.1", str(port), str(k), path, str(nsrc), str(first_src)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.procs.append(self.p)
+            first_src += nsrc
+            left -= k
+        for self.p in self.procs:   # opened one after another (each READY waits for the previous)
+            ready = self._line("READY", timeout)
+            m = dict(re.findall(r"(\w+)=(\S+)", ready))
+            self.opened += int(m.get("opened", 0))
+            self.failed += int(m.get("failed", 0))
+            self.open_seconds = max(self.open_seconds, float(m.get("seconds", 0)))
+            if m.get("last_error"):
+                self.last_error = m["last_error"]
 
     def _line(self, prefix, timeout):
         import select
@@ -1129,17 +1321,88 @@ class IdleConns:
         raise HarnessError(f"idle_conns: no {prefix} within {timeout}s")
 
     def alive(self):
-        self.p.stdin.write("count\n")
-        self.p.stdin.flush()
-        return int(self._line("ALIVE", 10).split()[1])
+        n = 0
+        for self.p in self.procs:
+            self.p.stdin.write("count\n")
+            self.p.stdin.flush()
+            n += int(self._line("ALIVE", 10).split()[1])
+        return n
 
     def close(self):
+        for p in self.procs:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+            PROCS.stop(p)
+
+
+class Slowloris:
+    """The `slowloris` attack (lib/slowloris.py) against one proxy, on CPU 0, for one round."""
+
+    def __init__(self, port, attack, pin, quick, timeout=120):
+        n = attack["quick_connections"] if quick else attack["connections"]
+        self.cmd = pin(0) + [sys.executable, os.path.join(HERE, "slowloris.py"), "127.0.0.1", str(port), str(n),
+                             "--sources", str(attack["sources"]), "--interval", f"{attack['interval']:g}",
+                             "--body-share", f"{attack['body_share']:g}"]
+        self.p = PROCS.start(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self._line("READY", timeout)
+        m = dict(re.findall(r"(\w+)=(\S+)", line))
+        self.opened, self.failed = int(m.get("opened", 0)), int(m.get("failed", 0))
+        self.open_seconds = float(m.get("seconds", 0))
+
+    def _line(self, prefix, timeout):
+        import select
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None and not select.select([self.p.stdout], [], [], 0)[0]:
+                raise HarnessError(f"slowloris exited: {self.p.stderr.read()[-1500:]}")
+            r, _, _ = select.select([self.p.stdout], [], [], 1.0)
+            if r:
+                line = self.p.stdout.readline()
+                if line.startswith(prefix):
+                    return line.strip()
+        raise HarnessError(f"slowloris: no {prefix} within {timeout}s")
+
+    def finish(self):
+        """Stop the attack; returns its RESULT (what the server cut, and how)."""
         try:
             self.p.stdin.close()
-            self.p.wait(30)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        PROCS.stop(self.p)
+            res = json.loads(self._line("RESULT", 30)[7:])
+        finally:
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+            PROCS.stop(self.p)
+        return res
+
+
+class Sampler(threading.Thread):
+    """Every 0.5 s during the measured load: the proxy's open fds and RSS (what slow clients
+    hold), for the attack scenario's control and attack rounds alike."""
+
+    def __init__(self, t, interval=0.5):
+        super().__init__(name="fd-sampler", daemon=True)
+        self.t, self.interval, self.fds, self.rss = t, interval, [], []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.wait(self.interval):
+            self.fds.append(self.t.fds())
+            self.rss.append(read_status(self.t.pid).get("VmRSS") or 0)
+
+    def finish(self):
+        self.halt.set()
+        self.join(5)
+        return {"fds_max": max(self.fds) if self.fds else None,
+                "fds_median": statistics.median(self.fds) if self.fds else None,
+                "rss_median_kib": statistics.median(self.rss) if self.rss else None}
 
 
 def wait_quiet(max_wait, threshold=0.15):
@@ -1157,21 +1420,82 @@ def wait_quiet(max_wait, threshold=0.15):
         time.sleep(2.0)
 
 
-def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script, quiet_wait=0):
+def run_handshakes(t, pin, duration, warmup, clients, handshake_only=True):
+    """`handshakes` mode: for full handshakes (`s_time -new`), then resumptions (`-reuse`),
+    `clients` parallel s_time processes on CPU 0 for `duration`; the proxy's CPU seconds over
+    each part (from /proc/PID/stat) divided by the connections made = CPU per connection.
+    Each connection carries one GET / (proxied), and with `handshake_only` the same two parts
+    run again without it (handshake and close: the TLS cost alone)."""
+    out = {}
+    if warmup > 0:
+        PROCS.run(s_time_cmd(t.port, warmup, False, pin), timeout=warmup + 60)
+    parts = [("full", False, True), ("resumed", True, True)]
+    if handshake_only:
+        parts += [("full_only", False, False), ("resumed_only", True, False)]
+    for kind, reuse, request in parts:
+        cmds = [s_time_cmd(t.port, duration, reuse, pin, request) for _ in range(clients)]
+        c0, t0 = t.cpu(), time.monotonic()
+        ps = [PROCS.start(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
+        total = resumed = 0
+        for p in ps:
+            try:
+                so, se = p.communicate(timeout=duration + 60)
+            except subprocess.TimeoutExpired:
+                PROCS.stop(p)
+                raise HarnessError(f"openssl s_time timed out after {duration + 60:g}s")
+            PROCS.live.remove(p)
+            n, r = parse_s_time(so + se, reuse)
+            total += n
+            resumed += r
+        secs, c1 = time.monotonic() - t0, t.cpu()
+        cpu = (c1 - c0) if c0 is not None and c1 is not None else None
+        out[kind] = {"connections": total, "seconds": round(secs, 3), "per_s": total / secs if secs else 0.0,
+                     "cpu_s": cpu, "cpu_us_per_conn": cpu / total * 1e6 if cpu is not None and total else None,
+                     "resumed": resumed, "cmd": cmds[0]}
+    f, r = out["full"], out["resumed"]
+    extra = {}
+    for k in ("full_only", "resumed_only"):
+        if k in out:
+            extra[f"{k}_per_s"], extra[f"{k}_cpu_us"] = out[k]["per_s"], out[k]["cpu_us_per_conn"]
+    # The generic fields (summary, tables): "requests" are full handshakes, rps their rate.
+    return {**extra, "requests": f["connections"], "seconds": f["seconds"], "rps": f["per_s"],
+            "p50_ms": None, "p90_ms": None, "p99_ms": None, "p999_ms": None, "mean_ms": None, "max_ms": None,
+            "errors_status": 0, "errors_socket": 0, "handshakes": out,
+            "full_per_s": f["per_s"], "full_cpu_us": f["cpu_us_per_conn"],
+            "resumed_per_s": r["per_s"], "resumed_cpu_us": r["cpu_us_per_conn"],
+            "resumed_share": r["resumed"] / r["connections"] if r["connections"] else None,
+            "loadgen_cmd": f["cmd"]}
+
+
+def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script, quiet_wait=0,
+              label=None, attack=None, quick=False):
     load = sc["load"]
     open_loop = load["mode"] == "open"
+    mode = load["mode"]
     # With an action in the scenario every variant (the control too) keeps oha's per-request
     # data, so that the same windows are cut from both.
     sc_action = sc.get("action")
 
     def gen(secs, measured=False):
         db, box = None, None
+        if mode == "handshakes":
+            if not measured:   # warm-up: full handshakes, not measured
+                PROCS.run(s_time_cmd(t.port, secs, False, pin), timeout=secs + 60)
+                return None, {}
+            r = run_handshakes(t, pin, secs, 0, int(load["clients"]), bool(load.get("handshake_only", True)))
+            r["seconds"] = sum(h["seconds"] for h in r["handshakes"].values())
+            return r.pop("loadgen_cmd"), r
         if open_loop:
             if measured and sc_action:
                 db = os.path.join(t.workdir, "oha-requests.db")
                 if os.path.exists(db):
                     os.remove(db)
             cmd = oha_cmd(sc, t.port, secs, bodyfile, pin, db=db)
+        elif mode == "h2":
+            h2log = os.path.join(t.workdir, f"h2load-{t.label}.log") if measured else None
+            if h2log and os.path.exists(h2log):
+                os.remove(h2log)
+            cmd = h2load_cmd(sc, t.port, secs, pin, logfile=h2log)
         else:
             cmd = wrk_cmd(sc, t.port, secs, script, pin)
         if measured and t.action:
@@ -1180,7 +1504,12 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             rc, out, err = PROCS.run(cmd, timeout=secs + 120 if db else secs + 60)
         if rc != 0:
             raise HarnessError(f"{cmd[0] if not pin(0) else cmd[3]} exited {rc}: {err[-1500:]}")
-        r = parse_oha(out) if open_loop else parse_wrk(out)
+        if mode == "h2":
+            r = parse_h2load(out, h2log)
+            if h2log and os.path.exists(h2log):
+                os.remove(h2log)
+        else:
+            r = parse_oha(out) if open_loop else parse_wrk(out)
         if db:
             # The windows start when the action started (measured), or at the nominal time in
             # the control; both in seconds from oha's spawn.
@@ -1197,7 +1526,7 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             r["action"] = box
         return cmd, r
 
-    res = {"target": t.label}
+    res = {"target": label or t.label}
     if quiet_wait > 0:
         res["quiet_waited_s"], res["busy_before"] = wait_quiet(quiet_wait)
         if res["busy_before"] > 0.15:
@@ -1209,10 +1538,21 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         res["rss_before_idle_kib"] = read_status(t.pid).get("VmRSS")
         idle = IdleConns(t.port, int(load["idle_connections"]), sc["requests"][0]["path"], pin)
         res.update(idle_opened=idle.opened, idle_failed=idle.failed, idle_open_seconds=idle.open_seconds)
+        if getattr(idle, "last_error", None):
+            res["idle_last_error"] = idle.last_error
         time.sleep(3)
         res["rss_idle_kib"] = read_status(t.pid).get("VmRSS")
         res["idle_alive_at_rest"] = idle.alive()
+    attacker, fdsamp = None, None
     try:
+        if attack:
+            # The slow clients connect first and keep trickling through warm-up and load; the
+            # peak RSS below (reset before the measured part) is with them all open.
+            res["rss_before_attack_kib"] = read_status(t.pid).get("VmRSS")
+            rej0 = t.metric_sum("gatehouse_rejected_requests_total", 'reason="request-timeout"')
+            attacker = Slowloris(t.port, attack, pin, quick)
+            res.update(attack_opened=attacker.opened, attack_connect_failed=attacker.failed,
+                       attack_open_seconds=attacker.open_seconds)
         if warmup > 0:
             gen(warmup)
         m0, c0, up0 = t.metrics(), t.cpu(), cpu_seconds(upstream.proc.pid)
@@ -1220,11 +1560,23 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
         sampler = PidSampler(t) if t.action else None
         if sampler:
             sampler.start()
+        if sc.get("attack"):
+            fdsamp = Sampler(t)
+            fdsamp.start()
         (lg0, me0), st0 = children_cpu(), cpu_times()
         try:
             cmd, r = gen(duration, measured=True)
         finally:
             followed = sampler.finish() if sampler else None
+            if fdsamp:
+                res.update(fdsamp.finish())
+        if attack:
+            res["downstream_connections_gauge"] = t.metric_sum("gatehouse_downstream_connections")
+            res["attack"] = attacker.finish()
+            attacker = None
+            rej1 = t.metric_sum("gatehouse_rejected_requests_total", 'reason="request-timeout"')
+            if rej0 is not None and rej1 is not None:
+                res["attack"]["rejected_request_timeout"] = rej1 - rej0
         st1, (lg1, me1) = cpu_times(), children_cpu()
         m1, c1, up1 = t.metrics(), t.cpu(), cpu_seconds(upstream.proc.pid)
         status = t.status()
@@ -1260,9 +1612,13 @@ def run_round(sc, t, upstream, workdir, pin, duration, warmup, bodyfile, script,
             res["reuse_ratio"] = reused / (new + reused) if new + reused else None
         if idle:
             res["idle_alive_after_load"] = idle.alive()
+        if mode == "handshakes":
+            res["cpu_us_per_req"] = None   # per connection, by kind: full_cpu_us / resumed_cpu_us
     finally:
         if idle:
             idle.close()
+        if attacker:
+            PROCS.stop(attacker.p)
     return res
 
 
@@ -1296,6 +1652,30 @@ def summarize(rounds):
         s["idle_opened"] = min(r.get("idle_opened", 0) for r in ok)
         s["idle_failed"] = max(r.get("idle_failed", 0) for r in ok)
         s["idle_alive_after_load"] = min(r.get("idle_alive_after_load", 0) for r in ok)
+    for k in ("full_per_s", "full_cpu_us", "resumed_per_s", "resumed_cpu_us", "resumed_share", "full_only_per_s",
+              "full_only_cpu_us", "resumed_only_per_s", "resumed_only_cpu_us", "fds_max",
+              "fds_median", "rss_median_kib", "rss_before_attack_kib", "downstream_connections_gauge"):
+        if any(r.get(k) is not None for r in ok):
+            s[k] = med(k)
+    atk = [r["attack"] for r in ok if r.get("attack")]
+    if atk:
+        by_status = {}
+        for a in atk:
+            for k, v in a["cut_by_status"].items():
+                by_status[k] = by_status.get(k, 0) + v
+        lives = lambda kind: [a["lifetime_s"][kind]["median"] for a in atk if a["lifetime_s"][kind]["median"] is not None]  # noqa: E731
+        rej = [a["rejected_request_timeout"] for a in atk if a.get("rejected_request_timeout") is not None]
+        s["attack"] = {
+            "rounds": len(atk), "connections": atk[0]["connections"], "body_connections": atk[0]["body_connections"],
+            "sources": atk[0]["sources"], "interval_s": atk[0]["interval_s"],
+            "attack_seconds": sum(a["attack_seconds"] for a in atk),
+            "opened_total": sum(a["opened_total"] for a in atk), "connect_failed": sum(a["connect_failed"] for a in atk),
+            "cut_head": sum(a["cut_head"] for a in atk), "cut_body": sum(a["cut_body"] for a in atk),
+            "cut_by_status": by_status, "rejected_request_timeout": sum(rej) if rej else None,
+            "lifetime_head_median_s": statistics.median(lives("head")) if lives("head") else None,
+            "lifetime_body_median_s": statistics.median(lives("body")) if lives("body") else None,
+            "open_at_end": statistics.median(a["open_at_end"] for a in atk),
+        }
     cpu1_other = [r["cpu1_busy_s"] - (r["cpu_s"] or 0) for r in ok if "cpu1_busy_s" in r]
     if cpu1_other and any(r["target"] != "direct" for r in ok):
         s["cpu1_other_s"] = statistics.median(cpu1_other)
@@ -1384,147 +1764,300 @@ def choose_upstream(args, workdir, pin, results_dir):
     return chosen, doc
 
 
-def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
-    name = sc["name"]
-    load = sc["load"]
-    duration = parse_duration(args.duration or load["duration"])
-    warmup = parse_duration(args.warmup if args.warmup is not None else load["warmup"])
-    rounds = args.rounds or int(load["rounds"])
-    targets = [t for t in sc["targets"] if (t == "direct" and not args.no_direct) or
-               (t != "direct" and t in args.proxies)]
-    if "gatehouse-base" in args.proxies and "gatehouse" in sc["targets"] and "gatehouse-base" not in targets:
-        targets.append("gatehouse-base")
-    if args.quick:
-        duration, warmup, rounds = 3.0, 1.0, 1
-    action = sc.get("action")
-    # Variants: with an action, each proxy runs as `<proxy>` (the control, no action) and as
-    # `<proxy>+<action>` (the action in every round), each its own process, interleaved.
-    variants = {}
-    for tn in targets:
-        if action and tn != "direct":
-            if action["control"]:
-                variants[tn] = (tn, None)
-            variants[f"{tn}+{action['run']}"] = (tn, action)
-        else:
-            variants[tn] = (tn, None)
-    if action and action["at"] + 2 * action["window"] > duration:
-        raise HarnessError(f"{name}: action at {action['at']:g}s + 2 windows of {action['window']:g}s "
-                           f"do not fit in {duration:g}s of load")
-    wd = os.path.join(workdir, name)
-    os.makedirs(wd, exist_ok=True)
-    sc["_keep_workdir"] = args.keep_workdir
-    script = os.path.join(wd, "wrk.lua")
-    wrk_script(sc, script)
-    bodyfile = None
-    b = request_body(sc["requests"][0])
-    if b:
-        bodyfile = os.path.join(wd, "body.bin")
-        with open(bodyfile, "wb") as f:
-            f.write(b)
-    kind = sc["upstream"]["kind"]
-    if kind == "auto":
-        kind = upstream_kind
-    log(f"== {name}: {load['mode']} loop, {rounds} round(s) x {duration:g}s (+{warmup:g}s warm-up), "
-        f"targets {', '.join(variants)}, upstream {kind}"
-        + (f", {action['run']} at {action['at']:g}s" if action else ""))
-    doc = {"scenario": name, "file": sc["_file"], "description": sc.get("description", ""),
-           "run_id": run_meta["run_id"], "started": datetime.datetime.now().isoformat(timespec="seconds"),
-           "quick": args.quick, "pinned": args.pin, "load": dict(load, duration=duration, warmup=warmup, rounds=rounds),
-           "requests": sc["requests"], "access_log": sc["access_log"],
-           "load_generator": "oha" if load["mode"] == "open" else "wrk",
-           "order": list(variants), "targets": {}}
-    if action:
-        doc["action"] = action
-    upstream = Upstream(kind, sc["upstream"]["body_size"], wd, pin)
-    doc["upstream"] = {"kind": kind, "body_size": upstream.body_size, "cmd": upstream.cmd}
-    tobjs = {}
-    services = []
-    try:
-        if "redis" in sc["services"]:
-            services.append(RedisService(wd, pin))
-            sc["_service_values"] = {"redis_port": services[-1].port}
-            doc["services"] = {"redis": {"cmd": services[-1].cmd}}
-        for tn, (proxy, act) in variants.items():
-            twd = wd
+QUICK_DURATION, QUICK_WARMUP = 1.0, 1.0   # --quick: one round per target of this much load
+IDLE_FD_RESERVE = 500   # fds a proxy needs beside its idle clients: listeners, logs, load, upstreams
+
+
+def idle_cap(requested, run_meta):
+    """Idle connections that fit under the fd limit the proxies inherit (one fd each in the proxy),
+    and why the count was lowered, if it was."""
+    lim = run_meta.get("fd_limit") or {}
+    hard = lim.get("hard") or resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    fit = max(0, (hard - IDLE_FD_RESERVE) // 500 * 500)
+    if requested <= fit:
+        return requested, None
+    return fit, (f"{requested:,} requested, {fit:,} measured: the per-process open-file limit is {hard:,} "
+                 f"(RLIMIT_NOFILE hard) and raising it failed ({lim.get('raise_error') or 'not permitted'}); "
+                 f"each idle client costs the proxy one fd, {IDLE_FD_RESERVE} are kept for its other sockets and files")
+
+
+class ScenarioRun:
+    """One scenario: its upstream and proxies (setup), its rounds (round i runs every variant
+    once, in order), and its results (finish). Paired scenarios (`--pair A,B`) are set up
+    together and their rounds interleaved: round i of A, round i of B, round i+1 of A, ..."""
+
+    def __init__(self, sc, args, workdir, pin, upstream_kind, run_meta):
+        self.sc, self.args, self.workdir, self.pin, self.run_meta = sc, args, workdir, pin, run_meta
+        self.upstream_kind = upstream_kind
+        self.tobjs, self.services, self.upstream = {}, [], None
+
+    def setup(self):
+        sc, args, pin, run_meta = self.sc, self.args, self.pin, self.run_meta
+        name = sc["name"]
+        load = sc["load"]
+        duration = parse_duration(args.duration or load["duration"])
+        warmup = parse_duration(args.warmup if args.warmup is not None else load["warmup"])
+        rounds = args.rounds or int(load["rounds"])
+        targets = [t for t in sc["targets"] if (t == "direct" and not args.no_direct) or
+                   (t != "direct" and t in args.proxies)]
+        if "gatehouse-base" in args.proxies and "gatehouse" in sc["targets"] and "gatehouse-base" not in targets:
+            targets.append("gatehouse-base")
+        if args.quick:
+            duration, warmup, rounds = QUICK_DURATION, QUICK_WARMUP, 1
+        action, attack = sc.get("action"), sc.get("attack")
+        if attack:
+            # Every proxy gets the same head deadline (placeholder {{header_timeout}}); the smoke
+            # run shortens it so that cuts happen within its few seconds of load.
+            sc["_header_timeout"] = attack["quick_header_timeout"] if args.quick else attack["header_timeout"]
+        if sc["tls"]:
+            sc["_tls_values"] = make_tls(self.workdir)
+        idle_note = None
+        if load.get("idle_connections"):
+            req = int(load["idle_connections"])
+            load["idle_requested"] = req
+            load["idle_connections"], idle_note = idle_cap(req, run_meta)
+            if idle_note:
+                log(f"  {name}: {idle_note}")
+        # Variants: with an action, each proxy runs as `<proxy>` (the control, no action) and as
+        # `<proxy>+<action>` (the action in every round), each its own process, interleaved.
+        # With an attack, `<proxy>` (control) and `<proxy>+<attack>` are the same process.
+        variants = {}
+        for tn in targets:
             if action and tn != "direct":
-                # own pid file, upgrade socket, data dir and logs per variant
-                twd = os.path.join(wd, tn.replace("+", "-"))
-                os.makedirs(twd, exist_ok=True)
-            t = Target(proxy, sc, upstream, twd, pin, label=tn, action=act)
-            tobjs[tn] = t
+                if action["control"]:
+                    variants[tn] = (tn, None, False)
+                variants[f"{tn}+{action['run']}"] = (tn, action, False)
+            elif attack and tn != "direct":
+                variants[tn] = (tn, None, False)
+                variants[f"{tn}+{attack['run']}"] = (tn, None, True)
+            else:
+                variants[tn] = (tn, None, False)
+        if action and action["at"] + 2 * action["window"] > duration:
+            raise HarnessError(f"{name}: action at {action['at']:g}s + 2 windows of {action['window']:g}s "
+                               f"do not fit in {duration:g}s of load")
+        wd = os.path.join(self.workdir, name)
+        os.makedirs(wd, exist_ok=True)
+        sc["_keep_workdir"] = args.keep_workdir
+        script = os.path.join(wd, "wrk.lua")
+        wrk_script(sc, script)
+        bodyfile = None
+        b = request_body(sc["requests"][0])
+        if b:
+            bodyfile = os.path.join(wd, "body.bin")
+            with open(bodyfile, "wb") as f:
+                f.write(b)
+        kind = sc["upstream"]["kind"]
+        if kind == "auto":
+            kind = self.upstream_kind
+        gen = {"open": "oha", "closed": "wrk", "h2": "h2load", "handshakes": "openssl s_time"}[load["mode"]]
+        log(f"== {name}: {load['mode']} ({gen}), {rounds} round(s) x {duration:g}s (+{warmup:g}s warm-up), "
+            f"targets {', '.join(variants)}, upstream {kind}"
+            + (f", {action['run']} at {action['at']:g}s" if action else "")
+            + (f", {attack['run']}: {attack['quick_connections'] if args.quick else attack['connections']} "
+               f"connections, head deadline {fmt_secs(sc['_header_timeout'])}" if attack else ""))
+        doc = {"scenario": name, "file": sc["_file"], "description": sc.get("description", ""),
+               "run_id": run_meta["run_id"], "started": datetime.datetime.now().isoformat(timespec="seconds"),
+               "quick": args.quick, "pinned": args.pin,
+               "load": dict(load, duration=duration, warmup=warmup, rounds=rounds),
+               "requests": sc["requests"], "access_log": sc["access_log"], "tls": sc["tls"],
+               "load_generator": gen, "order": list(variants), "targets": {}}
+        if idle_note:
+            doc["idle_cap"] = idle_note
+        if action:
+            doc["action"] = action
+        if attack:
+            doc["attack"] = dict(attack, header_timeout_used=sc["_header_timeout"],
+                                 connections_used=attack["quick_connections"] if args.quick else attack["connections"])
+        self.name, self.doc, self.variants = name, doc, variants
+        self.duration, self.warmup, self.rounds = duration, warmup, rounds
+        self.script, self.bodyfile, self.wd = script, bodyfile, wd
+        self.upstream = Upstream(kind, sc["upstream"]["body_size"], wd, pin)
+        doc["upstream"] = {"kind": kind, "body_size": self.upstream.body_size, "cmd": self.upstream.cmd}
+        if "redis" in sc["services"]:
+            self.services.append(RedisService(wd, pin))
+            sc["_service_values"] = {"redis_port": self.services[-1].port}
+            doc["services"] = {"redis": {"cmd": self.services[-1].cmd}}
+        for tn, (proxy, act, attacked) in variants.items():
+            if attacked:
+                self.tobjs[tn] = t = self.tobjs[proxy]   # the control's process, under attack
+            else:
+                twd = wd
+                if action and tn != "direct":
+                    # own pid file, upgrade socket, data dir and logs per variant
+                    twd = os.path.join(wd, tn.replace("+", "-"))
+                    os.makedirs(twd, exist_ok=True)
+                t = Target(proxy, sc, self.upstream, twd, pin, label=tn, action=act)
+                self.tobjs[tn] = t
             doc["targets"][tn] = {"cmd": t.cmd, "config": t.config_text, "status": "ok" if not t.error else "failed",
                                   "error": t.error, "rounds": []}
+            if proxy == "pingora":
+                # examples/bare_pingora.rs has the gatehouse binary's global allocator since issue 12
+                doc["targets"][tn]["allocator"] = "mimalloc"
+            if attacked:
+                continue
             if t.error:
                 log(f"  {tn}: FAILED: {t.error.splitlines()[0]}")
             else:
                 st = read_status(t.pid)
                 doc["targets"][tn]["rss_start_kib"] = st.get("VmRSS")
                 log(f"  {tn}: up on :{t.port} (pid {t.pid}, RSS {st.get('VmRSS', 0) / 1024:.1f} MiB)")
-        for i in range(rounds):
-            for tn in variants:
-                t = tobjs[tn]
-                if t.error:
-                    continue
-                if not t.alive():
-                    t.error = f"{t.exit_desc()} before round {i + 1}\n{tail(t.log)}"
-                    doc["targets"][tn]["status"] = "failed"
-                    doc["targets"][tn]["error"] = t.error
-                    log(f"  {tn}: DIED before round {i + 1}")
-                    continue
-                attempts = []
-                max_attempts = 1 + (0 if args.quick else args.noisy_retries)
-                for attempt in range(max_attempts):
-                    try:
-                        r = run_round(sc, t, upstream, wd, pin, duration, warmup, bodyfile, script,
-                                      quiet_wait=0 if args.quick else args.quiet_wait)
-                    except HarnessError as e:
-                        r = {"target": tn, "error": str(e)}
-                        log(f"  {tn} round {i + 1}: ERROR {e}")
-                        break
-                    attempts.append(r)
-                    if r.get("noise", 0) <= args.noise_limit or not t.alive() or attempt + 1 == max_attempts:
-                        break
-                    log(f"  {tn} round {i + 1}: noisy ({r['noise'] * 100:.0f}% of a CPU went to other "
-                        f"processes; {r['rps']:.0f} req/s) - discarded, retrying")
-                if attempts:
-                    r = min(attempts, key=lambda a: a.get("noise", 0))
-                    r["attempts"] = len(attempts)
-                    # (failures and the action's outcome too: a discarded upgrade still happened)
-                    r["discarded"] = [dict({k: a.get(k) for k in ("rps", "p99_ms", "noise", "started",
-                                                                   "errors_socket", "errors_status")},
-                                           action_error=(a.get("action") or {}).get("error"))
-                                      for a in attempts if a is not r]
-                r["round"] = i + 1
-                doc["targets"][tn]["rounds"].append(r)
-                if "rps" in r:
-                    extra = ""
-                    if r.get("reuse_ratio") is not None:
-                        extra += f", reuse {r['reuse_ratio'] * 100:.3f}%"
-                    if "rss_idle_kib" in r:
-                        extra += (f", idle {r['idle_opened']} conns RSS {r['rss_idle_kib'] / 1024:.1f} MiB"
-                                  f" (alive after load {r['idle_alive_after_load']})")
-                    extra += f", noise {r.get('noise', 0) * 100:.0f}%"
-                    log(f"  {tn} round {i + 1}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f}"
-                        f" p99.9 {r['p999_ms']:.2f} ms, err {r['errors_status']}+{r['errors_socket']},"
-                        f" peak RSS {(r['rss_peak_kib'] or 0) / 1024:.1f} MiB, CPU {r['cpu_s'] or 0:.2f}s{extra}")
-                    if r.get("windows"):
-                        log_windows(tn, i + 1, r)
-        for tn in variants:
-            t = tobjs[tn]
-            if t.alive() and tn != "direct" and t.name in GATEHOUSE_KINDS:
-                p = t.access_log_path
-                doc["targets"][tn]["access_log_bytes"] = os.path.getsize(p) if p and os.path.exists(p) else None
-            doc["targets"][tn]["summary"] = summarize(doc["targets"][tn]["rounds"])
-            if t.error and doc["targets"][tn]["status"] == "ok":
+
+    def round(self, i):
+        sc, args, doc = self.sc, self.args, self.doc
+        if i >= self.rounds:
+            return
+        for tn, (_, _, attacked) in self.variants.items():
+            t = self.tobjs[tn]
+            if t.error:
                 doc["targets"][tn]["status"] = "failed"
+                doc["targets"][tn]["error"] = t.error
+                continue
+            if not t.alive():
+                t.error = f"{t.exit_desc()} before round {i + 1}\n{tail(t.log)}"
+                doc["targets"][tn]["status"] = "failed"
+                doc["targets"][tn]["error"] = t.error
+                log(f"  {tn}: DIED before round {i + 1}")
+                continue
+            attempts = []
+            max_attempts = 1 + (0 if args.quick else args.noisy_retries)
+            for attempt in range(max_attempts):
+                try:
+                    r = run_round(sc, t, self.upstream, self.wd, self.pin, self.duration, self.warmup,
+                                  self.bodyfile, self.script, quiet_wait=0 if args.quick else args.quiet_wait,
+                                  label=tn, attack=sc["attack"] if attacked else None, quick=args.quick)
+                except HarnessError as e:
+                    r = {"target": tn, "error": str(e)}
+                    log(f"  {tn} round {i + 1}: ERROR {e}")
+                    break
+                attempts.append(r)
+                if r.get("noise", 0) <= args.noise_limit or not t.alive() or attempt + 1 == max_attempts:
+                    break
+                log(f"  {tn} round {i + 1}: noisy ({r['noise'] * 100:.0f}% of a CPU went to other "
+                    f"processes; {r['rps']:.0f} req/s) - discarded, retrying")
+            if attempts:
+                r = min(attempts, key=lambda a: a.get("noise", 0))
+                r["attempts"] = len(attempts)
+                # (failures and the action's outcome too: a discarded upgrade still happened)
+                r["discarded"] = [dict({k: a.get(k) for k in ("rps", "p99_ms", "noise", "started",
+                                                               "errors_socket", "errors_status")},
+                                       action_error=(a.get("action") or {}).get("error"))
+                                  for a in attempts if a is not r]
+            r["round"] = i + 1
+            doc["targets"][tn]["rounds"].append(r)
+            if "rps" in r:
+                log_round(tn, i + 1, r)
+
+    def finish(self):
+        doc = self.doc if hasattr(self, "doc") else None
+        try:
+            if doc is not None:
+                for tn, (_, _, attacked) in self.variants.items():
+                    t = self.tobjs.get(tn)
+                    if t is None:
+                        continue
+                    if not attacked and t.alive() and tn != "direct" and t.name in GATEHOUSE_KINDS:
+                        p = t.access_log_path
+                        doc["targets"][tn]["access_log_bytes"] = os.path.getsize(p) if p and os.path.exists(p) else None
+                    doc["targets"][tn]["summary"] = summarize(doc["targets"][tn]["rounds"])
+                    if t.error and doc["targets"][tn]["status"] == "ok":
+                        doc["targets"][tn]["status"] = "failed"
+        finally:
+            # In parallel: each may take its graceful-shutdown time (Gatehouse drains for up to 5 s).
+            stoppers = [threading.Thread(target=t.stop, name="stop", daemon=True) for t in set(self.tobjs.values())]
+            for th in stoppers:
+                th.start()
+            for th in stoppers:
+                th.join(30)
+            for svc in self.services:
+                svc.stop()
+            if self.upstream:
+                self.upstream.stop()
+        if doc is not None:
+            doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+        return doc
+
+
+def f2(v, d=2):
+    return "–" if v is None else f"{v:.{d}f}"
+
+
+def log_round(tn, i, r):
+    extra = ""
+    if r.get("reuse_ratio") is not None:
+        extra += f", reuse {r['reuse_ratio'] * 100:.3f}%"
+    if "rss_idle_kib" in r:
+        extra += (f", idle {r['idle_opened']} conns RSS {r['rss_idle_kib'] / 1024:.1f} MiB"
+                  f" (alive after load {r['idle_alive_after_load']})")
+    if r.get("handshakes"):
+        h = r["handshakes"]
+        extra += (f", full {h['full']['per_s']:.0f}/s {f2(h['full']['cpu_us_per_conn'], 0)} µs CPU each, resumed "
+                  f"{h['resumed']['per_s']:.0f}/s {f2(h['resumed']['cpu_us_per_conn'], 0)} µs each "
+                  f"({h['resumed']['resumed']}/{h['resumed']['connections']} resumed)")
+    if r.get("attack"):
+        a = r["attack"]
+        extra += (f", attack: {a['connections']} conns, cut {a['cut_head']} heads + {a['cut_body']} bodies "
+                  f"({a['cut_by_status']}), {a['open_at_end']} open at end"
+                  + (f", gatehouse request-timeout {a['rejected_request_timeout']:.0f}"
+                     if a.get("rejected_request_timeout") is not None else ""))
+    if r.get("fds_max") is not None:
+        extra += f", fds max {r['fds_max']}"
+    extra += f", noise {r.get('noise', 0) * 100:.0f}%"
+    log(f"  {tn} round {i}: {r['rps']:.0f} {'handshakes' if r.get('handshakes') else 'req'}/s, p50 {f2(r['p50_ms'])} "
+        f"p99 {f2(r['p99_ms'])} p99.9 {f2(r['p999_ms'])} ms, err {r['errors_status']}+{r['errors_socket']},"
+        f" peak RSS {(r['rss_peak_kib'] or 0) / 1024:.1f} MiB, CPU {r['cpu_s'] or 0:.2f}s{extra}")
+    if r.get("windows"):
+        log_windows(tn, i, r)
+
+
+def run_scenario(sc, args, workdir, pin, upstream_kind, run_meta):
+    return run_paired([sc], args, workdir, pin, upstream_kind, run_meta)[0]
+
+
+def run_paired(scs, args, workdir, pin, upstream_kind, run_meta):
+    """Set up every scenario of the group, then interleave their rounds (round 1 of each, in
+    order, then round 2 ...), so that drift over the run hits all of them alike and ratios
+    across the scenarios are as fair as ratios within one."""
+    runs = [ScenarioRun(sc, args, workdir, pin, upstream_kind, run_meta) for sc in scs]
+    try:
+        for r in runs:
+            r.setup()
+        if len(runs) > 1:
+            log(f"== paired: {' + '.join(r.name for r in runs)}, rounds interleaved across the scenarios")
+        for i in range(max(r.rounds for r in runs)):
+            for r in runs:
+                r.round(i)
     finally:
-        for t in tobjs.values():
-            t.stop()
-        for svc in services:
-            svc.stop()
-        upstream.stop()
-    doc["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    return doc
+        docs = [r.finish() for r in runs]
+    if len(runs) > 1:
+        pair = pair_ratios(docs)
+        for d in docs:
+            d["pair"] = pair
+    return docs
+
+
+def pair_ratios(docs):
+    """Per target and per round i: scenario k's value / the first scenario's (same round, so
+    drift between rounds cancels); median and range over rounds."""
+    base = docs[0]
+    out = {"scenarios": [d["scenario"] for d in docs], "base": base["scenario"], "ratios": {}}
+    for d in docs[1:]:
+        per = {}
+        for tn in d["targets"]:
+            if tn not in base["targets"]:
+                continue
+            a = {r["round"]: r for r in base["targets"][tn]["rounds"] if "rps" in r}
+            b = {r["round"]: r for r in d["targets"][tn]["rounds"] if "rps" in r}
+            rs = sorted(set(a) & set(b))
+            if not rs:
+                continue
+            ent = {"rounds": len(rs)}
+            for k in ("rps", "p99_ms", "cpu_us_per_req", "rss_peak_kib"):
+                v = [b[i][k] / a[i][k] for i in rs if b[i].get(k) and a[i].get(k)]
+                if v:
+                    ent[k] = {"median": statistics.median(v), "min": min(v), "max": max(v), "per_round": v}
+            per[tn] = ent
+        out["ratios"][d["scenario"]] = per
+    return out
 
 
 def log_windows(tn, i, r):
@@ -1539,6 +2072,31 @@ def log_windows(tn, i, r):
             f"ready after {a.get('ready_after_s') if a.get('ready_after_s') is not None else '–'} s, "
         f"old exited after {a.get('old_exited_after_s')} s"
             + (f"; ERROR {a['error']}" if a.get("error") else ""))
+
+
+def raise_fd_limit(scenarios):
+    """Idle-connection scenarios need one fd per client in the proxy (and in the client): raise
+    RLIMIT_NOFILE (soft and hard, inherited by every child) as far as the kernel lets us. Raising
+    the hard limit needs CAP_SYS_RESOURCE; without it the hard limit stays, and idle counts above
+    it are lowered to what fits (see idle_cap), which the report says."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max([int(sc["load"].get("idle_connections") or 0) + 4 * IDLE_FD_RESERVE for sc in scenarios] + [0])
+    out = {"soft_before": soft, "hard_before": hard, "wanted": want, "raise_error": None}
+    if want > hard:
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                want = min(want, int(f.read()))
+        except (OSError, ValueError):
+            pass
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (OSError, ValueError) as e:
+            out["raise_error"] = f"setrlimit({want}): {e.strerror if isinstance(e, OSError) else e}"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    out["soft"], out["hard"] = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return out
 
 
 def machine_info(args):
@@ -1572,8 +2130,11 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", help="scenario names (loadtest/scenarios/NAME.yaml), "
                     "paths to scenario files, or `all` (default)")
-    ap.add_argument("--quick", action="store_true", help="CI smoke: proxy-small, 1 round of 3 s, wrk only; "
-                    "writes results/smoke.{json,md}; exits non-zero if a proxy failed")
+    ap.add_argument("--quick", action="store_true", help="CI smoke: proxy-small and slowloris, 1 round of 1 s, "
+                    "wrk only; writes results/smoke.{json,md}; exits non-zero if a proxy failed")
+    ap.add_argument("--pair", action="append", default=[], metavar="A,B[,C]",
+                    help="run these scenarios together, their rounds interleaved (round 1 of A, of B, round 2 "
+                    "of A, ...), and report B/A per target per round (repeatable)")
     ap.add_argument("--proxies", default=",".join(PROXIES), help="comma list (default: %(default)s)")
     ap.add_argument("--no-direct", action="store_true", help="skip the direct-to-upstream reference")
     ap.add_argument("--upstream", choices=["auto", "echo", "nginx"], default=None,
@@ -1617,12 +2178,16 @@ def main():
         log(f"report: {path}")
         return 0
 
+    pairs = [[n.strip() for n in p.split(",") if n.strip()] for p in args.pair]
+    for p in pairs:
+        if len(p) < 2 or len(set(p)) != len(p):
+            ap.error(f"--pair takes two or more different scenarios: {','.join(p)}")
     if args.quick:
-        names = args.scenarios or ["proxy-small"]
-        if len(names) != 1:
-            ap.error("--quick runs one scenario")
+        names = args.scenarios or ["proxy-small", "slowloris"]
     else:
-        names = args.scenarios or ["all"]
+        names = args.scenarios or ([] if pairs else ["all"])
+    for p in pairs:
+        names += [n for n in p if n not in names]
     if names == ["all"]:
         first = ["proxy-small", "proxy-1k-post", "proxy-fixed-rate", "proxy-idle-conns"]
         names = sorted((f[:-5] for f in os.listdir(SCENARIO_DIR) if f.endswith(".yaml")),
@@ -1631,13 +2196,15 @@ def main():
     if args.quick:
         for sc in scenarios:
             if sc["load"]["mode"] != "closed":
-                ap.error("--quick uses wrk only: pick a closed-loop scenario")
+                ap.error("--quick uses wrk only: pick closed-loop scenarios")
             sc["load"]["idle_connections"] = 0
     if args.print_needs:
         # run.sh asks what to install/build for exactly this command line.
         needs = []
         if any(sc["load"]["mode"] == "open" for sc in scenarios):
             needs.append("oha")
+        if any(sc["load"]["mode"] == "h2" for sc in scenarios):
+            needs.append("h2load")
         if "gatehouse" in args.proxies and any("gatehouse" in sc["targets"] for sc in scenarios):
             needs.append("gatehouse")
         if "pingora" in args.proxies and any("pingora" in sc["targets"] for sc in scenarios):
@@ -1665,7 +2232,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="gh-loadtest-")
     run_meta = {"run_id": datetime.datetime.now().strftime("%Y%m%dT%H%M%S"),
                 "argv": ["loadtest/run.sh"] + sys.argv[1:], "pinned": args.pin,
-                "machine": machine_info(args)}
+                "machine": machine_info(args), "fd_limit": raise_fd_limit(scenarios)}
     docs, rc = [], 0
     try:
         need_auto = any((args.upstream or sc["upstream"]["kind"]) == "auto" for sc in scenarios)
@@ -1680,17 +2247,32 @@ def main():
             for sc in scenarios:
                 sc["upstream"]["kind"] = args.upstream
         run_meta["upstream_choice"] = choice
+        by_name = {sc["name"]: sc for sc in scenarios}
+        groups, done = [], set()
         for sc in scenarios:
-            doc = run_scenario(sc, args, workdir, pin, upstream_kind, run_meta)
-            doc["meta"] = run_meta
-            docs.append(doc)
-            out = os.path.join(results_dir, "smoke.json" if args.quick else f"{sc['name']}.json")
-            with open(out, "w") as f:
-                json.dump(doc, f, indent=1)
-            log(f"raw results: {os.path.relpath(out, REPO)}")
+            if sc["name"] in done:
+                continue
+            grp = next((p for p in pairs if sc["name"] in p), [sc["name"]])
+            groups.append([by_name[n] for n in grp])
+            done |= set(grp)
+        for grp in groups:
+            gdocs = run_paired(grp, args, workdir, pin, upstream_kind, run_meta)
+            for sc, doc in zip(grp, gdocs):
+                doc["meta"] = run_meta
+                docs.append(doc)
+                out = os.path.join(results_dir, (("smoke.json" if not docs[:-1] else f"smoke-{sc['name']}.json")
+                                                 if args.quick else f"{sc['name']}.json"))
+                with open(out, "w") as f:
+                    json.dump(doc, f, indent=1)
+                log(f"raw results: {os.path.relpath(out, REPO)}")
+            if len(grp) > 1 and not args.quick:
+                out = os.path.join(results_dir, "pair-" + "+".join(sc["name"] for sc in grp) + ".json")
+                with open(out, "w") as f:
+                    json.dump(dict(gdocs[0]["pair"], run_id=run_meta["run_id"]), f, indent=1)
+                log(f"paired ratios: {os.path.relpath(out, REPO)}")
         if args.quick:
             path = args.report or os.path.join(results_dir, "smoke.md")
-            report.write_smoke_report(docs[0], path)
+            report.write_smoke_report(docs, path)
         else:
             path = args.report or os.path.join(LOADTEST, "RESULTS.md")
             with open(os.path.join(results_dir, "run-meta.json"), "w") as f:
@@ -1709,6 +2291,10 @@ def main():
                 elif args.quick and (s["errors_status"] + s["errors_socket"]) > 0.01 * s["requests"]:
                     problems.append(f"{d['scenario']}/{tn}: {s['errors_status'] + s['errors_socket']} errors "
                                     f"in {s['requests']} requests")
+                elif args.quick and "+" in tn and d.get("attack") and not (s.get("attack") or {}).get("cut_head"):
+                    # the smoke run's point for slowloris: the head deadline cuts slow heads
+                    problems.append(f"{d['scenario']}/{tn}: no slow head was cut by the "
+                                    f"{d['attack']['header_timeout_used']:g} s head deadline")
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
             problems.append(f"report {path} missing")
         for p in problems:

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Open N HTTP/1.1 keep-alive connections, send one request on each, then hold them idle.
 
-Usage: idle_conns.py HOST PORT N [PATH]
+Usage: idle_conns.py HOST PORT N [PATH] [SOURCES] [FIRST_SOURCE]
+
+The connections are spread over SOURCES source addresses 127.0.0.FIRST_SOURCE, ... (default
+1 address, 127.0.0.1): each has its own ephemeral port range (~28,000 ports), so that more
+connections than one range holds can be opened to one port.
 
 Prints one line "READY opened=<n> failed=<n> seconds=<t>" once every connection has
 had its response, then waits. Each line read from stdin is a command:
@@ -12,13 +16,36 @@ Standard library only (asyncio).
 import asyncio
 import resource
 import signal
+import socket
 import sys
 import time
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
-async def open_one(host, port, req, state):
+
+async def connect_from(host, port, source):
+    """asyncio.open_connection from a chosen source address. IP_BIND_ADDRESS_NO_PORT defers the
+    port choice to connect(), where the kernel picks per destination: a plain bind(addr, 0)
+    picks a port unique over all destinations and gets slow once thousands are taken."""
+    if not source:
+        return await asyncio.open_connection(host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
+
+async def open_one(host, port, req, state, source):
+    try:
+        reader, writer = await asyncio.wait_for(
+            connect_from(host, port, source), 10)
         writer.write(req)
         await writer.drain()
         # Read the response head and its Content-Length body so the connection is idle.
@@ -51,6 +78,9 @@ async def watch(reader, state):
 async def main():
     host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     path = sys.argv[4] if len(sys.argv) > 4 else "/"
+    nsrc = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    first_src = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+    sources = [f"127.0.0.{first_src + k}" for k in range(nsrc)] if nsrc > 1 or first_src != 1 else [None]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = n + 256
     if soft < want:
@@ -62,8 +92,8 @@ async def main():
     t0 = time.monotonic()
     batch = 250
     for i in range(0, n, batch):
-        res = await asyncio.gather(*(open_one(host, port, req, state)
-                                     for _ in range(min(batch, n - i))))
+        res = await asyncio.gather(*(open_one(host, port, req, state, sources[(i + j) % len(sources)])
+                                     for j in range(min(batch, n - i))))
         conns.extend(c for c in res if c)
     watchers = [asyncio.ensure_future(watch(r, state)) for r, _ in conns]
     print(f"READY opened={len(conns)} failed={state['failed']} seconds={time.monotonic() - t0:.2f}"

@@ -404,6 +404,12 @@ def load_desc(doc):
     l = doc["load"]
     if l["mode"] == "open":
         s = f"open loop at {l['rate']:,} req/s (oha, latency-corrected), {l['connections']} connections"
+    elif l["mode"] == "h2":
+        s = (f"HTTP/2 over TLS (h2load -t1, ALPN h2), {l['connections']} connections × {l.get('streams', 10)} "
+             "concurrent streams")
+    elif l["mode"] == "handshakes":
+        s = (f"new TLS connections, `openssl s_time -new` then `-reuse`, {l.get('clients', 2)} clients in parallel, "
+             "each connection one `GET /` and a close")
     else:
         s = f"closed loop, {l['connections']} keep-alive connections (wrk, 1 thread)"
     s += f", {l['rounds']} round(s) × {l['duration']:g} s per target after a {l['warmup']:g} s warm-up"
@@ -437,7 +443,7 @@ def commands_section(doc):
 
 def write_charts(docs, results_dir):
     charts = []
-    closed = [d for d in docs if d["load"]["mode"] == "closed"]
+    closed = [d for d in docs if d["load"]["mode"] in ("closed", "h2")]
     if closed:
         groups = [d["scenario"] for d in closed]
         series = [t for t in ORDER if any(t in d["targets"] for d in closed)]
@@ -450,7 +456,7 @@ def write_charts(docs, results_dir):
                     vals[d["scenario"]][tn] = s["rps"]
                     if s["rounds"] > 1:
                         rngs[d["scenario"]][tn] = (s["rps_min"], s["rps_max"])
-        svg = bar_chart("Throughput per proxy per scenario (closed loop)",
+        svg = bar_chart("Throughput per proxy per scenario (closed loop; h2-small: HTTP/2 over TLS)",
                         "median req/s over interleaved rounds; whiskers = min–max; proxy pinned to CPU 1, 1 worker",
                         groups, series, vals, rngs, ylabel="requests per second")
         p = os.path.join(results_dir, "throughput.svg")
@@ -500,6 +506,51 @@ def write_charts(docs, results_dir):
             f.write(svg)
         charts.append((f"p99 per second around the {a['run']} ({d['scenario']})", p))
     for d in docs:
+        if d.get("attack"):
+            a = d["attack"]["run"]
+            px = [t for t in targets_in(d) if "+" not in t and _sum(d, t) and _sum(d, f"{t}+{a}")]
+            groups = ["p99, control", f"p99, under {a}", "p99.9, control", f"p99.9, under {a}"]
+            vals = {g: {} for g in groups}
+            for t in px:
+                c, x = _sum(d, t), _sum(d, f"{t}+{a}")
+                vals[groups[0]][t], vals[groups[1]][t] = c["p99_ms"], x["p99_ms"]
+                vals[groups[2]][t], vals[groups[3]][t] = c["p999_ms"], x["p999_ms"]
+            if px:
+                n = d["attack"].get("connections_used", d["attack"]["connections"])
+                svg = bar_chart(f"Legitimate traffic's latency, control vs {n:,} slow clients ({d['scenario']})",
+                                "wrk, 50 connections, closed loop; median over interleaved rounds", groups, px, vals,
+                                ylabel="ms", fmt=lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}")
+                p = os.path.join(results_dir, f"latency-{d['scenario']}.svg")
+                with open(p, "w") as f:
+                    f.write(svg)
+                charts.append((f"Legitimate p99 / p99.9 with and without the attack ({d['scenario']})", p))
+                groups = ["peak RSS, control", f"peak RSS, under {a}"]
+                vals = {g: {} for g in groups}
+                for t in px:
+                    vals[groups[0]][t] = (_sum(d, t)["rss_peak_kib"] or 0) / 1024
+                    vals[groups[1]][t] = (_sum(d, f"{t}+{a}")["rss_peak_kib"] or 0) / 1024
+                svg = bar_chart(f"Peak RSS, control vs {n:,} slow clients ({d['scenario']})", "MiB, VmHWM",
+                                groups, px, vals, ylabel="MiB", fmt=lambda v: f"{v:.0f}" if v >= 10 else f"{v:.1f}")
+                p = os.path.join(results_dir, f"rss-{d['scenario']}.svg")
+                with open(p, "w") as f:
+                    f.write(svg)
+                charts.append((f"Peak RSS with and without the attack ({d['scenario']})", p))
+        if d["load"]["mode"] == "handshakes":
+            px = [t for t in targets_in(d) if _sum(d, t)]
+            groups = ["full + GET", "resumed + GET", "full, no request", "resumed, no request"]
+            keys = ["full_cpu_us", "resumed_cpu_us", "full_only_cpu_us", "resumed_only_cpu_us"]
+            vals = {g: {} for g in groups}
+            for t in px:
+                for g, k in zip(groups, keys):
+                    vals[g][t] = _sum(d, t).get(k)
+            svg = bar_chart(f"Proxy CPU per new TLS connection ({d['scenario']})",
+                            "µs of utime+stime per new connection (with one proxied GET, or handshake and close only); median over rounds",
+                            groups, px, vals, ylabel="CPU µs per connection", fmt=lambda v: f"{v:.0f}")
+            p = os.path.join(results_dir, f"cpu-{d['scenario']}.svg")
+            with open(p, "w") as f:
+                f.write(svg)
+            charts.append((f"CPU per TLS handshake ({d['scenario']})", p))
+    for d in docs:
         if not d["load"].get("idle_connections"):
             continue
         series = [t for t in targets_in(d) if d["targets"][t].get("summary")]
@@ -510,7 +561,7 @@ def write_charts(docs, results_dir):
             vals[groups[0]][t] = (s.get("rss_before_idle_kib") or 0) / 1024
             vals[groups[1]][t] = (s.get("rss_idle_kib") or 0) / 1024
             vals[groups[2]][t] = (s.get("rss_peak_kib") or 0) / 1024
-        svg = bar_chart(f"Process RSS with {d['load']['idle_connections']:,} idle client connections",
+        svg = bar_chart(f"Process RSS with {min((_sum(d, t) or {}).get('idle_opened') or 0 for t in series) or d['load']['idle_connections']:,} idle client connections ({d['scenario']})",
                         "MiB, VmRSS / VmHWM from /proc; the direct bar is the upstream itself",
                         groups, series, vals, ylabel="MiB", fmt=lambda v: f"{v:.0f}" if v >= 10 else f"{v:.1f}")
         p = os.path.join(results_dir, f"rss-{d['scenario']}.svg")
@@ -600,7 +651,69 @@ def targets_check(by):
                 f"(at {d['load']['rate']:,} req/s offered, {g['rps'] / d['load']['rate'] * 100:.0f}% achieved)", "– no bar")
     else:
         row(what, "0 failed requests through `gatehouse upgrade` at 10,000 req/s", "–", None)
+    issue12_rows(by, s, row)
     return "\n".join(rows)
+
+
+def issue12_rows(by, s, row):
+    """Issue 12's targets (edge-scale connections), as ratios within one run."""
+    d = by.get("proxy-idle-max")
+    g, n, h = (s("proxy-idle-max", t) for t in ("gatehouse", "nginx", "haproxy"))
+    if g and g.get("rss_idle_kib"):
+        cnt = g.get("idle_opened") or 0
+        per = (g["rss_idle_kib"] - (g.get("rss_before_idle_kib") or 0)) / cnt if cnt else 0
+        est = ((g.get("rss_before_idle_kib") or 0) + per * 100000) / 1024
+        beside = "; ".join(f"{k} {f_mib(x['rss_idle_kib'])} MiB" for k, x in (("nginx", n), ("HAProxy", h)) if x and x.get("rss_idle_kib"))
+        row("RSS, 100,000 idle keep-alive clients", "≤ 1 GiB, beside nginx",
+            f"{cnt:,} measured (fd limit, see below): {f_mib(g['rss_idle_kib'])} MiB ({beside}); "
+            f"{per:.2f} KiB per connection → ~{est:,.0f} MiB at 100,000", "– extrapolated: " + ("within" if est <= 1024 else "over") + " 1 GiB"
+            if cnt < 100000 else est <= 1024)
+    else:
+        row("RSS, 100,000 idle keep-alive clients", "≤ 1 GiB, beside nginx", "–", None)
+    c, x = s("slowloris", "gatehouse"), s("slowloris", "gatehouse+slowloris")
+    if c and x:
+        k = x.get("attack") or {}
+        row("`slowloris`: legitimate p99 under attack", "≤ 1.5 × control; RSS bounded by the head limits",
+            f"{f_ms(x['p99_ms'])} vs {f_ms(c['p99_ms'])} ms = {x['p99_ms'] / c['p99_ms']:.2f}×; peak RSS "
+            f"{f_mib(x['rss_peak_kib'])} vs {f_mib(c['rss_peak_kib'])} MiB; {k.get('cut_head', 0):,} slow heads cut",
+            x["p99_ms"] <= 1.5 * c["p99_ms"])
+    else:
+        row("`slowloris`: legitimate p99 under attack", "≤ 1.5 × control", "–", None)
+    def alloc(sc):
+        a = (((by.get(sc) or {}).get("targets") or {}).get("pingora") or {}).get("allocator")
+        return "" if a else " (bare Pingora on glibc malloc: a run from before issue 12)"
+    g, p = s("proxy-small", "gatehouse"), s("proxy-small", "pingora")
+    if g and p:
+        row("`proxy-small` throughput vs the floor", "≥ 1.0 × bare Pingora on the same allocator",
+            f"{g['rps']:,.0f} vs {p['rps']:,.0f} req/s = {g['rps'] / p['rps']:.3f}×{alloc('proxy-small')}",
+            g["rps"] >= p["rps"])
+    g, p = s("proxy-fixed-rate", "gatehouse"), s("proxy-fixed-rate", "pingora")
+    if g and p:
+        row("`proxy-fixed-rate` p99 vs the floor", "≤ bare Pingora's p99, same run",
+            f"{f_ms(g['p99_ms'])} vs {f_ms(p['p99_ms'])} ms (p99.9 {f_ms(g['p999_ms'])} vs {f_ms(p['p999_ms'])})"
+            f"{alloc('proxy-fixed-rate')}", g["p99_ms"] <= p["p99_ms"])
+    g, n, h = (s("h2-small", t) for t in ("gatehouse", "nginx", "haproxy"))
+    if g:
+        row("`h2-small` throughput", "reported against nginx and HAProxy (no bar)",
+            f"{g['rps']:,.0f} req/s = {f_ratio(g['rps'], (n or {}).get('rps'))} nginx, "
+            f"{f_ratio(g['rps'], (h or {}).get('rps'))} HAProxy; p99 {f_ms(g['p99_ms'])} ms", "– no bar")
+    else:
+        row("`h2-small` throughput", "reported against nginx and HAProxy", "–", None)
+    g, n, h = (s("tls-handshakes", t) for t in ("gatehouse", "nginx", "haproxy"))
+    if g:
+        row("`tls-handshakes` CPU per connection", "reported against nginx and HAProxy (no bar)",
+            f"full {f2(g.get('full_cpu_us'), 0)} µs = {f_ratio(g.get('full_cpu_us'), (n or {}).get('full_cpu_us'))} nginx, "
+            f"{f_ratio(g.get('full_cpu_us'), (h or {}).get('full_cpu_us'))} HAProxy; resumed {f2(g.get('resumed_cpu_us'), 0)} µs = "
+            f"{f_ratio(g.get('resumed_cpu_us'), (n or {}).get('resumed_cpu_us'))} nginx, "
+            f"{f_ratio(g.get('resumed_cpu_us'), (h or {}).get('resumed_cpu_us'))} HAProxy (with one GET each)"
+            + (f"; handshake only: full {f2(g.get('full_only_cpu_us'), 0)} µs = "
+               f"{f_ratio(g.get('full_only_cpu_us'), (n or {}).get('full_only_cpu_us'))} nginx, "
+               f"{f_ratio(g.get('full_only_cpu_us'), (h or {}).get('full_only_cpu_us'))} HAProxy; resumed "
+               f"{f2(g.get('resumed_only_cpu_us'), 0)} µs = {f_ratio(g.get('resumed_only_cpu_us'), (n or {}).get('resumed_only_cpu_us'))} nginx, "
+               f"{f_ratio(g.get('resumed_only_cpu_us'), (h or {}).get('resumed_only_cpu_us'))} HAProxy"
+               if g.get("full_only_cpu_us") else ""), "– no bar")
+    else:
+        row("`tls-handshakes` CPU per connection", "reported against nginx and HAProxy", "–", None)
 
 
 def pingora_floor(by):
@@ -612,7 +725,8 @@ def pingora_floor(by):
         n, p, g = ((t.get(x) or {}).get("summary") for x in ("nginx", "pingora", "gatehouse"))
         if not (n and p and g and n.get("rps") and p.get("rps")):
             continue
-        line = (f"- `{sc}`: Pingora's bare proxy reaches **{p['rps'] / n['rps']:.2f}× nginx**; Gatehouse reaches "
+        alloc = t["pingora"].get("allocator") or "glibc malloc (a run from before the bare proxy got mimalloc)"
+        line = (f"- `{sc}` (bare Pingora on {alloc}): Pingora's bare proxy reaches **{p['rps'] / n['rps']:.2f}× nginx**; Gatehouse reaches "
                 f"{g['rps'] / n['rps']:.2f}× nginx = **{g['rps'] / p['rps']:.2f}× the bare Pingora proxy**")
         cpu = [x.get("cpu_us_per_req") for x in (n, p, g)]
         if all(cpu):
@@ -624,8 +738,127 @@ def pingora_floor(by):
     if not lines:
         return ""
     return "\n".join(["**Pingora's floor.** The `pingora` target is Pingora 0.9's bare proxy "
-                      "(`examples/bare_pingora.rs`, one upstream, nothing else), measured in the same run:", ""]
+                      "(`examples/bare_pingora.rs`, one upstream, nothing else; on mimalloc, Gatehouse's global "
+                      "allocator, since issue 12), measured in the same run:", ""]
                      + lines + ["", "Where the time and memory go, and what we changed: [PROFILE.md](PROFILE.md)."])
+
+
+# ----------------------------------------------------------------------------- issue 12 tables
+
+def _sum(doc, tn):
+    return ((doc.get("targets") or {}).get(tn) or {}).get("summary")
+
+
+def attack_table(doc):
+    """slowloris: legitimate traffic with and without the attack (same process, interleaved
+    rounds), what the proxy held, and what its deadlines cut."""
+    a = doc["attack"]
+    hdr = ["proxy", "req/s control → under attack", "× control", "p99 ms control → under attack", "p99 × control",
+           "p99.9 ms control → attack", "legit errors under attack", "peak RSS MiB control → attack",
+           "open fds (max) control → attack", "proxy CPU µs/req control → attack", "slow heads cut (answer)", "median life of a cut head s",
+           "slow bodies cut (answer)", "attack conns open at the end", "Gatehouse `request-timeout` Δ"]
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for tn in targets_in(doc):
+        if "+" in tn:
+            continue
+        c, x = _sum(doc, tn), _sum(doc, f"{tn}+{a['run']}")
+        if not c or not x:
+            err = ((doc["targets"].get(tn) or {}).get("error") or "no completed round").splitlines()[0]
+            rows.append(f"| {tn} | **failed**: {esc(err)} |" + " |" * (len(hdr) - 2))
+            continue
+        k = x.get("attack") or {}
+        st = k.get("cut_by_status") or {}
+        heads = ", ".join(f"{v:,} {s.split(':')[1]}" for s, v in sorted(st.items()) if s.startswith("head:")) or "0"
+        bodies = ", ".join(f"{v:,} {s.split(':')[1]}" for s, v in sorted(st.items()) if s.startswith("body:")) or "0"
+        cells = [f"**{tn}**" if tn == "gatehouse" else tn,
+                 f"{f_rps(c['rps'])} → {f_rps(x['rps'])}", f_ratio(x["rps"], c["rps"]),
+                 f"{f_ms(c['p99_ms'])} → {f_ms(x['p99_ms'])}", f_ratio(x["p99_ms"], c["p99_ms"]),
+                 f"{f_ms(c['p999_ms'])} → {f_ms(x['p999_ms'])}",
+                 f"{x['errors_status'] + x['errors_socket']:,}",
+                 f"{f_mib(c['rss_peak_kib'])} → {f_mib(x['rss_peak_kib'])}",
+                 f"{c.get('fds_max') or '–'} → {x.get('fds_max') or '–'}",
+                 f"{f2(c.get('cpu_us_per_req'), 1)} → {f2(x.get('cpu_us_per_req'), 1)}",
+                 f"{k.get('cut_head', 0):,} ({heads})", f2(k.get("lifetime_head_median_s")),
+                 f"{k.get('cut_body', 0):,} ({bodies})", f"{k.get('open_at_end', 0):g}",
+                 f"{x['attack']['rejected_request_timeout']:,.0f}" if (x.get("attack") or {}).get("rejected_request_timeout") is not None else "–"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def f2(v, d=2):
+    return "–" if v is None else f"{v:.{d}f}"
+
+
+def handshake_table(doc):
+    n, h = _sum(doc, "nginx") or {}, _sum(doc, "haproxy") or {}
+    hdr = ["proxy", "full handshakes /s", "CPU µs per full-handshake connection", "× nginx", "× HAProxy",
+           "resumptions /s", "CPU µs per resumed connection", "× nginx", "× HAProxy", "resumed (of -reuse connections)",
+           "handshake only, no request: CPU µs full / resumed", "× nginx", "× HAProxy"]
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for tn in targets_in(doc):
+        s = _sum(doc, tn)
+        if not s:
+            err = ((doc["targets"].get(tn) or {}).get("error") or "no completed round").splitlines()[0]
+            rows.append(f"| {tn} | **failed**: {esc(err)} |" + " |" * (len(hdr) - 2))
+            continue
+        rows.append("| " + " | ".join([
+            f"**{tn}**" if tn == "gatehouse" else tn, f_rps(s.get("full_per_s")), f2(s.get("full_cpu_us"), 0),
+            f_ratio(s.get("full_cpu_us"), n.get("full_cpu_us")), f_ratio(s.get("full_cpu_us"), h.get("full_cpu_us")),
+            f_rps(s.get("resumed_per_s")), f2(s.get("resumed_cpu_us"), 0),
+            f_ratio(s.get("resumed_cpu_us"), n.get("resumed_cpu_us")), f_ratio(s.get("resumed_cpu_us"), h.get("resumed_cpu_us")),
+            f"{s['resumed_share'] * 100:.0f}%" if s.get("resumed_share") is not None else "–",
+            f"{f2(s.get('full_only_cpu_us'), 0)} / {f2(s.get('resumed_only_cpu_us'), 0)}",
+            f"{f_ratio(s.get('full_only_cpu_us'), n.get('full_only_cpu_us'))} / {f_ratio(s.get('resumed_only_cpu_us'), n.get('resumed_only_cpu_us'))}",
+            f"{f_ratio(s.get('full_only_cpu_us'), h.get('full_only_cpu_us'))} / {f_ratio(s.get('resumed_only_cpu_us'), h.get('resumed_only_cpu_us'))}"]) + " |")
+    return "\n".join(rows)
+
+
+def idle_per_conn(by):
+    """RSS per idle connection: (RSS at rest with the idle clients - RSS before them) / clients."""
+    rows = ["| scenario | idle clients | proxy | RSS before MiB | RSS at rest with them MiB | KiB per idle connection | × nginx | idle conns open after load |",
+            "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for sc in ("proxy-idle-conns", "proxy-idle-max"):
+        d = by.get(sc)
+        if not d:
+            continue
+        if d.get("idle_cap"):
+            notes.append(f"- `{sc}`: {d['idle_cap']}.")
+        per = {}
+        for tn in targets_in(d):
+            s = _sum(d, tn)
+            if s and s.get("rss_idle_kib") and s.get("idle_opened"):
+                per[tn] = (s["rss_idle_kib"] - (s.get("rss_before_idle_kib") or 0)) / s["idle_opened"]
+        for tn in targets_in(d):
+            s = _sum(d, tn)
+            if tn not in per:
+                continue
+            rows.append(f"| `{sc}` | {s['idle_opened']:,} | {'**' + tn + '**' if tn == 'gatehouse' else tn} | "
+                        f"{f_mib(s.get('rss_before_idle_kib'))} | {f_mib(s['rss_idle_kib'])} | {per[tn]:.2f} | "
+                        f"{f_ratio(per[tn], per.get('nginx'))} | {s.get('idle_alive_after_load', 0):,} / {s['idle_opened']:,} |")
+    if len(rows) == 2:
+        return ""
+    return "\n".join(rows + ([""] + notes if notes else []))
+
+
+def pair_section(results_dir):
+    out = []
+    for p in sorted(glob.glob(os.path.join(results_dir, "pair-*.json"))):
+        with open(p) as f:
+            d = json.load(f)
+        for sc, per in d["ratios"].items():
+            out += [f"**`{sc}` / `{d['base']}`** (run `{d.get('run_id', '?')}`; rounds interleaved across the two "
+                    "scenarios; each ratio is taken within one round, then the median over rounds):", "",
+                    "| target | req/s ratio (median, min–max) | p99 ratio | CPU µs/req ratio | peak RSS ratio | rounds |",
+                    "|---|---|---|---|---|---|"]
+            for tn, e in per.items():
+                def cell(k):
+                    v = e.get(k)
+                    return "–" if not v else f"{v['median']:.3f}× ({v['min']:.3f}–{v['max']:.3f})"
+                out.append(f"| {tn} | {cell('rps')} | {cell('p99_ms')} | {cell('cpu_us_per_req')} | {cell('rss_peak_kib')} | "
+                           f"{e['rounds']} |")
+            out.append("")
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -729,6 +962,21 @@ def scenario_section(doc, meta=None):
                 f"follow the PID (old process until it exits plus the new one from its start; peak = the larger of "
                 f"the two processes' own peaks), and the upstream reuse ratio is not measured (the counters restart "
                 f"in the new process).", "", action_table(doc), ""]
+    if doc.get("attack"):
+        a = doc["attack"]
+        out += [f"**{a['run']}.** Each proxy runs every round twice, interleaved: the control (`<proxy>`) and "
+                f"`<proxy>+{a['run']}`, the same process, while {a.get('connections_used', a['connections']):,} "
+                f"attack connections from {a['sources']} source addresses (127.0.0.2–127.0.0.{1 + a['sources']}) are "
+                f"open: {100 - a['body_share'] * 100:.0f}% send a request line and then one header field every "
+                f"{a['interval']:g} s, never the end of the head; {a['body_share'] * 100:.0f}% send a complete head "
+                f"(`Content-Length: 1000000`) and then one body byte every {a['interval']:g} s. A connection the proxy "
+                f"closes is reopened at once. The attack connects before the warm-up and runs until the measured load "
+                f"ends (CPU 0, beside wrk). Head deadline for every proxy: "
+                f"{a.get('header_timeout_used', a['header_timeout']):g} s. \"answer\" = what the attacker read "
+                f"before the close (`none`: closed without an answer). Open fds: the proxy's `/proc/PID/fd`, "
+                f"sampled every 0.5 s during the measured load.", "", attack_table(doc), ""]
+    if doc["load"]["mode"] == "handshakes":
+        out += [handshake_table(doc), ""]
     out += [scenario_table(doc), ""]
     if doc.get("action"):
         out += ["<details><summary>Failures and hand-over windows per round</summary>", "", action_notes(doc), "",
@@ -749,7 +997,8 @@ def load_docs(results_dir):
             d = json.load(f)
         if "scenario" in d and not d.get("quick"):
             docs.append(d)
-    order = ["proxy-small", "proxy-1k-post", "proxy-fixed-rate", "proxy-idle-conns"]
+    order = ["proxy-small", "proxy-1k-post", "proxy-fixed-rate", "proxy-idle-conns", "proxy-idle-max", "slowloris",
+             "h2-small", "tls-handshakes"]
     docs.sort(key=lambda d: (order.index(d["scenario"]) if d["scenario"] in order else 99, d["scenario"]))
     return docs
 
@@ -770,10 +1019,20 @@ def write_full_report(results_dir, path):
     out = ["# Gatehouse load-test results", "",
            f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
            "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
-    out += ["## Targets (issues 3–7)", "", targets_check(by), ""]
+    out += ["## Targets (issues 3–7, 12)", "", targets_check(by), ""]
     floor = pingora_floor(by)
     if floor:
         out += [floor, ""]
+    idle = idle_per_conn(by)
+    if idle:
+        out += ["**Memory per idle connection** (same run for both counts):", "", idle, ""]
+    for notes in sorted(glob.glob(os.path.join(results_dir, "notes-*.md"))):
+        # hand-written readings of a run (what the numbers mean, noise, profiles), kept beside its data
+        with open(notes) as f:
+            out += [f.read().strip(), ""]
+    pairs = pair_section(results_dir)
+    if pairs:
+        out += ["## Paired scenarios (cross-scenario ratios)", "", pairs]
     out += ["## Charts", ""]
     for title, p in charts:
         out += [f"![{title}]({rel(p)})", ""]
@@ -786,12 +1045,14 @@ def write_full_report(results_dir, path):
         f.write("\n".join(out).rstrip() + "\n")
 
 
-def write_smoke_report(doc, path):
-    meta = doc["meta"]
+def write_smoke_report(docs, path):
+    docs = docs if isinstance(docs, list) else [docs]
+    meta = docs[0]["meta"]
     out = ["# Load-test smoke run (`loadtest/run.sh --quick`)", "",
            "Proves the harness works end to end; the numbers are from a few seconds of load and are not a "
-           "benchmark.", "", f"- started {doc['started']}, finished {doc['finished']}",
-           f"- pinned: {meta['pinned']}; Gatehouse {meta['machine']['versions']['gatehouse']}", "",
-           scenario_section(doc)]
+           "benchmark.", "", f"- started {docs[0]['started']}, finished {docs[-1]['finished']}",
+           f"- pinned: {meta['pinned']}; Gatehouse {meta['machine']['versions']['gatehouse']}", ""]
+    for doc in docs:
+        out.append(scenario_section(doc))
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
