@@ -38,6 +38,16 @@ async fn invented_methods_share_one_series() {
         let r = http.request(m, gw.url("/")).send().await.expect("request");
         assert_eq!(r.status(), 200, "the upstream answers any method");
     }
+    // A request is counted in its logging phase, just after its answer went out: wait
+    // for the last one's count before reading the series.
+    let sel = [("route", "m"), ("method", "OTHER"), ("status", "200")];
+    common::eventually(Duration::from_secs(10), || async {
+        gw.metrics()
+            .await
+            .get("gatehouse_http_requests_total", &sel)
+            >= Some(200.0)
+    })
+    .await;
     let m = gw.metrics().await;
     let series = m.find("gatehouse_http_requests_total", &[("route", "m")]);
     let methods: std::collections::BTreeSet<_> =
@@ -112,6 +122,14 @@ async fn upstream_statuses_outside_http_share_one_series() {
         seen.insert(r.status().as_u16());
     }
     server.abort();
+    // Each request is counted in its logging phase, after its answer: wait for all 100.
+    common::eventually(Duration::from_secs(10), || async {
+        gw.metrics()
+            .await
+            .sum("gatehouse_http_requests_total", &[("route", "s")])
+            >= 100.0
+    })
+    .await;
     let m = gw.metrics().await;
     let labels = |name: &str, sel: (&str, &str)| -> std::collections::BTreeSet<String> {
         m.find(name, &[sel])
