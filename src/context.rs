@@ -85,6 +85,13 @@ pub struct Routing {
     /// Path to send upstream when it differs from the client's. The query is taken from
     /// the request as the policies left it (an API key parameter may be removed).
     pub(crate) upstream_path: Option<String>,
+    /// The upstream this request goes to: the route's, its version's or its split
+    /// side's (`runtime::destination`). Chosen in admission, or after the policies for a
+    /// split (which may key on the consumer).
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    /// The version or split side chosen, which the cache keys on (a response from one
+    /// must never answer a request for another).
+    pub(crate) variant: Option<Arc<str>>,
 }
 
 impl Routing {
@@ -198,6 +205,8 @@ pub struct Ctx {
     pub(crate) response: ResponseState,
     /// What the response cache did for this request.
     pub(crate) cache: CacheCtx,
+    /// Whether (and how far) a copy of this request goes to the route's mirror.
+    pub(crate) mirror: crate::upstream::mirror::MirrorCtx,
     _active: ActiveGuard,
 }
 
@@ -218,6 +227,7 @@ impl Ctx {
             },
             response: ResponseState::default(),
             cache: CacheCtx::default(),
+            mirror: Default::default(),
             _active: ActiveGuard(shared.clone()),
         }
     }
@@ -230,9 +240,14 @@ impl Ctx {
         self.route().map(|r| r.name.as_str()).unwrap_or("unmatched")
     }
 
-    /// The route's upstream and the target being tried on it, once one was chosen.
+    /// The upstream chosen for this request (`Routing::upstream`).
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.routing.upstream.as_ref()
+    }
+
+    /// The request's upstream and the target being tried on it, once one was chosen.
     pub fn current_target(&self) -> Option<(&Upstream, &Target)> {
-        Some((&self.route()?.upstream, self.attempt.target()?))
+        Some((self.upstream()?, self.attempt.target()?))
     }
 
     /// The authenticated consumer, if any.

@@ -67,6 +67,9 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
+    /// 404: the route is versioned and the request names a version it does not have
+    /// (or none, without a default); the configured versions, listed in the body.
+    UnknownVersion(std::sync::Arc<[String]>),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -89,7 +92,7 @@ impl Reject {
             Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => 400,
             Reject::Unauthorized(_) => 401,
             Reject::Forbidden(_) => 403,
-            Reject::NotFound => 404,
+            Reject::NotFound | Reject::UnknownVersion(_) => 404,
             Reject::PayloadTooLarge(_) => 413,
             Reject::HeadersTooLarge => 431,
             Reject::NoHealthyTarget(_) | Reject::Overloaded(_) => 503,
@@ -123,6 +126,7 @@ impl Reject {
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
             Reject::RequestTimeout => "request-timeout",
+            Reject::UnknownVersion(_) => "unknown-version",
         }
     }
 
@@ -131,7 +135,7 @@ impl Reject {
             Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => "Bad Request",
             Reject::Unauthorized(_) => "Unauthorized",
             Reject::Forbidden(_) => "Forbidden",
-            Reject::NotFound => "Not Found",
+            Reject::NotFound | Reject::UnknownVersion(_) => "Not Found",
             Reject::PayloadTooLarge(_) => "Content Too Large",
             Reject::HeadersTooLarge => "Request Header Fields Too Large",
             Reject::NoHealthyTarget(_) => "Service Unavailable",
@@ -180,6 +184,10 @@ impl Reject {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
+            Reject::UnknownVersion(v) => format!(
+                "this API has no such version; available versions: {}",
+                v.join(", ")
+            ),
         }
     }
 
@@ -206,6 +214,9 @@ impl Reject {
             body["limit"] = l.limit.into();
             body["violated-policies"] = serde_json::json!([l.policy]);
             body["retry_after"] = l.retry_after.into();
+        }
+        if let Reject::UnknownVersion(v) = self {
+            body["available_versions"] = serde_json::json!(&v[..]);
         }
         body.to_string()
     }
@@ -251,7 +262,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 21] = [
+    const REASONS: [&str; 22] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -273,6 +284,7 @@ mod tests {
         "quota-exceeded",
         "limit-store-unavailable",
         "request-timeout",
+        "unknown-version",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -315,6 +327,7 @@ mod tests {
             limited(true),
             Reject::LimitStoreUnavailable,
             Reject::RequestTimeout,
+            Reject::UnknownVersion(std::sync::Arc::from(vec!["1".to_string()])),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

@@ -14,6 +14,7 @@
 //! | `reason` (`auth_failures`) | `policy::auth::Failure::reason` | an enum |
 //! | `reason` (`rejected`) | `proxy::Reject::slug` | an enum |
 //! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
+//! | `version` (`version_requests`) | the configured version names (never what a request names) | the config's size |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -47,7 +48,7 @@ pub struct Metrics {
     /// path-route-mismatch, bad-host, unauthorized, insufficient-scope, no-route,
     /// body-too-large, headers-too-large, no-healthy-target, upstream-overloaded,
     /// bad-gateway, gateway-timeout, not-cached, internal-error, rate-limited,
-    /// quota-exceeded, limit-store-unavailable, request-timeout.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, unknown-version.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -59,6 +60,12 @@ pub struct Metrics {
     pub downstream_connections: IntGaugeVec,
     /// Client connections closed at accept because the listener was at `max_connections`.
     pub downstream_refused: IntCounterVec,
+    /// Requests of a versioned route, by configured version (`policy::versions`).
+    pub version_requests: IntCounterVec,
+    /// Requests of a split route, by the upstream they were placed on (`upstream::split`).
+    pub split_requests: IntCounterVec,
+    /// Mirrored copies by result: sent, failed, dropped, too_large (`upstream::mirror`).
+    pub mirror_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -173,6 +180,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_downstream_connections_refused_total",
             "Client connections refused at accept because the listener was at max_connections",
             &["listener"]
+        )?,
+        version_requests: register_int_counter_vec!(
+            "gatehouse_version_requests_total",
+            "Requests of a versioned route, by the configured version they reached",
+            &["route", "version"]
+        )?,
+        split_requests: register_int_counter_vec!(
+            "gatehouse_split_requests_total",
+            "Requests of a split route, by the upstream they were placed on",
+            &["route", "upstream"]
+        )?,
+        mirror_requests: register_int_counter_vec!(
+            "gatehouse_mirror_requests_total",
+            "Mirrored copies of requests, by result (sent, failed, dropped, too_large)",
+            &["route", "result"]
         )?,
     })
 }

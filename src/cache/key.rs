@@ -77,12 +77,19 @@ pub struct VaryOn<'a> {
     /// The identity fields sent to the upstream (`policy::headers::identity_fields`);
     /// empty for an anonymous request.
     pub identity: &'a [(&'a str, http::HeaderValue)],
+    /// The API version or split side chosen for the request (`version:2`,
+    /// `split:orders-canary`); empty for a route with one upstream. A response of one
+    /// never answers a request for another.
+    pub destination: &'a str,
 }
 
 /// The variance of a request against a stored (or about to be stored) response.
 pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> Option<HashBinary> {
     let mut vb = VarianceBuilder::new();
     vb.add_value("\0route", on.route);
+    if !on.destination.is_empty() {
+        vb.add_value("\0destination", on.destination);
+    }
     let mut names = vary_names(response);
     names.extend(on.route_vary.iter().cloned());
     for name in names {
@@ -281,5 +288,21 @@ mod tests {
             variance(&on("r", &[]), &resp, &a),
             variance(&on("r", &[]), &resp, &b)
         );
+    }
+
+    #[test]
+    fn the_chosen_version_or_split_side_selects_variants() {
+        let resp = headers(&[]);
+        let req = headers(&[]);
+        let on = |destination| VaryOn {
+            route: "r",
+            destination,
+            ..VaryOn::default()
+        };
+        let v = |d| variance(&on(d), &resp, &req);
+        assert_ne!(v("version:1"), v("version:2"));
+        assert_ne!(v("split:a"), v("split:b"));
+        assert_ne!(v("version:1"), v(""));
+        assert_eq!(v("split:a"), v("split:a"));
     }
 }

@@ -529,6 +529,15 @@ pub struct Route {
     /// `server.trusted_proxies`; the cache then keys on them. Otherwise they are removed.
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// API versions, each with its upstream (a destination: `config::traffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<super::traffic::Versions>,
+    /// Weights over upstreams, sticky by key (a destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<super::traffic::Split>,
+    /// A fire-and-forget copy of sampled requests to another upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<super::traffic::Mirror>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -422,12 +422,7 @@ fn routes(v: &mut V, cfg: &Config) {
                 format!("duplicate route name {:?} (also routes[{first}])", r.name),
             );
         }
-        if r.upstream.is_empty() {
-            v.err(
-                format!("{p}.upstream"),
-                "missing: every route needs an upstream",
-            );
-        }
+        super::traffic::validate_route(&p, r, &mut v.errs);
         let m = &r.matches;
         let kinds = [
             m.path.is_some(),

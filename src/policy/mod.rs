@@ -18,6 +18,7 @@ pub mod limits;
 pub mod quota;
 pub mod rate_limit;
 pub mod ratelimit_headers;
+pub mod versions;
 
 use crate::config::{model, Config, ConfigError};
 use crate::error::Reject;

@@ -88,7 +88,7 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         );
         j.str("path", req.uri.path());
         j.int("status", u64::from(status));
-        j.opt_str("upstream", ctx.route().map(|r| r.upstream.name.as_str()));
+        j.opt_str("upstream", ctx.upstream().map(|u| u.name.as_str()));
         j.opt_str("upstream_target", target);
         j.opt_int(
             "upstream_status",

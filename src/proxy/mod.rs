@@ -12,6 +12,7 @@
 mod admit;
 mod log;
 mod refresh;
+mod traffic;
 
 use crate::cache::phases;
 use crate::context::Ctx;
@@ -37,6 +38,9 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Identities and requests handed from a stale request to its background refresh.
     refreshes: refresh::Refreshes,
+    /// Mirror copies go out through their own connector (and its pools): never one of
+    /// the client requests' connections (`upstream::mirror`).
+    mirror_connector: Arc<pingora::connectors::http::Connector>,
 }
 
 /// Writes a problem+json answer. The one place a `Reject` becomes a response.
@@ -99,6 +103,7 @@ impl Gateway {
         Gateway {
             shared,
             refreshes: refresh::Refreshes::default(),
+            mirror_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 
@@ -131,6 +136,7 @@ impl Gateway {
         // The recorded request had these removed already; a copy without a record (a
         // route without policies) is the client's own bytes.
         headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
+        traffic::choose_split(session, ctx);
         Ok(false)
     }
 
@@ -239,10 +245,7 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
     if let Some(r) = &ctx.response.reject {
         return r.clone();
     }
-    let upstream = ctx
-        .route()
-        .map(|r| r.upstream.name.clone())
-        .unwrap_or_default();
+    let upstream = ctx.upstream().map(|u| u.name.clone()).unwrap_or_default();
     match e.etype() {
         ErrorType::HTTPStatus(413) => {
             Reject::PayloadTooLarge(ctx.route().and_then(|r| r.max_body).unwrap_or(0))
@@ -287,6 +290,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        traffic::choose_split(session, ctx);
         Ok(false)
     }
 
@@ -295,7 +299,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -310,6 +314,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        traffic::mirror_body(&self.mirror_connector, body, end_of_stream, ctx);
         Ok(())
     }
 
@@ -377,6 +382,7 @@ impl ProxyHttp for Gateway {
                 &[]
             },
             identity: &identity,
+            destination: ctx.routing.variant.as_deref().unwrap_or(""),
         };
         phases::variance(meta, req, &on)
     }
@@ -436,7 +442,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, Reject::NotCached).await?;
             return Ok(false);
         }
-        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+        let Some(up) = ctx.upstream().cloned() else {
             return Ok(true);
         };
         if let Err(reject) = admit::take_upstream_slot(&up, &mut ctx.attempt) {
@@ -449,10 +455,10 @@ impl ProxyHttp for Gateway {
     /// Chooses the attempt's target (never one already tried) and its peer. Runs again
     /// for each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.routing.route.as_ref() else {
-            return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
+        let (Some(route), Some(up)) = (ctx.routing.route.as_ref(), ctx.routing.upstream.as_ref())
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream in upstream_peer");
         };
-        let up = &route.upstream;
         if let Some(id) = ctx.attempt.take_fresh_retry() {
             // The same target, never from the pool: a group key no pooled connection has.
             ctx.timing.upstream_start = Some(Instant::now());
@@ -553,11 +559,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.timing.connected_at = Some(Instant::now());
-        if let Some(route) = ctx.route() {
+        if let Some(up) = ctx.upstream() {
             if reused {
-                route.upstream.conn_reused.inc();
+                up.conn_reused.inc();
             } else {
-                route.upstream.conn_new.inc();
+                up.conn_new.inc();
             }
         }
         Ok(())
@@ -605,6 +611,7 @@ impl ProxyHttp for Gateway {
         }
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
+        traffic::start_mirror(&self.mirror_connector, req, ctx);
         Ok(())
     }
 
@@ -715,6 +722,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         refresh::give_back(session, &mut ctx.request.lent_version);
+        ctx.mirror.finish();
         log::finish(session, e, ctx);
     }
 }

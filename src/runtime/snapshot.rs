@@ -3,6 +3,7 @@
 //! that needs a built object (certificates, keys, addresses, regexes, references) is
 //! made here, once; `config::validate` checks only the shape of values.
 
+use super::destination::Destination;
 use super::router::{Conditions, Entry, PathMatch, Router};
 use super::Resources;
 use crate::config::model::RouteMatch;
@@ -22,7 +23,10 @@ pub struct Route {
     pub name_arc: Arc<str>,
     /// `cache:` of the route, when it caches.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
-    pub upstream: Arc<Upstream>,
+    /// Where requests go: an upstream, the request's version's, or a side of a split.
+    pub destination: Destination,
+    /// `mirror:` of the route: a copy of sampled requests to another upstream.
+    pub mirror: Option<Arc<crate::upstream::mirror::Mirror>>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -149,13 +153,7 @@ impl Snapshot {
         let auth = Auth::build(cfg, previous.map(|p| &*p.policies), &mut errs);
         let mut checked = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            // An empty name is validation's "missing" error.
-            if !r.upstream.is_empty() && !cfg.upstreams.contains_key(&r.upstream) {
-                errs.push(ConfigError::new(
-                    format!("routes[{i}].upstream"),
-                    format!("unknown upstream {:?}", r.upstream),
-                ));
-            }
+            super::destination::check(i, r, cfg, &mut errs);
             let path = route_path(i, &r.matches, &mut errs);
             let methods = auth.route_methods(cfg, i, r, &mut errs);
             if let (Some(path), Some(methods)) = (path, methods) {
@@ -181,13 +179,19 @@ impl Snapshot {
         }
         let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
         let m = crate::metrics::metrics();
+        let loaded_unix = resources
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut entries = Vec::with_capacity(checked.len());
         for (i, r, path, methods) in checked {
-            let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
-                // The checking pass found the name and built every upstream.
+            let Some((destination, mirror)) = Destination::compile(r, &upstreams, loaded_unix)
+            else {
+                // The checking pass found every name and built every upstream.
                 errs.push(ConfigError::new(
-                    format!("routes[{i}].upstream"),
-                    format!("internal error: upstream {:?} was not built", r.upstream),
+                    format!("routes[{i}]"),
+                    "internal error: an upstream of the route was not built",
                 ));
                 continue;
             };
@@ -223,7 +227,8 @@ impl Snapshot {
                     .cache
                     .as_ref()
                     .map(|c| Arc::new(crate::cache::RouteCache::compile(&r.name, c))),
-                upstream,
+                destination,
+                mirror,
                 strip_prefix: r.strip_prefix.clone().filter(|s| s != "/"),
                 request_headers: HeaderOps::compile(&r.request_headers),
                 response_headers: HeaderOps::compile(&r.response_headers),
@@ -475,7 +480,7 @@ mod tests {
             .expect("regex route");
         assert_eq!(route.policies.len(), 1, "authenticate");
         assert_eq!(
-            route.upstream.hash_on,
+            route.destination.fixed().expect("an upstream").hash_on,
             Some(crate::upstream::HashOn::Header(
                 http::HeaderName::from_static("x-user")
             ))

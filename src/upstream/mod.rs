@@ -7,6 +7,8 @@
 //! `least_requests` is ours: power-of-two-choices over in-flight counts per weight.
 
 pub mod health;
+pub mod mirror;
+pub mod split;
 pub mod target;
 
 use crate::config::model::{self, Balance};
