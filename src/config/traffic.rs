@@ -265,20 +265,19 @@ fn versions(p: &str, v: &Versions, err: &mut impl FnMut(String, String)) {
     }
     let mut seen = Vec::new();
     for (i, s) in v.from.iter().enumerate() {
-        match VersionSource::parse(s) {
-            None => err(
+        if VersionSource::parse(s).is_none() {
+            err(
                 format!("{p}.from[{i}]"),
                 format!("{s:?} must be {VERSION_SOURCE_SYNTAX}"),
-            ),
-            Some(src) => {
-                let folded = s.to_ascii_lowercase();
-                if seen.contains(&folded) {
-                    err(format!("{p}.from[{i}]"), format!("{s:?} is listed twice"));
-                }
-                seen.push(folded);
-                let _ = src;
-            }
+            );
+            continue;
         }
+        // Field names are case-insensitive: `header:Accept-Version` twice, whatever case.
+        let folded = s.to_ascii_lowercase();
+        if seen.contains(&folded) {
+            err(format!("{p}.from[{i}]"), format!("{s:?} is listed twice"));
+        }
+        seen.push(folded);
     }
     if v.upstreams.is_empty() {
         err(

@@ -168,7 +168,11 @@ fn route_by_path<'a>(
     let find = |routed: &str| {
         *version.borrow_mut() = None;
         // A route versioned by path is tried first with the `/vN` segment off.
-        if let Some((v, rest)) = crate::policy::versions::path_version(routed) {
+        if let Some((v, rest)) = snap
+            .path_versioned
+            .then(|| crate::policy::versions::path_version(routed))
+            .flatten()
+        {
             let found = snap
                 .router
                 .find(host, rest, &req.method, &req.headers)

@@ -11,7 +11,7 @@ use crate::runtime::Route;
 use crate::upstream::split;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::sync::Arc;
 
@@ -66,6 +66,17 @@ pub(super) fn choose_split(session: &Session, ctx: &mut Ctx) {
     if !ctx.request.refresh {
         arm.requests.inc();
     }
+}
+
+/// `response_filter`: a versioned route's responses vary on the fields a version may
+/// be named in (added to the upstream's own `Vary`).
+pub(super) fn add_vary(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+    if let Some(Destination::Versions(v)) = ctx.route().map(|r| &r.destination) {
+        if let Some(vary) = &v.vary {
+            resp.append_header(http::header::VARY, vary.clone())?;
+        }
+    }
+    Ok(())
 }
 
 /// `upstream_request_filter`: the request goes upstream as `req`; the first time, the

@@ -107,6 +107,8 @@ pub struct Snapshot {
     /// compiled. `run` builds the listeners from them; a reload checks them but cannot
     /// change listeners (that takes an upgrade).
     pub tls: BTreeMap<String, Arc<crate::tls::SniResolver>>,
+    /// Some route is versioned by path: only then does routing look at a `/vN` segment.
+    pub path_versioned: bool,
 }
 
 impl Snapshot {
@@ -254,6 +256,9 @@ impl Snapshot {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let path_versioned = entries
+            .iter()
+            .any(|e| e.value.destination.versioned_by_path());
         let router = Router::new(entries);
         let server_timing_listeners = cfg
             .listeners
@@ -270,6 +275,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Snapshot {
+            path_versioned,
             path_policies,
             router,
             upstreams,
@@ -624,6 +630,50 @@ mod tests {
             "{got:?}"
         );
         assert!(got[2].1.contains("not a JWKS"), "{got:?}");
+    }
+
+    /// Every reference of `versions`, `split` and `mirror` resolves and the deprecation
+    /// dates parse; a valid one compiles into its destination.
+    #[test]
+    fn traffic_references_are_checked_with_their_paths() {
+        let got = errors(
+            "consumers: [ { id: acme } ]
+routes:
+  - { name: v, match: { path_prefix: /v }, versions: { upstreams: { \"1\": u, \"2\": nope }, deprecated: { \"1\": { sunset: \"next year\", since: \"2026-01-01T00:00:00Z\" } } } }
+  - { name: s, match: { path_prefix: /s }, split: { weights: { u: 9, gone: 1 }, consumers: { acme: u, ghost: u } }, mirror: { upstream: shadow } }
+",
+        );
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].versions.upstreams.2",
+                "routes[0].versions.deprecated.1.sunset",
+                "routes[1].split.weights.gone",
+                "routes[1].split.consumers.ghost",
+                "routes[1].mirror.upstream",
+            ],
+            "{got:?}"
+        );
+        assert_eq!(got[0].1, "unknown upstream \"nope\"");
+        let s = compile(
+            "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n  w: { targets: [ { address: \"127.0.0.1:9002\" } ] }\nroutes:\n  - { name: v, match: { path_prefix: /v }, versions: { from: [path], upstreams: { \"1\": u, \"2\": w } }, mirror: { upstream: w } }\n  - { name: s, match: { path_prefix: /s }, split: { weights: { u: 1, w: 1 } } }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.path_versioned);
+        let find = |p| {
+            s.router
+                .find("x", p, &http::Method::GET, &http::HeaderMap::new())
+                .expect("route")
+        };
+        let v = find("/v");
+        assert!(v.destination.versioned_by_path());
+        assert_eq!(v.destination.upstreams().len(), 2);
+        assert_eq!(
+            v.mirror.as_ref().map(|m| m.upstream.name.as_str()),
+            Some("w")
+        );
+        assert!(find("/s").destination.fixed().is_none());
     }
 
     /// Shape problems and compile errors come back together, shape first.

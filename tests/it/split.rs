@@ -95,7 +95,10 @@ async fn consumers_split_by_weight_stay_on_their_side_and_a_reload_moves_only_th
     assert_eq!(placed.values().map(Vec::len).sum::<usize>(), 10 * CONSUMERS);
     let before = sides_of(&placed);
     let share = canary.hits() as f64 / (10 * CONSUMERS) as f64;
-    assert!((0.08..=0.12).contains(&share), "canary share {share} at 90/10");
+    assert!(
+        (0.08..=0.12).contains(&share),
+        "canary share {share} at 90/10"
+    );
     assert_eq!(stable.hits() + canary.hits(), 10 * CONSUMERS);
     let m = gw.metrics().await;
     let counted = |up: &str| {
@@ -124,7 +127,9 @@ async fn consumers_split_by_weight_stay_on_their_side_and_a_reload_moves_only_th
         "{moved_share} of consumers moved"
     );
     assert!(
-        moved.iter().all(|i| before[i] == "stable" && after[i] == "canary"),
+        moved
+            .iter()
+            .all(|i| before[i] == "stable" && after[i] == "canary"),
         "a consumer left the canary"
     );
     let canary_now = after.values().filter(|s| *s == "canary").count() as f64 / CONSUMERS as f64;
@@ -144,15 +149,33 @@ async fn force_header_and_consumer_overrides_choose_the_side() {
     for i in 0..20 {
         let r = send(&http, "GET", &url, &[("x-api-key", &key_of(i))]).await;
         assert_eq!(side(&r), "stable");
-        let r = send(&http, "GET", &url, &[("x-api-key", &key_of(i)), ("x-canary", "canary")]).await;
+        let r = send(
+            &http,
+            "GET",
+            &url,
+            &[("x-api-key", &key_of(i)), ("x-canary", "canary")],
+        )
+        .await;
         assert_eq!(side(&r), "canary", "forced by the header");
         // A value naming no upstream of the split is ignored.
-        let r = send(&http, "GET", &url, &[("x-api-key", &key_of(i)), ("x-canary", "other")]).await;
+        let r = send(
+            &http,
+            "GET",
+            &url,
+            &[("x-api-key", &key_of(i)), ("x-canary", "other")],
+        )
+        .await;
         assert_eq!(side(&r), "stable");
     }
     let r = send(&http, "GET", &url, &[("x-api-key", "tester-key")]).await;
     assert_eq!(side(&r), "canary", "the consumer override");
-    let r = send(&http, "GET", &url, &[("x-api-key", "tester-key"), ("x-canary", "stable")]).await;
+    let r = send(
+        &http,
+        "GET",
+        &url,
+        &[("x-api-key", "tester-key"), ("x-canary", "stable")],
+    )
+    .await;
     assert_eq!(side(&r), "stable", "the header beats the consumer override");
     // The route refuses before placing: a refused request is no split request.
     let r = send(&http, "GET", &url, &[]).await;
@@ -178,17 +201,39 @@ async fn an_anonymous_caller_is_placed_by_its_address_and_the_cache_keys_on_the_
         let r = send(&http, "GET", &gw.url(&format!("/anon/each?n={i}")), &[]).await;
         seen.push(r.header("x-upstream").unwrap_or("").to_string());
     }
-    assert!(seen.iter().all(|s| s == &seen[0]), "one address, one side: {seen:?}");
+    assert!(
+        seen.iter().all(|s| s == &seen[0]),
+        "one address, one side: {seen:?}"
+    );
     // One URL, both sides forced in turn: each side's response is its own entry.
     for round in 0..3 {
         for side in ["stable", "canary"] {
             let r = send(&http, "GET", &url, &[("x-side", side)]).await;
             assert_eq!(r.header("x-upstream"), Some(side), "round {round}");
             if round > 0 {
-                assert!(r.header("cache-status").unwrap_or("").contains("hit"), "{:?}", r.headers);
+                assert!(
+                    r.header("cache-status").unwrap_or("").contains("hit"),
+                    "{:?}",
+                    r.headers
+                );
             }
         }
     }
     let hits = |u: &Upstream| u.requests().iter().filter(|r| r.path == "/anon/x").count();
     assert_eq!((hits(&stable), hits(&canary)), (1, 1));
+}
+
+#[test]
+fn check_refuses_a_route_with_two_destinations_naming_the_path() {
+    let yaml = config(
+        "upstreams:\n  a: { targets: [ { address: \"127.0.0.1:9\" } ] }\n  b: { targets: [ { address: \"127.0.0.1:9\" } ] }\n\
+         routes:\n  - { name: r, upstream: a, split: { weights: { a: 1, b: 1 } } }\n  - { name: q, split: { key: user, weights: { a: 1, nope: 1 } } }\n",
+    );
+    let (code, out) = common::gateway::check(&yaml, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("routes[0].split.weights: a route names one destination"),
+        "{out}"
+    );
+    assert!(out.contains("routes[1].split.key"), "{out}");
 }

@@ -25,7 +25,12 @@ async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
 }
 
 fn assert_deprecated(r: &Resp) {
-    assert_eq!(r.header("deprecation"), Some("@1767225600"), "{:?}", r.headers);
+    assert_eq!(
+        r.header("deprecation"),
+        Some("@1767225600"),
+        "{:?}",
+        r.headers
+    );
     assert_eq!(r.header("sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
     assert_eq!(
         r.header("link"),
@@ -42,24 +47,42 @@ async fn each_version_form_reaches_its_upstream_with_the_routed_path() {
         ("/v1/orders/7?x=1", &[]),
         ("/orders/7?x=1", &[("accept-version", "1")]),
         ("/orders/7?x=1", &[("x-api-version", "v1")]),
-        ("/orders/7?x=1", &[("accept", "application/vnd.acme.v1+json")]),
-        ("/orders/7?x=1", &[("accept", "application/json; version=1")]),
+        (
+            "/orders/7?x=1",
+            &[("accept", "application/vnd.acme.v1+json")],
+        ),
+        (
+            "/orders/7?x=1",
+            &[("accept", "application/json; version=1")],
+        ),
     ];
     for (i, (path, headers)) in forms.iter().enumerate() {
         let r = get(&gw, path, headers).await;
         assert_eq!(r.status, 200, "{path} {headers:?}: {}", r.text());
         assert_eq!(r.header("x-upstream"), Some("one"), "{path} {headers:?}");
         assert_deprecated(&r);
+        assert_eq!(
+            r.header("vary"),
+            Some("accept-version, x-api-version, accept"),
+            "a cache in front must key on the version fields too"
+        );
         assert_eq!(one.hits(), i + 1);
         let seen = one.last_request().expect("recorded");
-        assert_eq!(seen.uri(), "/orders/7?x=1", "the version segment is not forwarded");
+        assert_eq!(
+            seen.uri(),
+            "/orders/7?x=1",
+            "the version segment is not forwarded"
+        );
     }
     // No version named: the default, which is not deprecated.
     for (path, headers) in [
         ("/orders/7", &[][..]),
         ("/v2/orders/7", &[][..]),
         ("/orders/7", &[("accept-version", "2")][..]),
-        ("/orders/7", &[("accept", "application/vnd.acme.v2+json")][..]),
+        (
+            "/orders/7",
+            &[("accept", "application/vnd.acme.v2+json")][..],
+        ),
     ] {
         let r = get(&gw, path, headers).await;
         assert_eq!(r.header("x-upstream"), Some("two"), "{path} {headers:?}");
@@ -71,7 +94,15 @@ async fn each_version_form_reaches_its_upstream_with_the_routed_path() {
     // `from` order is precedence: the path's version beats the field's.
     let r = get(&gw, "/v1/orders/8", &[("accept-version", "2")]).await;
     assert_eq!(r.header("x-upstream"), Some("one"));
-    let r = get(&gw, "/orders/8", &[("accept-version", "1"), ("accept", "application/vnd.acme.v2+json")]).await;
+    let r = get(
+        &gw,
+        "/orders/8",
+        &[
+            ("accept-version", "1"),
+            ("accept", "application/vnd.acme.v2+json"),
+        ],
+    )
+    .await;
     assert_eq!(r.header("x-upstream"), Some("one"));
     // A path that only looks like a version elsewhere is an ordinary path.
     let r = get(&gw, "/orders/v1/x", &[]).await;
@@ -98,7 +129,10 @@ async fn an_unknown_version_is_a_404_listing_the_versions_and_never_a_label() {
         ("/v9/orders/7", &[][..]),
         ("/orders/7", &[("accept-version", "9")][..]),
         ("/orders/7", &[("x-api-version", "latest")][..]),
-        ("/orders/7", &[("accept", "application/vnd.acme.v3+json")][..]),
+        (
+            "/orders/7",
+            &[("accept", "application/vnd.acme.v3+json")][..],
+        ),
     ] {
         let r = get(&gw, path, headers).await;
         assert_problem(&r, 404);
@@ -140,15 +174,26 @@ async fn a_cached_response_of_one_version_never_answers_another() {
     .await;
     let v1 = [("accept-version", "1")];
     let v2 = [("accept-version", "2")];
-    assert_eq!(get(&gw, "/orders/1", &v1).await.header("x-upstream"), Some("one"));
+    assert_eq!(
+        get(&gw, "/orders/1", &v1).await.header("x-upstream"),
+        Some("one")
+    );
     let r = get(&gw, "/orders/1", &v2).await;
     assert_eq!(r.header("x-upstream"), Some("two"), "{:?}", r.headers);
     let r = get(&gw, "/orders/1", &[]).await;
-    assert_eq!(r.header("x-upstream"), Some("two"), "the default is version 2");
+    assert_eq!(
+        r.header("x-upstream"),
+        Some("two"),
+        "the default is version 2"
+    );
     for _ in 0..2 {
         let r = get(&gw, "/orders/1", &v1).await;
         assert_eq!(r.header("x-upstream"), Some("one"));
-        assert!(r.header("cache-status").unwrap_or("").contains("hit"), "{:?}", r.headers);
+        assert!(
+            r.header("cache-status").unwrap_or("").contains("hit"),
+            "{:?}",
+            r.headers
+        );
         assert_deprecated(&r);
         let r = get(&gw, "/orders/1", &v2).await;
         assert_eq!(r.header("x-upstream"), Some("two"));
