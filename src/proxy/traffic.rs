@@ -53,13 +53,20 @@ pub(super) fn choose_split(session: &Session, ctx: &mut Ctx) {
     let Destination::Split(s) = &route.destination else {
         return;
     };
+    let headers = &session.req_header().headers;
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    // The address `key: ip` limits count: behind a trusted proxy, the client's.
+    let client_ip = match &ctx.routing.snapshot {
+        Some(snap) => snap.trusted_proxies.client_ip(peer, headers),
+        None => peer,
+    };
     let arm = s.choose(&split::Request {
-        headers: &session.req_header().headers,
+        headers,
         consumer: ctx.consumer_id(),
-        client_ip: session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
+        client_ip,
     });
     ctx.routing.upstream = Some(arm.upstream.clone());
     ctx.routing.variant = Some(arm.variant.clone());

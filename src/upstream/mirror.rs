@@ -68,8 +68,10 @@ impl Drop for Slot {
     }
 }
 
-/// Fields that belong to one connection, not to the request.
-const HOP_BY_HOP: [&str; 7] = [
+/// Fields that belong to one connection or exchange, not to the request (`Expect`: the
+/// copy's body is sent at once, never after a `100 Continue`).
+const HOP_BY_HOP: [&str; 8] = [
+    "expect",
     "connection",
     "keep-alive",
     "proxy-connection",

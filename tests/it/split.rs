@@ -237,3 +237,38 @@ fn check_refuses_a_route_with_two_destinations_naming_the_path() {
     );
     assert!(out.contains("routes[1].split.key"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_clients_are_placed_by_their_forwarded_address() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let gw = Gateway::start(&common::config_with_server(
+        "trusted_proxies: [127.0.0.1]",
+        &format!(
+            "upstreams:\n  stable: {{ targets: [ {{ address: \"{}\" }} ] }}\n  canary: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+             routes:\n  - {{ name: ip, match: {{ path_prefix: / }}, split: {{ key: ip, weights: {{ stable: 1, canary: 1 }} }} }}\n",
+            stable.address(),
+            canary.address()
+        ),
+    ))
+    .await;
+    let http = client();
+    let mut sides = HashMap::new();
+    for round in 0..2 {
+        for i in 0..100 {
+            let xff = format!("198.51.100.{i}");
+            let r = send(&http, "GET", &gw.url("/x"), &[("x-forwarded-for", &xff)]).await;
+            let side = r.header("x-upstream").unwrap_or("").to_string();
+            if round == 0 {
+                sides.insert(i, side);
+            } else {
+                assert_eq!(sides[&i], side, "{xff} moved");
+            }
+        }
+    }
+    let on_canary = sides.values().filter(|s| *s == "canary").count();
+    assert!(
+        (25..=75).contains(&on_canary),
+        "{on_canary} of 100 on the canary"
+    );
+}
