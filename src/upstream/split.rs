@@ -132,21 +132,35 @@ impl Split {
         if let Some(i) = self.forced(req) {
             return &self.arms[i];
         }
-        let key = match &self.key {
-            Key::Consumer => req.consumer.map(|c| keyed(b'c', c.as_bytes())),
+        let key: Option<(u8, &[u8])> = match &self.key {
+            Key::Consumer => req.consumer.map(|c| (b'c', c.as_bytes())),
             Key::Ip => None,
             Key::Header(h) => req
                 .headers
                 .get(h)
                 .filter(|v| !v.is_empty())
-                .map(|v| keyed(b'h', v.as_bytes())),
-            Key::Cookie(name) => cookie(req.headers, name).map(|v| keyed(b'k', v.as_bytes())),
+                .map(|v| (b'h', v.as_bytes())),
+            Key::Cookie(name) => cookie(req.headers, name).map(|v| (b'k', v.as_bytes())),
         };
-        let key = key.unwrap_or_else(|| {
-            let ip = req.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-            keyed(b'i', ip.as_bytes())
-        });
-        &self.arms[self.place(&key)]
+        let mut octets = [0u8; 16];
+        let (kind, value) = match key {
+            Some(k) => k,
+            None => {
+                let len = match req.client_ip {
+                    Some(IpAddr::V4(a)) => {
+                        octets[..4].copy_from_slice(&a.octets());
+                        4
+                    }
+                    Some(IpAddr::V6(a)) => {
+                        octets = a.octets();
+                        16
+                    }
+                    None => 0,
+                };
+                (b'i', &octets[..len])
+            }
+        };
+        &self.arms[self.place(kind, value)]
     }
 
     /// `force_header` naming one of the split's upstreams, then a consumer override.
@@ -162,9 +176,10 @@ impl Split {
         req.consumer.and_then(|c| self.consumers.get(c).copied())
     }
 
-    /// The arm whose range holds the key's point.
-    fn place(&self, key: &[u8]) -> usize {
-        let point = point(&self.salt, key, self.total);
+    /// The arm whose range holds the point of the key (`kind` tells a consumer id
+    /// from an address with the same bytes).
+    fn place(&self, kind: u8, value: &[u8]) -> usize {
+        let point = point(&self.salt, &[kind, b':'], value, self.total);
         self.arms
             .iter()
             .position(|a| point < a.end)
@@ -175,15 +190,6 @@ impl Split {
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.arms.iter().map(|a| &a.upstream)
     }
-}
-
-/// The key prefixed by its kind, so a consumer id never collides with an address.
-fn keyed(kind: u8, value: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(value.len() + 2);
-    k.push(kind);
-    k.push(b':');
-    k.extend_from_slice(value);
-    k
 }
 
 /// The value of cookie `name` in the request's `Cookie` fields.
@@ -202,9 +208,9 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// finaliser (FNV alone leaves similar keys close together), scaled by multiplication
 /// so every point is equally likely. A fixed algorithm, unlike std's hasher: placements
 /// must not change with the compiler.
-fn point(salt: &[u8], key: &[u8], total: u64) -> u64 {
+fn point(salt: &[u8], kind: &[u8], key: &[u8], total: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in salt.iter().chain([0xffu8].iter()).chain(key) {
+    for b in salt.iter().chain([0xffu8].iter()).chain(kind).chain(key) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -221,13 +227,13 @@ mod tests {
     use super::*;
 
     fn side(total_first: u64, total: u64, key: &[u8]) -> usize {
-        usize::from(point(b"r", key, total) >= total_first)
+        usize::from(point(b"r", b"c:", key, total) >= total_first)
     }
 
     #[test]
     fn points_spread_evenly_and_weight_changes_move_only_the_needed_share() {
         let keys: Vec<Vec<u8>> = (0..20_000)
-            .map(|i| keyed(b'c', format!("consumer-{i}").as_bytes()))
+            .map(|i| format!("consumer-{i}").into_bytes())
             .collect();
         let before: Vec<usize> = keys.iter().map(|k| side(90, 100, k)).collect();
         let canary = before.iter().filter(|s| **s == 1).count() as f64 / keys.len() as f64;
