@@ -373,7 +373,7 @@ def load_scenario(arg):
     sc.setdefault("name", os.path.splitext(os.path.basename(path))[0])
     sc["_file"] = os.path.relpath(path, REPO)
     known = {"name", "description", "upstream", "targets", "access_log", "load", "requests",
-             "gatehouse", "nginx", "haproxy", "services", "action", "_file"}
+             "gatehouse", "gatehouse-base", "nginx", "haproxy", "services", "action", "_file"}
     unknown = set(sc) - known
     if unknown:
         raise HarnessError(f"{path}: unknown keys {sorted(unknown)}")
@@ -767,9 +767,13 @@ class Target:
             "haproxy_log": "log stdout format raw local0" if access_log == "file" else "",
         }
         values.update(sc.get("_service_values", {}))
-        tmpl = "gatehouse" if name == "gatehouse-base" else name
+        # gatehouse-base is served from the `gatehouse:` template unless the scenario gives
+        # it one of its own (a feature's route against a plain one, on one binary).
+        tmpl = name
+        if name == "gatehouse-base" and not sc.get("gatehouse-base"):
+            tmpl = "gatehouse"
         self.config_text = render(sc[tmpl], values, f"{sc['name']}: {name} template")
-        ext = {"gatehouse": "yaml", "nginx": "conf", "haproxy": "cfg"}[tmpl]
+        ext = {"gatehouse": "yaml", "gatehouse-base": "yaml", "nginx": "conf", "haproxy": "cfg"}[tmpl]
         conf = os.path.join(workdir, f"{name}.{ext}")
         with open(conf, "w") as f:
             f.write(self.config_text)
