@@ -1,5 +1,6 @@
 //! Hot paths of the request: route matching (10, 100, 1,000 routes), the per-request
-//! header work, and upstream selection per algorithm.
+//! header work, upstream selection per algorithm, and the choice of a split side or an
+//! API version (what a split or versioned route adds to a plain one).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use gatehouse::internals::config::model;
@@ -167,5 +168,84 @@ fn bench_selection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_routing, bench_headers, bench_selection);
+/// A split side by consumer (and by a forcing header), and a version by header and by
+/// media type: the per-request work a split or versioned route adds to a plain one.
+fn bench_traffic(c: &mut Criterion) {
+    use gatehouse::internals::config::route_traffic as traffic;
+    use gatehouse::internals::policy::versions::Versions;
+    use gatehouse::internals::upstream::split::{Request, Split};
+    use std::sync::Arc;
+    let ups: std::collections::BTreeMap<String, Arc<Upstream>> = ["stable", "canary"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Arc::new(upstream(model::Balance::RoundRobin)),
+            )
+        })
+        .collect();
+    let split: traffic::Split = serde_yaml::from_str(
+        "{ key: consumer, weights: { stable: 95, canary: 5 }, force_header: X-Canary }",
+    )
+    .expect("split");
+    // The sides are found by upstream name; the bench upstreams share one, so only the
+    // placement is measured (the forced lookup compares names either way).
+    let split = Split::compile("bench", &split, &ups).expect("compiles");
+    let plain = HeaderMap::new();
+    let mut forced = HeaderMap::new();
+    forced.insert("x-canary", "canary".parse().expect("value"));
+    let mut g = c.benchmark_group("traffic");
+    g.bench_function("split/consumer", |b| {
+        b.iter(|| {
+            split.choose(black_box(&Request {
+                headers: &plain,
+                consumer: Some("consumer-0042"),
+                client_ip: None,
+            }))
+        })
+    });
+    g.bench_function("split/force_header", |b| {
+        b.iter(|| {
+            split.choose(black_box(&Request {
+                headers: &forced,
+                consumer: Some("consumer-0042"),
+                client_ip: None,
+            }))
+        })
+    });
+    let versions: traffic::Versions =
+        serde_yaml::from_str("{ default: \"2\", upstreams: { \"1\": stable, \"2\": canary } }")
+            .expect("versions");
+    let versions = Versions::compile("bench", &versions, &ups, 0).expect("compiles");
+    let mut by_header = HeaderMap::new();
+    by_header.insert("accept-version", "1".parse().expect("value"));
+    let mut by_media = HeaderMap::new();
+    by_media.insert(
+        "accept",
+        "text/html, application/vnd.acme.v1+json"
+            .parse()
+            .expect("value"),
+    );
+    g.bench_function("version/path", |b| {
+        b.iter(|| versions.choose(black_box(Some("1")), &plain).is_ok())
+    });
+    g.bench_function("version/header", |b| {
+        b.iter(|| versions.choose(None, black_box(&by_header)).is_ok())
+    });
+    g.bench_function("version/media_type", |b| {
+        b.iter(|| versions.choose(None, black_box(&by_media)).is_ok())
+    });
+    g.bench_function("version/default", |b| {
+        b.iter(|| versions.choose(None, black_box(&plain)).is_ok())
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_routing,
+    bench_headers,
+    bench_selection,
+    bench_traffic
+);
 criterion_main!(benches);

@@ -88,6 +88,13 @@ pub struct Routing {
     /// Path to send upstream when it differs from the client's. The query is taken from
     /// the request as the policies left it (an API key parameter may be removed).
     pub(crate) upstream_path: Option<String>,
+    /// The upstream this request goes to: the route's, its version's or its split
+    /// side's (`runtime::destination`). Chosen in admission, or after the policies for a
+    /// split (which may key on the consumer).
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    /// The version or split side chosen, which the cache keys on (a response from one
+    /// must never answer a request for another).
+    pub(crate) variant: Option<Arc<str>>,
 }
 
 impl Routing {
@@ -246,6 +253,8 @@ pub struct Ctx {
     /// The route's body transforms at work on this request (`proxy::body`).
     pub(crate) body: crate::policy::transform::BodyState,
     pub(crate) stream: StreamState,
+    /// Whether (and how far) a copy of this request goes to the route's mirror.
+    pub(crate) mirror: crate::upstream::mirror::MirrorCtx,
     _active: ActiveGuard,
 }
 
@@ -268,6 +277,7 @@ impl Ctx {
             cache: CacheCtx::default(),
             body: Default::default(),
             stream: StreamState::default(),
+            mirror: Default::default(),
             _active: ActiveGuard(shared.clone()),
         }
     }
@@ -280,13 +290,14 @@ impl Ctx {
         self.route().map(|r| r.name.as_str()).unwrap_or("unmatched")
     }
 
-    /// The upstream the request goes to: the one chosen for its attempts, else the
-    /// route's.
+    /// The upstream the request goes to: the one chosen for its attempts (a breaker's
+    /// fallback), else the one chosen for the request (`Routing::upstream`: the route's,
+    /// its version's or its split side's).
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         self.attempt
             .upstream
             .as_ref()
-            .or_else(|| self.route().map(|r| &r.upstream))
+            .or(self.routing.upstream.as_ref())
     }
 
     /// The request's upstream and the target being tried on it, once one was chosen.

@@ -88,6 +88,9 @@ pub enum Reject {
     /// 413: a request body decoded under `compression.decompress_requests` grew past its
     /// bounds (size, or ratio to the encoded bytes): a decompression bomb.
     DecompressedTooLarge(u64),
+    /// 404: the route is versioned and the request names a version it does not have
+    /// (or none, without a default); the configured versions, listed in the body.
+    UnknownVersion(std::sync::Arc<[String]>),
 }
 
 /// Which limit refused a request, for the problem body and the metric.
@@ -110,7 +113,7 @@ impl Reject {
             Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => 400,
             Reject::Unauthorized(_) => 401,
             Reject::Forbidden(_) => 403,
-            Reject::NotFound => 404,
+            Reject::NotFound | Reject::UnknownVersion(_) => 404,
             Reject::PayloadTooLarge(_) => 413,
             Reject::HeadersTooLarge => 431,
             Reject::NoHealthyTarget(_) | Reject::Overloaded(_) => 503,
@@ -162,6 +165,7 @@ impl Reject {
             // The same problem as a header block over `max_header_size`.
             Reject::TooManyHeaders(_) => "headers-too-large",
             Reject::DecompressedTooLarge(_) => "decompressed-body-too-large",
+            Reject::UnknownVersion(_) => "unknown-version",
         }
     }
 
@@ -170,7 +174,7 @@ impl Reject {
             Reject::BadRequest(_) | Reject::BadPath(_) | Reject::BadHost => "Bad Request",
             Reject::Unauthorized(_) => "Unauthorized",
             Reject::Forbidden(_) => "Forbidden",
-            Reject::NotFound => "Not Found",
+            Reject::NotFound | Reject::UnknownVersion(_) => "Not Found",
             Reject::PayloadTooLarge(_) => "Content Too Large",
             Reject::HeadersTooLarge => "Request Header Fields Too Large",
             Reject::NoHealthyTarget(_) => "Service Unavailable",
@@ -247,6 +251,10 @@ impl Reject {
             Reject::DecompressedTooLarge(max) => format!(
                 "the decoded request body exceeds its bounds (at most {max} bytes, and a bounded expansion ratio)"
             ),
+            Reject::UnknownVersion(v) => format!(
+                "this API has no such version; available versions: {}",
+                v.join(", ")
+            ),
         }
     }
 
@@ -274,6 +282,9 @@ impl Reject {
             body["limit"] = l.limit.into();
             body["violated-policies"] = serde_json::json!([l.policy]);
             body["retry_after"] = l.retry_after.into();
+        }
+        if let Reject::UnknownVersion(v) = self {
+            body["available_versions"] = serde_json::json!(&v[..]);
         }
         body.to_string()
     }
@@ -356,7 +367,7 @@ mod tests {
 
     /// Every `slug` there is: the problem types, and the `reason` label values of
     /// `gatehouse_rejected_requests_total` (`proxy::respond` counts each rejection it sends).
-    const REASONS: [&str; 30] = [
+    const REASONS: [&str; 31] = [
         "bad-request",
         "escaped-slash",
         "backslash",
@@ -388,6 +399,7 @@ mod tests {
         // Again: a header count over `max_headers` is the same problem as a block too large.
         "headers-too-large",
         "decompressed-body-too-large",
+        "unknown-version",
     ];
 
     /// `REASONS` is exactly the set of slugs (the metric's documented label values).
@@ -439,6 +451,7 @@ mod tests {
             Reject::UriTooLong(1),
             Reject::TooManyHeaders(1),
             Reject::DecompressedTooLarge(1),
+            Reject::UnknownVersion(std::sync::Arc::from(vec!["1".to_string()])),
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);

@@ -21,6 +21,7 @@ pub mod clock {
 pub mod config {
     /// The file format: its types are the contract, all of them public.
     pub use crate::config::model;
+    pub use crate::config::{route_traffic, traffic};
     pub mod load {
         pub use crate::config::load::parse;
     }
@@ -35,6 +36,9 @@ pub mod path {
 
 pub mod policy {
     pub use crate::policy::PolicySet;
+    pub mod versions {
+        pub use crate::policy::versions::Versions;
+    }
     pub mod headers {
         pub use crate::policy::headers::{
             new_request_id, set_forwarded, strip_identity, well_formed_request_id, HeaderOps,
@@ -72,4 +76,7 @@ pub mod store {
 
 pub mod upstream {
     pub use crate::upstream::{Plan, Upstream};
+    pub mod split {
+        pub use crate::upstream::split::{Request, Split};
+    }
 }

@@ -18,6 +18,7 @@
 //! | `call` (`aggregate_calls`) | the config (`aggregate.calls` names) | the config's size |
 //! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
 //! | `scope`, `name`, `rule` (`ip_rejected`) | `listener`/`route`, the configured name, `allow`/`deny` | the config's size |
+//! | `version` (`version_requests`) | the configured version names (never what a request names) | the config's size |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -55,6 +56,7 @@ pub struct Metrics {
     /// invalid-body, bad-upstream-body, aggregate-call-failed.
     /// quota-exceeded, limit-store-unavailable, request-timeout, ip-denied, uri-too-long,
     /// decompressed-body-too-large.
+    /// quota-exceeded, limit-store-unavailable, request-timeout, unknown-version.
     pub rejected: IntCounterVec,
     /// Calls to the limit store (Redis, SQLite) that failed or timed out, by operation.
     pub store_errors: IntCounterVec,
@@ -91,6 +93,12 @@ pub struct Metrics {
     /// Requests refused by `ip` rules: `scope` listener | route, `name` the configured
     /// listener or route name, `rule` allow | deny (which list refused).
     pub ip_rejected: IntCounterVec,
+    /// Requests of a versioned route, by configured version (`policy::versions`).
+    pub version_requests: IntCounterVec,
+    /// Requests of a split route, by the upstream they were placed on (`upstream::split`).
+    pub split_requests: IntCounterVec,
+    /// Mirrored copies by result: sent, failed, dropped, too_large (`upstream::mirror`).
+    pub mirror_requests: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -260,6 +268,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "gatehouse_ip_rejected_total",
             "Requests refused by a listener's or route's ip rules, by scope, name and rule",
             &["scope", "name", "rule"]
+        )?,
+        version_requests: register_int_counter_vec!(
+            "gatehouse_version_requests_total",
+            "Requests of a versioned route, by the configured version they reached",
+            &["route", "version"]
+        )?,
+        split_requests: register_int_counter_vec!(
+            "gatehouse_split_requests_total",
+            "Requests of a split route, by the upstream they were placed on",
+            &["route", "upstream"]
+        )?,
+        mirror_requests: register_int_counter_vec!(
+            "gatehouse_mirror_requests_total",
+            "Mirrored copies of requests, by result (sent, failed, dropped, too_large)",
+            &["route", "result"]
         )?,
     })
 }

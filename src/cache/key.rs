@@ -85,6 +85,10 @@ pub struct VaryOn<'a> {
     /// identity: the stored response cannot depend on the client's `Accept-Encoding`,
     /// so a `Vary: Accept-Encoding` from the upstream does not split the one copy.
     pub identity_coding: bool,
+    /// The API version or split side chosen for the request (`version:2`,
+    /// `split:orders-canary`); empty for a route with one upstream. A response of one
+    /// never answers a request for another.
+    pub destination: &'a str,
 }
 
 /// The variance of a request against a stored (or about to be stored) response.
@@ -93,6 +97,9 @@ pub fn variance(on: &VaryOn<'_>, response: &HeaderMap, request: &HeaderMap) -> O
     vb.add_value("\0route", on.route);
     if let Some(origin) = on.cors_origin {
         vb.add_value("\0cors-origin", origin);
+    }
+    if !on.destination.is_empty() {
+        vb.add_value("\0destination", on.destination);
     }
     let mut names = vary_names(response);
     names.extend(on.route_vary.iter().cloned());
@@ -340,5 +347,21 @@ mod tests {
             variance(&on("r", &[]), &resp, &a),
             variance(&on("r", &[]), &resp, &b)
         );
+    }
+
+    #[test]
+    fn the_chosen_version_or_split_side_selects_variants() {
+        let resp = headers(&[]);
+        let req = headers(&[]);
+        let on = |destination| VaryOn {
+            route: "r",
+            destination,
+            ..VaryOn::default()
+        };
+        let v = |d| variance(&on(d), &resp, &req);
+        assert_ne!(v("version:1"), v("version:2"));
+        assert_ne!(v("split:a"), v("split:b"));
+        assert_ne!(v("version:1"), v(""));
+        assert_eq!(v("split:a"), v("split:a"));
     }
 }

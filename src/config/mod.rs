@@ -8,6 +8,7 @@ pub mod demo;
 pub mod edge;
 pub mod load;
 pub mod model;
+pub mod route_traffic;
 pub mod streaming;
 pub mod traffic;
 pub mod transform;

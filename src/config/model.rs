@@ -572,6 +572,15 @@ pub struct Route {
     pub max_headers: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_url: Option<Size>,
+    /// API versions, each with its upstream (a destination: `config::traffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<super::route_traffic::Versions>,
+    /// Weights over upstreams, sticky by key (a destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<super::route_traffic::Split>,
+    /// A fire-and-forget copy of sampled requests to another upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<super::route_traffic::Mirror>,
 }
 
 /// Extension: where the JSON access log goes. `stdout` (default), `stderr`, `off`, or a file.

@@ -433,12 +433,7 @@ fn routes(v: &mut V, cfg: &Config) {
                 format!("duplicate route name {:?} (also routes[{first}])", r.name),
             );
         }
-        if r.upstream.is_empty() && r.aggregate.is_none() {
-            v.err(
-                format!("{p}.upstream"),
-                "missing: every route needs an upstream",
-            );
-        }
+        super::route_traffic::validate_route(&p, r, &mut v.errs);
         super::traffic::validate_deadline(&p, r.deadline, &mut v.errs);
         v.errs.extend(super::transform::validate_route(cfg, &p, r));
         let m = &r.matches;

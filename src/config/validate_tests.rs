@@ -214,7 +214,7 @@ fn each_shape_error_with_its_path() {
                 "routes:\n  - { name: unmatched, upstream: \"\" }\n  - { name: unmatched, upstream: u }\n",
                 &[
                     ("routes[0].name", "a route needs a name (and `unmatched` is reserved)"),
-                    ("routes[0].upstream", "missing: every route needs an upstream"),
+                    ("routes[0].upstream", "missing: every route needs an upstream (or versions.upstreams, split.weights, aggregate)"),
                     ("routes[1].name", "a route needs a name (and `unmatched` is reserved)"),
                     ("routes[1].name", "duplicate route name \"unmatched\" (also routes[0])"),
                 ],

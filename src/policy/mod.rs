@@ -25,6 +25,7 @@ pub mod quota;
 pub mod rate_limit;
 pub mod ratelimit_headers;
 pub mod transform;
+pub mod versions;
 pub mod xml;
 
 use crate::config::{model, Config, ConfigError};

@@ -52,25 +52,31 @@ fn admit_on(snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Result<(), Rej
     let authority = request_authority(req);
     let host = host_of(&authority);
     let listener_policy = snap.path_policy(local);
-    let (route, path) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
+    let (route, path, path_version) = route_by_path(snap, &host, raw_path, listener_policy, req)?;
     // From here on a rejection names the route (its metrics, its access-log field).
-    let route = ctx.routing.route.insert(route);
+    let route = ctx.routing.route.insert(route).clone();
     if let Some(rules) = &route.edge.ip {
         rules.check(client_ip())?;
     }
     route.edge.shape(req)?;
     remember_url_for_cache(snap, &mut ctx.cache, &authority, &path.forwarded);
     ctx.request.authority = authority;
+    // What is routed is what is forwarded: without the version segment it was routed by.
+    let forwarded = match &path_version {
+        Some(_) => Cow::Owned(super::traffic::without_version_segment(&path.forwarded)),
+        None => path.forwarded,
+    };
     ctx.routing.upstream_path = rewrite_path(
         route.strip_prefix.as_deref(),
-        path.forwarded,
+        forwarded,
         path.ignore_params,
         raw_path,
     );
+    super::traffic::choose_in_admission(&route, path_version.as_deref(), req, ctx)?;
     check_declared_body(route.max_body, req)?;
     ctx.request.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    ctx.request.forwarded_trusted = trusts_forwarded(snap, session, route);
-    ctx.timing.server_timing = wants_server_timing(snap, session, route);
+    ctx.request.forwarded_trusted = trusts_forwarded(snap, session, &route);
+    ctx.timing.server_timing = wants_server_timing(snap, session, &route);
     Ok(())
 }
 
@@ -171,22 +177,41 @@ fn route_by_path<'a>(
     raw: &'a str,
     listener: path::Policy,
     req: &RequestHeader,
-) -> Result<(Arc<Route>, ReadPath<'a>), Reject> {
+) -> Result<(Arc<Route>, ReadPath<'a>, Option<String>), Reject> {
     // A CORS preflight is routed as the request it announces (`policy::cors`).
     let method = crate::policy::cors::preflight_method(req);
     let method = method.as_ref().unwrap_or(&req.method);
+    // The version a path-versioned route was found by, for the last path tried.
+    let version = std::cell::RefCell::new(None);
     let find = |routed: &str| {
+        *version.borrow_mut() = None;
+        // A route versioned by path is tried first with the `/vN` segment off.
+        if let Some((v, rest)) = snap
+            .path_versioned
+            .then(|| crate::policy::versions::path_version(routed))
+            .flatten()
+        {
+            let found = snap
+                .router
+                .find(host, rest, method, &req.headers)
+                .filter(|r| r.destination.versioned_by_path());
+            if let Some(r) = found {
+                *version.borrow_mut() = Some(v.to_string());
+                return Some(r.clone());
+            }
+        }
         snap.router
             .find(host, routed, method, &req.headers)
             .cloned()
     };
-    choose_route(
+    let (route, read) = choose_route(
         raw,
         listener,
         find,
         |r: &Arc<Route>| r.path_policy,
         Arc::ptr_eq,
-    )
+    )?;
+    Ok((route, read, version.into_inner()))
 }
 
 /// `route_by_path` over any router (`find` takes the path as routed), so that the

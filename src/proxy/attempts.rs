@@ -24,7 +24,10 @@ pub fn choose_upstream(ctx: &mut Ctx) -> Result<Arc<Upstream>, Reject> {
     if let Some(d) = route.deadline {
         ctx.attempt.deadline = Some(ctx.timing.start + d);
     }
-    let up = route.upstream.clone();
+    // The request's upstream: the route's, or its version's or split side's.
+    let Some(up) = ctx.routing.upstream.clone() else {
+        return Err(Reject::Internal);
+    };
     let chosen = match admit(&up, ctx) {
         Ok(()) => up,
         Err(retry_after) => {

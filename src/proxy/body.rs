@@ -199,10 +199,7 @@ pub(super) fn response_header(
 
 /// Turns the header into a 502 problem+json whose body replaces the upstream's.
 fn refuse_response(session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-    let name = ctx
-        .route()
-        .map(|r| r.upstream.name.clone())
-        .unwrap_or_default();
+    let name = ctx.upstream().map(|u| u.name.clone()).unwrap_or_default();
     let reject = Reject::BadUpstreamBody(name);
     let body = Bytes::from(reject.body(&ctx.request.id));
     resp.set_status(reject.status())?;
@@ -310,10 +307,7 @@ fn give_up(
                 .rejected
                 .with_label_values(&["bad-upstream-body"])
                 .inc();
-            let name = ctx
-                .route()
-                .map(|r| r.upstream.name.clone())
-                .unwrap_or_default();
+            let name = ctx.upstream().map(|u| u.name.clone()).unwrap_or_default();
             ctx.response.reject = Some(Reject::BadUpstreamBody(name));
             Error::e_explain(
                 ErrorType::HTTPStatus(502),

@@ -17,6 +17,7 @@ mod body;
 mod log;
 mod refresh;
 pub mod streaming;
+mod traffic;
 
 use crate::cache::phases;
 use crate::context::Ctx;
@@ -45,6 +46,9 @@ pub struct Gateway {
     refreshes: refresh::Refreshes,
     /// The connection pool of aggregate routes' calls.
     calls: aggregate::Calls,
+    /// Mirror copies go out through their own connector (and its pools): never one of
+    /// the client requests' connections (`upstream::mirror`).
+    mirror_connector: Arc<pingora::connectors::http::Connector>,
 }
 
 /// Writes a problem+json answer. The one place a `Reject` becomes a response. A gRPC
@@ -136,6 +140,7 @@ impl Gateway {
             shared,
             refreshes: refresh::Refreshes::default(),
             calls: aggregate::Calls::default(),
+            mirror_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
     }
 
@@ -168,6 +173,7 @@ impl Gateway {
         // The recorded request had these removed already; a copy without a record (a
         // route without policies) is the client's own bytes.
         headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
+        traffic::choose_split(session, ctx);
         Ok(false)
     }
 
@@ -397,6 +403,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
+        traffic::choose_split(session, ctx);
         // After the policies: an unauthenticated client learns nothing of the route.
         if let Some(reject) = streaming::admit(session.req_header(), ctx) {
             respond(session, ctx, reject).await?;
@@ -474,6 +481,7 @@ impl ProxyHttp for Gateway {
             ctx.response.reject = Some(reject);
             return Error::e_explain(ErrorType::HTTPStatus(400), "undecodable grpc-web-text");
         }
+        traffic::mirror_body(&self.mirror_connector, body, end_of_stream, ctx);
         Ok(())
     }
 
@@ -548,6 +556,7 @@ impl ProxyHttp for Gateway {
                 &[]
             },
             identity: &identity,
+            destination: ctx.routing.variant.as_deref().unwrap_or(""),
         };
         phases::variance(meta, req, &on)
     }
@@ -607,7 +616,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, Reject::NotCached).await?;
             return Ok(false);
         }
-        if ctx.route().is_none() {
+        if ctx.upstream().is_none() {
             return Ok(true);
         }
         let up = match attempts::choose_upstream(ctx) {
@@ -640,12 +649,16 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.routing.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
-        // The one chosen in `proxy_upstream_filter` (a fallback while the circuit is open).
-        let up = ctx
+        // The one chosen in `proxy_upstream_filter` (a fallback while the circuit is open),
+        // else the request's (the route's, its version's or its split side's).
+        let Some(up) = ctx
             .attempt
             .upstream
             .clone()
-            .unwrap_or_else(|| route.upstream.clone());
+            .or_else(|| ctx.routing.upstream.clone())
+        else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream in upstream_peer");
+        };
         let up = &up;
         if let Some(id) = ctx.attempt.take_fresh_retry() {
             // The same target, never from the pool: a group key no pooled connection has.
@@ -803,11 +816,11 @@ impl ProxyHttp for Gateway {
         if ctx.timing.server_timing {
             ctx.timing.connected_at = Some(Instant::now());
         }
-        if let Some(route) = ctx.route() {
+        if let Some(up) = ctx.upstream() {
             if reused {
-                route.upstream.conn_reused.inc();
+                up.conn_reused.inc();
             } else {
-                route.upstream.conn_new.inc();
+                up.conn_new.inc();
             }
         }
         Ok(())
@@ -865,6 +878,7 @@ impl ProxyHttp for Gateway {
         }
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
+        traffic::start_mirror(&self.mirror_connector, req, ctx);
         Ok(())
     }
 
@@ -942,6 +956,7 @@ impl ProxyHttp for Gateway {
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
         headers::apply_server_header(resp, server_header(ctx));
+        traffic::add_vary(resp, ctx)?;
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
             if let Some(cors) = &route.edge.cors {
@@ -1034,6 +1049,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) {
         refresh::give_back(session, &mut ctx.request.lent_version);
+        ctx.mirror.finish();
         log::finish(session, e, ctx);
     }
 }

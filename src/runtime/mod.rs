@@ -6,6 +6,7 @@
 //! in `Resources`, owned by `Shared`; compile draws on it and every snapshot reaches it
 //! through what compile put in it. There is no free-standing static for any of it.
 
+pub mod destination;
 pub mod router;
 pub mod snapshot;
 

@@ -3,6 +3,7 @@
 //! that needs a built object (certificates, keys, addresses, regexes, references) is
 //! made here, once; `config::validate` checks only the shape of values.
 
+use super::destination::Destination;
 use super::router::{Conditions, Entry, PathMatch, Router};
 use super::Resources;
 use crate::config::model::RouteMatch;
@@ -22,7 +23,10 @@ pub struct Route {
     pub name_arc: Arc<str>,
     /// `cache:` of the route, when it caches.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
-    pub upstream: Arc<Upstream>,
+    /// Where requests go: an upstream, the request's version's, or a side of a split.
+    pub destination: Destination,
+    /// `mirror:` of the route: a copy of sampled requests to another upstream.
+    pub mirror: Option<Arc<crate::upstream::mirror::Mirror>>,
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -128,6 +132,8 @@ pub struct Snapshot {
     /// compiled. `run` builds the listeners from them; a reload checks them but cannot
     /// change listeners (that takes an upgrade).
     pub tls: BTreeMap<String, Arc<crate::tls::SniResolver>>,
+    /// Some route is versioned by path: only then does routing look at a `/vN` segment.
+    pub path_versioned: bool,
 }
 
 impl Snapshot {
@@ -186,17 +192,7 @@ impl Snapshot {
         let auth = Auth::build(cfg, previous.map(|p| &*p.policies), &mut errs);
         let mut checked = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            // An empty name is validation's "missing" error.
-            // An aggregate route with an upstream is validation's error.
-            if !r.upstream.is_empty()
-                && r.aggregate.is_none()
-                && !cfg.upstreams.contains_key(&r.upstream)
-            {
-                errs.push(ConfigError::new(
-                    format!("routes[{i}].upstream"),
-                    format!("unknown upstream {:?}", r.upstream),
-                ));
-            }
+            super::destination::check(i, r, cfg, &mut errs);
             let path = route_path(i, &r.matches, &mut errs);
             let methods = auth.route_methods(cfg, i, r, &mut errs);
             let edge = crate::policy::edge::Edge::compile(i, r)
@@ -225,6 +221,11 @@ impl Snapshot {
         }
         let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
         let m = crate::metrics::metrics();
+        let loaded_unix = resources
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut entries = Vec::with_capacity(checked.len());
         for (i, r, path, methods, edge) in checked {
             let aggregate = r.aggregate.as_ref().and_then(|a| {
@@ -236,15 +237,16 @@ impl Snapshot {
                 )
                 .map(Arc::new)
             });
-            let own = match &aggregate {
-                Some(plan) => plan.first_upstream().cloned(),
-                None => upstreams.get(&r.upstream).cloned(),
-            };
-            let Some(upstream) = own else {
-                // The checking pass found the name and built every upstream.
+            // An aggregate route's destination is its first call's upstream, never
+            // contacted as the route's own (the calls go through `proxy::aggregate`).
+            let first_call = aggregate.as_ref().and_then(|a| a.first_upstream().cloned());
+            let Some((destination, mirror)) =
+                Destination::compile(r, &upstreams, loaded_unix, first_call)
+            else {
+                // The checking pass found every name and built every upstream.
                 errs.push(ConfigError::new(
-                    format!("routes[{i}].upstream"),
-                    format!("internal error: upstream {:?} was not built", r.upstream),
+                    format!("routes[{i}]"),
+                    "internal error: an upstream of the route was not built",
                 ));
                 continue;
             };
@@ -280,7 +282,8 @@ impl Snapshot {
                     .cache
                     .as_ref()
                     .map(|c| Arc::new(crate::cache::RouteCache::compile(&r.name, c))),
-                upstream,
+                destination,
+                mirror,
                 strip_prefix: r.strip_prefix.clone().filter(|s| s != "/"),
                 request_headers: HeaderOps::compile(&r.request_headers),
                 response_headers: HeaderOps::compile(&r.response_headers),
@@ -325,6 +328,9 @@ impl Snapshot {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let path_versioned = entries
+            .iter()
+            .any(|e| e.value.destination.versioned_by_path());
         let router = Router::new(entries);
         let server_timing_listeners = cfg
             .listeners
@@ -351,6 +357,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             listener_ip,
+            path_versioned,
             path_policies,
             router,
             upstreams,
@@ -561,7 +568,7 @@ mod tests {
             .expect("regex route");
         assert_eq!(route.policies.len(), 1, "authenticate");
         assert_eq!(
-            route.upstream.hash_on,
+            route.destination.fixed().expect("an upstream").hash_on,
             Some(crate::upstream::HashOn::Header(
                 http::HeaderName::from_static("x-user")
             ))
@@ -705,6 +712,50 @@ mod tests {
             "{got:?}"
         );
         assert!(got[2].1.contains("not a JWKS"), "{got:?}");
+    }
+
+    /// Every reference of `versions`, `split` and `mirror` resolves and the deprecation
+    /// dates parse; a valid one compiles into its destination.
+    #[test]
+    fn traffic_references_are_checked_with_their_paths() {
+        let got = errors(
+            "consumers: [ { id: acme } ]
+routes:
+  - { name: v, match: { path_prefix: /v }, versions: { upstreams: { \"1\": u, \"2\": nope }, deprecated: { \"1\": { sunset: \"next year\", since: \"2026-01-01T00:00:00Z\" } } } }
+  - { name: s, match: { path_prefix: /s }, split: { weights: { u: 9, gone: 1 }, consumers: { acme: u, ghost: u } }, mirror: { upstream: shadow } }
+",
+        );
+        let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[0].versions.upstreams.2",
+                "routes[0].versions.deprecated.1.sunset",
+                "routes[1].split.weights.gone",
+                "routes[1].split.consumers.ghost",
+                "routes[1].mirror.upstream",
+            ],
+            "{got:?}"
+        );
+        assert_eq!(got[0].1, "unknown upstream \"nope\"");
+        let s = compile(
+            "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n  w: { targets: [ { address: \"127.0.0.1:9002\" } ] }\nroutes:\n  - { name: v, match: { path_prefix: /v }, versions: { from: [path], upstreams: { \"1\": u, \"2\": w } }, mirror: { upstream: w } }\n  - { name: s, match: { path_prefix: /s }, split: { weights: { u: 1, w: 1 } } }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.path_versioned);
+        let find = |p| {
+            s.router
+                .find("x", p, &http::Method::GET, &http::HeaderMap::new())
+                .expect("route")
+        };
+        let v = find("/v");
+        assert!(v.destination.versioned_by_path());
+        assert_eq!(v.destination.upstreams().len(), 2);
+        assert_eq!(
+            v.mirror.as_ref().map(|m| m.upstream.name.as_str()),
+            Some("w")
+        );
+        assert!(find("/s").destination.fixed().is_none());
     }
 
     /// Shape problems and compile errors come back together, shape first.

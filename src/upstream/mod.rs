@@ -11,8 +11,10 @@
 
 pub mod breaker;
 pub mod health;
+pub mod mirror;
 pub mod outlier;
 pub mod retry;
+pub mod split;
 pub mod target;
 
 use crate::config::model::{self, Balance};

@@ -41,15 +41,18 @@ mod keys_bounds;
 mod limits;
 mod limits_durable;
 mod limits_redis;
+mod mirror;
 mod operations;
 mod path_protocol;
 mod retries;
 mod routing;
 mod server_loop;
 mod shape_limits;
+mod split;
 mod streaming;
 mod tls_h2;
 mod transforms;
+mod versions;
 mod websocket;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
