@@ -4,6 +4,8 @@
 //! SO_REUSEPORT so an upgraded process can listen beside the old one. It only exists when
 //! `admin:` is configured (closed by default).
 
+mod status;
+
 use crate::runtime::Shared;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -229,11 +231,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             }
         }
         (&Method::GET, "/metrics") => {
-            for up in shared.snapshot.load().upstreams.values() {
-                up.refresh_gauges();
-            }
-            shared.resources.cache.refresh_gauges();
-            shared.resources.stores.refresh_gauges();
+            status::refresh_gauges(shared);
             text(
                 StatusCode::OK,
                 crate::metrics::render(),

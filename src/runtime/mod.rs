@@ -155,6 +155,7 @@ impl Shared {
     /// `snapshot` was compiled with `resources`.
     pub fn new(snapshot: Snapshot, resources: Resources, config_path: String) -> Arc<Self> {
         let start_only = StartOnly::of(&snapshot.loaded.config);
+        crate::telemetry::config_loaded(&snapshot.loaded.version_hash, snapshot.loaded_at);
         Arc::new(Shared {
             start_only,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -199,6 +200,7 @@ impl Shared {
                 }
                 let hash = next.loaded.version_hash.clone();
                 let warnings = self.start_only.changes(&next.loaded.config);
+                crate::telemetry::config_loaded(&hash, next.loaded_at);
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(version = %hash, "config reloaded");

@@ -35,6 +35,7 @@ mod keys_bounds;
 mod limits;
 mod limits_durable;
 mod limits_redis;
+mod observability;
 mod operations;
 mod path_protocol;
 mod routing;
