@@ -198,6 +198,8 @@ pub struct Ctx {
     pub(crate) response: ResponseState,
     /// What the response cache did for this request.
     pub(crate) cache: CacheCtx,
+    /// The request's spans, when `tracing:` is configured (`telemetry::trace`).
+    pub(crate) trace: Option<Box<crate::telemetry::trace::RequestTrace>>,
     _active: ActiveGuard,
 }
 
@@ -218,6 +220,7 @@ impl Ctx {
             },
             response: ResponseState::default(),
             cache: CacheCtx::default(),
+            trace: None,
             _active: ActiveGuard(shared.clone()),
         }
     }

@@ -7,6 +7,7 @@
 pub mod demo;
 pub mod load;
 pub mod model;
+pub mod tracing;
 pub mod units;
 pub mod validate;
 pub mod values;

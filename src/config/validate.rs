@@ -40,6 +40,7 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     auth(&mut v, cfg);
     limits(&mut v, cfg);
     routes(&mut v, cfg);
+    v.errs.extend(super::tracing::validate(cfg));
     v.errs.extend(super::demo::exposed(cfg));
     v.errs
 }

@@ -12,12 +12,14 @@
 mod admit;
 mod log;
 mod refresh;
+mod trace;
 
 use crate::cache::phases;
 use crate::context::Ctx;
 use crate::error::Reject;
 use crate::policy::{headers, Identity};
 use crate::runtime::Shared;
+use crate::telemetry::trace::AttemptEnd;
 use crate::upstream::{HashOn, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -153,7 +155,9 @@ impl Gateway {
             response_headers: &mut ctx.response.extra_headers,
         };
         for p in &route.policies {
-            if let Err(reject) = p.apply(&mut cx).await {
+            let outcome = p.apply(&mut cx).await;
+            trace::stage(&mut ctx.trace, p.stage(), outcome.as_ref().err());
+            if let Err(reject) = outcome {
                 return Some(reject);
             }
         }
@@ -278,7 +282,9 @@ impl ProxyHttp for Gateway {
         if session.subrequest_ctx.is_some() {
             return self.refresh_filter(session, ctx).await;
         }
-        if let Some(reject) = self.admit(session, ctx) {
+        let admitted = self.admit(session, ctx);
+        trace::stage(&mut ctx.trace, "admit", admitted.as_ref());
+        if let Some(reject) = admitted {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
@@ -459,6 +465,7 @@ impl ProxyHttp for Gateway {
             let mut peer = up.peer(id);
             peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
             route.timeouts.apply(&mut peer.options);
+            trace::attempt_start(ctx);
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
@@ -477,6 +484,7 @@ impl ProxyHttp for Gateway {
         ctx.timing.upstream_start = Some(Instant::now());
         let mut peer = up.peer(id);
         route.timeouts.apply(&mut peer.options);
+        trace::attempt_start(ctx);
         Ok(Box::new(peer))
     }
 
@@ -487,6 +495,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        trace::attempt_end(ctx, AttemptEnd::Error("connect_error"));
         if let Some((up, target)) = ctx.current_target() {
             attempt_failed(up, target, "connect_error");
             // Nothing reached the target, so any method may go to another one.
@@ -511,6 +520,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        trace::attempt_end(ctx, AttemptEnd::Error(e.etype().as_str()));
         let idempotent = session.req_header().method.is_idempotent();
         let truncated = session.as_ref().retry_buffer_truncated();
         if stale_pooled(&e, client_reused, ctx)
@@ -592,6 +602,7 @@ impl ProxyHttp for Gateway {
             req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
         }
         req.remove_header(refresh::REFRESH_MARK);
+        trace::inject(ctx, req)?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -623,6 +634,7 @@ impl ProxyHttp for Gateway {
         let now = Instant::now();
         ctx.timing.upstream_header_at = Some(now);
         ctx.attempt.upstream_status = Some(resp.status.as_u16());
+        trace::attempt_end(ctx, AttemptEnd::Status(resp.status.as_u16()));
         if let Some((up, target)) = ctx.current_target() {
             if let Some(s) = ctx.timing.upstream_start {
                 up.duration.observe(now.duration_since(s).as_secs_f64());

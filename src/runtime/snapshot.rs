@@ -103,6 +103,9 @@ pub struct Snapshot {
     /// compiled. `run` builds the listeners from them; a reload checks them but cannot
     /// change listeners (that takes an upgrade).
     pub tls: BTreeMap<String, Arc<crate::tls::SniResolver>>,
+    /// `tracing:`, when present; its exporter is reused across reloads that keep the
+    /// export settings.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 impl Snapshot {
@@ -278,6 +281,12 @@ impl Snapshot {
             unmatched_requests: crate::metrics::RequestCounters::new("unmatched"),
             policies,
             tls,
+            tracing: cfg.tracing.as_ref().map(|t| {
+                crate::telemetry::trace::Tracing::compile(
+                    t,
+                    previous.and_then(|p| p.tracing.as_deref()),
+                )
+            }),
             // Last: everything above can still fail; this applies the new bounds to the
             // running storage (a shrink evicts at once, no section empties it).
             cache: resources.cache.bind(cfg.cache.as_ref(), &resources.clock),

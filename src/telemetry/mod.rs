@@ -5,10 +5,10 @@
 //! context holds a request's trace (`trace::RequestTrace`) and the proxy phases fill it.
 
 pub mod process;
+pub mod trace;
 
 use std::sync::Mutex;
 use std::time::SystemTime;
-
 
 /// The hash `gatehouse_config_info` shows now, so a reload can remove its series.
 static CONFIG_HASH: Mutex<Option<String>> = Mutex::new(None);

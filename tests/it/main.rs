@@ -41,6 +41,7 @@ mod path_protocol;
 mod routing;
 mod server_loop;
 mod tls_h2;
+mod traces;
 
 /// With `autotests = false` (Cargo.toml), a test file cargo does not know of is never
 /// built: a new `tests/<name>.rs` or a file here without its `mod` line would pass
