@@ -171,6 +171,18 @@ async fn clock(req: Request<Incoming>, clock: &crate::clock::Clock) -> Resp {
     }
 }
 
+/// `admin.ui: true` in the config in force.
+fn ui_enabled(shared: &Shared) -> bool {
+    shared
+        .snapshot
+        .load()
+        .loaded
+        .config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.ui)
+}
+
 fn json(v: serde_json::Value) -> Resp {
     text(StatusCode::OK, v.to_string(), "application/json")
 }
@@ -238,6 +250,21 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 "text/plain; version=0.0.4",
             )
         }
+        (&Method::GET, "/") | (&Method::GET, "/ui") if ui_enabled(shared) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            // Everything the page needs is inline; it may only talk back to this origin.
+            .header(
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            )
+            .header("x-content-type-options", "nosniff")
+            .header("referrer-policy", "no-referrer")
+            .body(Full::new(Bytes::from_static(status::PAGE.as_bytes())))
+            .unwrap_or_default(),
         (_, p) if p.starts_with("/admin/") => {
             if let Err(r) = authorized(&req, shared) {
                 return *r;
@@ -257,6 +284,7 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 "upstreams": snap.upstreams.values().map(|u| u.status_json()).collect::<Vec<_>>(),
             }))
         }
+        (Method::GET, "/admin/status") => json(status::status_json(shared)),
         (Method::GET, "/admin/config") => {
             let snap = shared.snapshot.load();
             json(serde_json::json!({

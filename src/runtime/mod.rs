@@ -214,6 +214,7 @@ impl Shared {
             }
             Err(errs) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
+                crate::telemetry::config_refused(&errs);
                 for e in &errs {
                     tracing::error!("reload refused: {e}");
                 }

@@ -13,6 +13,63 @@ use std::time::SystemTime;
 /// The hash `gatehouse_config_info` shows now, so a reload can remove its series.
 static CONFIG_HASH: Mutex<Option<String>> = Mutex::new(None);
 
+/// The last config loads and refused reloads, newest last (the status page's history).
+static HISTORY: Mutex<std::collections::VecDeque<Load>> =
+    Mutex::new(std::collections::VecDeque::new());
+/// Loads kept in `HISTORY`, and errors kept per refused reload.
+const HISTORY_LEN: usize = 16;
+const ERRORS_KEPT: usize = 20;
+
+/// One config load: applied (at start or by a reload) or refused.
+#[derive(Clone, serde::Serialize)]
+pub struct Load {
+    pub unix_ms: u64,
+    /// `start`, `reload` or `refused`.
+    pub result: &'static str,
+    /// The applied config's hash (none for a refused one).
+    pub hash: Option<String>,
+    /// A refused reload's errors, `path: message`, the first `ERRORS_KEPT`.
+    pub errors: Vec<String>,
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn remember(load: Load) {
+    let mut h = HISTORY.lock().unwrap_or_else(|e| e.into_inner());
+    if h.len() == HISTORY_LEN {
+        h.pop_front();
+    }
+    h.push_back(load);
+}
+
+/// A reload was refused with `errors` (the running config stays).
+pub fn config_refused(errors: &[crate::config::ConfigError]) {
+    remember(Load {
+        unix_ms: unix_ms(SystemTime::now()),
+        result: "refused",
+        hash: None,
+        errors: errors
+            .iter()
+            .take(ERRORS_KEPT)
+            .map(|e| e.to_string())
+            .collect(),
+    });
+}
+
+/// The recent loads, oldest first.
+pub fn load_history() -> Vec<Load> {
+    HISTORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect()
+}
+
 /// A config was applied (at start, or by a reload): `gatehouse_config_info{hash}` names
 /// it alone, and the reload time moves to `at`.
 pub fn config_loaded(hash: &str, at: SystemTime) {
@@ -24,6 +81,12 @@ pub fn config_loaded(hash: &str, at: SystemTime) {
         }
     }
     m.config_info.with_label_values(&[hash]).set(1);
+    remember(Load {
+        unix_ms: unix_ms(at),
+        result: if current.is_none() { "start" } else { "reload" },
+        hash: Some(hash.to_string()),
+        errors: Vec::new(),
+    });
     *current = Some(hash.to_string());
     let secs = at
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -40,6 +40,7 @@ mod operations;
 mod path_protocol;
 mod routing;
 mod server_loop;
+mod status_page;
 mod tls_h2;
 mod traces;
 
