@@ -29,6 +29,7 @@ mod config_check;
 mod defaults;
 mod echo;
 mod failures;
+mod grafana;
 mod jose_vectors;
 mod jwks;
 mod keys_bounds;
