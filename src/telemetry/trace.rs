@@ -653,6 +653,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_exporter_unless_its_settings_change() {
+        let cfg = |endpoint: &str, ratio: f64| TracingConfig {
+            otlp_endpoint: endpoint.into(),
+            sample_ratio: ratio,
+            service_name: "t".into(),
+            queue: 10,
+        };
+        let a = Tracing::compile(&cfg("http://127.0.0.1:9/v1/traces", 0.1), None);
+        let b = Tracing::compile(&cfg("http://127.0.0.1:9/v1/traces", 0.5), Some(&a));
+        assert!(
+            Arc::ptr_eq(&a.exporter, &b.exporter),
+            "only the ratio changed"
+        );
+        let c = Tracing::compile(&cfg("http://127.0.0.1:8/v1/traces", 0.5), Some(&b));
+        assert!(
+            !Arc::ptr_eq(&b.exporter, &c.exporter),
+            "a new endpoint, a new exporter"
+        );
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts() {
         let t = tracing(1.0, 1);
         // Fill the one slot without a thread: pretend a span is already queued.
