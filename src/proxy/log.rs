@@ -80,8 +80,11 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         j.out.push('"');
         j.str("request_id", &ctx.request.id);
         if let Some((trace_id, span_id)) = &trace_ids {
-            j.str("trace_id", trace_id);
-            j.str("span_id", span_id);
+            // Hex digits: nothing to escape.
+            j.key("trace_id");
+            let _ = write!(j.out, "\"{trace_id}\"");
+            j.key("span_id");
+            let _ = write!(j.out, "\"{span_id}\"");
         }
         j.str("route", route);
         j.str("method", method);

@@ -4,21 +4,13 @@
 use crate::context::Ctx;
 use crate::error::Reject;
 use crate::telemetry::trace::{AttemptEnd, Finish, RequestTrace};
-use opentelemetry::KeyValue;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 /// A stage (admission, a policy) finished, refused with `reject` or passed.
 pub fn stage(trace: &mut Option<Box<RequestTrace>>, name: &'static str, reject: Option<&Reject>) {
     if let Some(t) = trace.as_mut() {
-        let attrs = match reject {
-            Some(r) => vec![
-                KeyValue::new("gatehouse.outcome", "refused"),
-                KeyValue::new("gatehouse.reject", r.slug()),
-            ],
-            None => vec![KeyValue::new("gatehouse.outcome", "passed")],
-        };
-        t.event(name, attrs);
+        t.event(name, reject.map(|r| r.slug()));
     }
 }
 
@@ -85,7 +77,7 @@ pub fn finish(
     ctx: &mut Ctx,
     status: u16,
     e: Option<&pingora::Error>,
-) -> Option<(String, String)> {
+) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
     let t = ctx.trace.take()?;
     let ids = t.ids();
     let req = session.req_header();

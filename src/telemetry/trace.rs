@@ -77,11 +77,16 @@ impl Tracing {
 
     /// The trace of a request that arrived with `headers`.
     pub fn begin(self: &Arc<Self>, headers: &http::HeaderMap) -> RequestTrace {
-        let parent = TraceContextPropagator::new()
-            .extract(&HeaderExtractor(headers))
-            .span()
-            .span_context()
-            .clone();
+        // Most requests carry no trace context: skip the propagator (and its Context).
+        let parent = if headers.contains_key("traceparent") {
+            TraceContextPropagator::new()
+                .extract(&HeaderExtractor(headers))
+                .span()
+                .span_context()
+                .clone()
+        } else {
+            SpanContext::empty_context()
+        };
         let (trace_id, parent_span, sampled, state) = if parent.is_valid() {
             (
                 parent.trace_id(),
@@ -179,7 +184,9 @@ pub struct RequestTrace {
     head_sampled: bool,
     state: TraceState,
     start: SystemTime,
-    events: Vec<(&'static str, SystemTime, Vec<KeyValue>)>,
+    /// (stage, when, the rejection's slug when it refused): attributes are built only for
+    /// an exported trace.
+    events: Vec<(&'static str, SystemTime, Option<&'static str>)>,
     attempts: Vec<AttemptSpan>,
 }
 
@@ -201,15 +208,16 @@ pub struct Finish<'a> {
 }
 
 impl RequestTrace {
-    /// The trace id and the server span's id, as the access log writes them.
-    pub fn ids(&self) -> (String, String) {
-        (self.trace_id.to_string(), self.span_id.to_string())
+    /// The trace id and the server span's id (the access log writes them as hex).
+    pub fn ids(&self) -> (TraceId, SpanId) {
+        (self.trace_id, self.span_id)
     }
 
-    /// A stage of the request's handling (admission, a policy) as an event.
-    pub fn event(&mut self, name: &'static str, attributes: Vec<KeyValue>) {
+    /// A stage of the request's handling (admission, a policy) as an event: passed, or
+    /// refused with the rejection's slug.
+    pub fn event(&mut self, name: &'static str, refused: Option<&'static str>) {
         if self.events.len() < MAX_EVENTS {
-            self.events.push((name, SystemTime::now(), attributes));
+            self.events.push((name, SystemTime::now(), refused));
         }
     }
 
@@ -246,16 +254,26 @@ impl RequestTrace {
             .last()
             .map(|a| a.span_id)
             .unwrap_or(self.span_id);
-        let flags = if self.head_sampled {
-            TraceFlags::SAMPLED
+        // The propagator's format (version 00), written into one buffer: this runs for
+        // every attempt of every traced request, sampled or not.
+        use std::fmt::Write;
+        let mut traceparent = String::with_capacity(55);
+        let _ = write!(
+            traceparent,
+            "00-{}-{}-{}",
+            self.trace_id,
+            span,
+            if self.head_sampled { "01" } else { "00" }
+        );
+        let tracestate = if self.state == TraceState::NONE {
+            None
         } else {
-            TraceFlags::default()
+            Some(self.state.header()).filter(|s| !s.is_empty())
         };
-        let sc = SpanContext::new(self.trace_id, span, flags, false, self.state.clone());
-        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
-        let mut out = Outgoing::default();
-        TraceContextPropagator::new().inject_context(&cx, &mut out);
-        out
+        Outgoing {
+            traceparent,
+            tracestate,
+        }
     }
 
     /// The request ended: the tail decision, then (when kept) its spans go to the queue.
@@ -370,7 +388,14 @@ impl RequestTrace {
             });
         }
         let mut events = SpanEvents::default();
-        for (name, at, attributes) in std::mem::take(&mut self.events) {
+        for (name, at, refused) in std::mem::take(&mut self.events) {
+            let attributes = match refused {
+                Some(slug) => vec![
+                    KeyValue::new("gatehouse.outcome", "refused"),
+                    KeyValue::new("gatehouse.reject", slug),
+                ],
+                None => vec![KeyValue::new("gatehouse.outcome", "passed")],
+            };
             events.events.push(Event::new(name, at, attributes, 0));
         }
         spans.push(SpanData {
@@ -619,7 +644,7 @@ mod tests {
             ("tracestate", "vendor=x"),
         ]));
         assert!(rt.head_sampled);
-        assert_eq!(rt.ids().0, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(rt.ids().0.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let mut rt = rt;
         rt.attempt_start("u", "127.0.0.1:1");
         let out = rt.outgoing();
