@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_build_deps
 ensure_packages redis-server:redis-server wrk:wrk nginx:nginx haproxy:haproxy
+# promtool checks /metrics (tests/it/observability.rs); headless Chromium loads the status page.
+ensure_packages promtool:prometheus chromium:chromium
 export CARGO_TERM_COLOR=never
 # A one-shot build gains nothing from incremental state; it only costs disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

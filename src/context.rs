@@ -255,6 +255,8 @@ pub struct Ctx {
     pub(crate) stream: StreamState,
     /// Whether (and how far) a copy of this request goes to the route's mirror.
     pub(crate) mirror: crate::upstream::mirror::MirrorCtx,
+    /// The request's spans, when `tracing:` is configured (`telemetry::trace`).
+    pub(crate) trace: Option<Box<crate::telemetry::trace::RequestTrace>>,
     _active: ActiveGuard,
 }
 
@@ -278,6 +280,7 @@ impl Ctx {
             body: Default::default(),
             stream: StreamState::default(),
             mirror: Default::default(),
+            trace: None,
             _active: ActiveGuard(shared.clone()),
         }
     }

@@ -18,6 +18,7 @@ pub(crate) mod proxy;
 pub(crate) mod runtime;
 pub(crate) mod server;
 pub(crate) mod store;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;

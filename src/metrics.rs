@@ -19,6 +19,8 @@
 //! | `result`, `reused`, `backend`, `op` | fixed strings | constants |
 //! | `scope`, `name`, `rule` (`ip_rejected`) | `listener`/`route`, the configured name, `allow`/`deny` | the config's size |
 //! | `version` (`version_requests`) | the configured version names (never what a request names) | the config's size |
+//! | `version`, `commit` (`build_info`) | the build | one series |
+//! | `hash` (`config_info`) | the config file's SHA-256 | one series: a reload removes the old one |
 //!
 //! No label is taken from a header, a path, a query or a token claim.
 
@@ -99,6 +101,23 @@ pub struct Metrics {
     pub split_requests: IntCounterVec,
     /// Mirrored copies by result: sent, failed, dropped, too_large (`upstream::mirror`).
     pub mirror_requests: IntCounterVec,
+    /// Always 1; the labels say which build this is (`telemetry`).
+    pub build_info: IntGaugeVec,
+    /// Always 1, for the config in force only: a reload removes the old hash's series.
+    pub config_info: IntGaugeVec,
+    /// Unix time of the last config load that was applied (start or reload).
+    pub config_last_reload: IntGauge,
+    /// Established connections to each configured upstream's targets, pooled idle ones
+    /// included (read from the kernel's socket table at scrape time: `telemetry::process`).
+    pub upstream_open_connections: IntGaugeVec,
+    pub process_resident_memory: IntGauge,
+    pub process_open_fds: IntGauge,
+    pub process_max_fds: IntGauge,
+    /// Finished spans not exported because the export queue was full (`telemetry::trace`).
+    pub trace_spans_dropped: IntCounter,
+    /// Spans handed to the collector, by result (`ok`, `error`: the batch was refused or
+    /// the collector unreachable, so its spans are lost too).
+    pub trace_spans_exported: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -284,6 +303,46 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Mirrored copies of requests, by result (sent, failed, dropped, too_large)",
             &["route", "result"]
         )?,
+        build_info: register_int_gauge_vec!(
+            "gatehouse_build_info",
+            "Always 1: the gateway's version and the commit it was built from",
+            &["version", "commit"]
+        )?,
+        config_info: register_int_gauge_vec!(
+            "gatehouse_config_info",
+            "Always 1: the SHA-256 of the config file in force",
+            &["hash"]
+        )?,
+        config_last_reload: register_int_gauge!(
+            "gatehouse_config_last_reload_timestamp_seconds",
+            "Unix time at which the config in force was loaded (start or reload)"
+        )?,
+        upstream_open_connections: register_int_gauge_vec!(
+            "gatehouse_upstream_open_connections",
+            "Established connections to the upstream's targets, pooled idle ones included",
+            &["upstream"]
+        )?,
+        process_resident_memory: register_int_gauge!(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes"
+        )?,
+        process_open_fds: register_int_gauge!(
+            "process_open_fds",
+            "Number of open file descriptors"
+        )?,
+        process_max_fds: register_int_gauge!(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit)"
+        )?,
+        trace_spans_dropped: register_int_counter!(
+            "gatehouse_trace_spans_dropped_total",
+            "Finished spans dropped because the export queue (tracing.queue) was full"
+        )?,
+        trace_spans_exported: register_int_counter_vec!(
+            "gatehouse_trace_spans_exported_total",
+            "Spans sent to the OTLP collector, by result (error: the batch was lost)",
+            &["result"]
+        )?,
     })
 }
 
@@ -292,7 +351,13 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// The process's metrics. Registration cannot fail for these fixed, distinct names; if it
 /// ever did, that is a programming error caught by the first test that runs.
 pub fn metrics() -> &'static Metrics {
-    METRICS.get_or_init(|| build().expect("metric registration"))
+    METRICS.get_or_init(|| {
+        let m = build().expect("metric registration");
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GATEHOUSE_COMMIT")])
+            .set(1);
+        m
+    })
 }
 
 /// Prometheus text format of everything registered.

@@ -4,6 +4,8 @@
 //! SO_REUSEPORT so an upgraded process can listen beside the old one. It only exists when
 //! `admin:` is configured (closed by default).
 
+mod status;
+
 use crate::runtime::Shared;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -169,6 +171,18 @@ async fn clock(req: Request<Incoming>, clock: &crate::clock::Clock) -> Resp {
     }
 }
 
+/// `admin.ui: true` in the config in force.
+fn ui_enabled(shared: &Shared) -> bool {
+    shared
+        .snapshot
+        .load()
+        .loaded
+        .config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.ui)
+}
+
 fn json(v: serde_json::Value) -> Resp {
     text(StatusCode::OK, v.to_string(), "application/json")
 }
@@ -229,17 +243,28 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
             }
         }
         (&Method::GET, "/metrics") => {
-            for up in shared.snapshot.load().upstreams.values() {
-                up.refresh_gauges();
-            }
-            shared.resources.cache.refresh_gauges();
-            shared.resources.stores.refresh_gauges();
+            status::refresh_gauges(shared);
             text(
                 StatusCode::OK,
                 crate::metrics::render(),
                 "text/plain; version=0.0.4",
             )
         }
+        (&Method::GET, "/") | (&Method::GET, "/ui") if ui_enabled(shared) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            // Everything the page needs is inline; it may only talk back to this origin.
+            .header(
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            )
+            .header("x-content-type-options", "nosniff")
+            .header("referrer-policy", "no-referrer")
+            .body(Full::new(Bytes::from_static(status::PAGE.as_bytes())))
+            .unwrap_or_default(),
         (_, p) if p.starts_with("/admin/") => {
             if let Err(r) = authorized(&req, shared) {
                 return *r;
@@ -259,6 +284,7 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 "upstreams": snap.upstreams.values().map(|u| u.status_json()).collect::<Vec<_>>(),
             }))
         }
+        (Method::GET, "/admin/status") => json(status::status_json(shared)),
         (Method::GET, "/admin/config") => {
             let snap = shared.snapshot.load();
             json(serde_json::json!({

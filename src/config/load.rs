@@ -411,6 +411,7 @@ pub fn parse_partial(
             "tiers" => cfg.tiers = map("tiers", v, &mut errs),
             "consumers" => cfg.consumers = list("consumers", v, &mut errs),
             "routes" => cfg.routes = list("routes", v, &mut errs),
+            "tracing" => cfg.tracing = section("tracing", v, &mut errs),
             "access_log" => {
                 if let Some(a) = section("access_log", v, &mut errs) {
                     cfg.access_log = a;
@@ -418,7 +419,7 @@ pub fn parse_partial(
             }
             _ => errs.push(ConfigError::new(
                 path_key(&k),
-                "unknown field (top level; expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log)",
+                "unknown field (top level; expected one of version, server, listeners, admin, store, cache, upstreams, auth, tiers, consumers, routes, access_log, tracing)",
             )),
         }
     }

@@ -10,6 +10,7 @@ pub mod load;
 pub mod model;
 pub mod route_traffic;
 pub mod streaming;
+pub mod tracing;
 pub mod traffic;
 pub mod transform;
 pub mod units;

@@ -25,6 +25,8 @@ pub struct Config {
     pub consumers: Vec<Consumer>,
     pub routes: Vec<Route>,
     pub access_log: AccessLog,
+    /// OpenTelemetry traces (`config::tracing`); absent: none.
+    pub tracing: Option<super::tracing::Tracing>,
     /// YAML paths (`routes[0].request_headers.set.X-Key`) of the strings that referenced
     /// `${VAR}`: such values may be secrets, and `/admin/config` redacts them.
     #[serde(skip)]
@@ -194,6 +196,9 @@ pub struct Admin {
     pub address: String,
     #[serde(default)]
     pub token: Option<String>,
+    /// `GET /` serves the status page (`admin::status`).
+    #[serde(default)]
+    pub ui: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

@@ -42,6 +42,7 @@ pub fn validate(cfg: &Config) -> Vec<ConfigError> {
     limits(&mut v, cfg);
     routes(&mut v, cfg);
     v.errs.extend(super::edge::check(cfg));
+    v.errs.extend(super::tracing::validate(cfg));
     v.errs.extend(super::demo::exposed(cfg));
     v.errs
 }

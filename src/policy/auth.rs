@@ -144,6 +144,10 @@ impl Authenticate {
 
 #[async_trait]
 impl Policy for Authenticate {
+    fn stage(&self) -> &'static str {
+        "authenticate"
+    }
+
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject> {
         let mut first_failure: Option<(Failure, AuthMethod)> = None;
         for m in &self.methods {
@@ -189,6 +193,10 @@ impl Authorize {
 
 #[async_trait]
 impl Policy for Authorize {
+    fn stage(&self) -> &'static str {
+        "authorize"
+    }
+
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject> {
         let granted = cx.identity.as_ref().is_some_and(|id| {
             self.scopes

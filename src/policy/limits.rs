@@ -306,6 +306,10 @@ fn give_back(counted: Vec<(Counted<'_>, Cow<'_, [u8]>)>, applied: &mut [Applied]
 
 #[async_trait]
 impl Policy for Limits {
+    fn stage(&self) -> &'static str {
+        "limit"
+    }
+
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject> {
         let tier = cx
             .identity

@@ -63,6 +63,11 @@ pub struct PolicyCtx<'a> {
 #[async_trait]
 pub trait Policy: Send + Sync {
     async fn apply(&self, cx: &mut PolicyCtx<'_>) -> Result<(), Reject>;
+
+    /// The stage's name, as the request's trace shows it (an event per policy run).
+    fn stage(&self) -> &'static str {
+        "policy"
+    }
 }
 
 /// The authentication methods of a config: issuers with their keys, API keys, and the

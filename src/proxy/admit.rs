@@ -23,6 +23,13 @@ impl Gateway {
     /// metrics of an unrouted request are the snapshot's).
     pub(super) fn admit(&self, session: &Session, ctx: &mut Ctx) -> Option<Reject> {
         let snap = self.shared.snapshot.load_full();
+        // A background refresh answers no client and continues no trace.
+        if session.subrequest_ctx.is_none() {
+            ctx.trace = snap
+                .tracing
+                .as_ref()
+                .map(|t| Box::new(t.begin(&session.req_header().headers)));
+        }
         let verdict = admit_on(&snap, session, ctx);
         ctx.routing.snapshot = Some(snap);
         verdict.err()

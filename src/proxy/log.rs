@@ -42,6 +42,7 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         .map(|r| r.status.as_u16())
         .or_else(|| ctx.response.reject.as_ref().map(|r| r.status()))
         .unwrap_or(0);
+    let trace_ids = super::trace::finish(session, ctx, status, e);
     let route = ctx.route_name();
     let req = session.req_header();
     let method = req.method.as_str();
@@ -78,6 +79,13 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
         crate::accesslog::rfc3339_into(j.out, std::time::SystemTime::now());
         j.out.push('"');
         j.str("request_id", &ctx.request.id);
+        if let Some((trace_id, span_id)) = &trace_ids {
+            // Hex digits: nothing to escape.
+            j.key("trace_id");
+            let _ = write!(j.out, "\"{trace_id}\"");
+            j.key("span_id");
+            let _ = write!(j.out, "\"{span_id}\"");
+        }
         j.str("route", route);
         j.str("method", method);
         j.opt_str(

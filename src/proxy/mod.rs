@@ -17,6 +17,7 @@ mod body;
 mod log;
 mod refresh;
 pub mod streaming;
+mod trace;
 mod traffic;
 
 use crate::cache::phases;
@@ -24,6 +25,7 @@ use crate::context::Ctx;
 use crate::error::Reject;
 use crate::policy::{headers, Identity};
 use crate::runtime::Shared;
+use crate::telemetry::trace::AttemptEnd;
 use crate::upstream::breaker::Probe;
 use crate::upstream::{HashOn, Target, Upstream};
 use async_trait::async_trait;
@@ -196,7 +198,9 @@ impl Gateway {
             response_headers: &mut ctx.response.extra_headers,
         };
         for p in &route.policies {
-            if let Err(reject) = p.apply(&mut cx).await {
+            let outcome = p.apply(&mut cx).await;
+            trace::stage(&mut ctx.trace, p.stage(), outcome.as_ref().err());
+            if let Err(reject) = outcome {
                 return Some(reject);
             }
         }
@@ -381,7 +385,9 @@ impl ProxyHttp for Gateway {
         if session.subrequest_ctx.is_some() {
             return self.refresh_filter(session, ctx).await;
         }
-        if let Some(reject) = self.admit(session, ctx) {
+        let admitted = self.admit(session, ctx);
+        trace::stage(&mut ctx.trace, "admit", admitted.as_ref());
+        if let Some(reject) = admitted {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
@@ -670,6 +676,7 @@ impl ProxyHttp for Gateway {
                 attempts::bound_by_deadline(&mut peer.options, left);
             }
             streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
+            trace::attempt_start(ctx);
             return Ok(Box::new(peer));
         }
         let key = match &up.hash_on {
@@ -701,6 +708,7 @@ impl ProxyHttp for Gateway {
         if ctx.stream.upgrade {
             streaming::upgrade_peer(&mut peer.options, route);
         }
+        trace::attempt_start(ctx);
         Ok(Box::new(peer))
     }
 
@@ -711,6 +719,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        trace::attempt_end(ctx, AttemptEnd::Error("connect_error"));
         let (Some(up), Some(target)) = (ctx.upstream().cloned(), ctx.attempt.target().cloned())
         else {
             return e;
@@ -741,6 +750,7 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        trace::attempt_end(ctx, AttemptEnd::Error(e.etype().as_str()));
         // `upstream_response_filter` chose to retry this attempt's response (and counted it).
         if std::mem::take(&mut ctx.attempt.status_retry) {
             e.set_retry(true);
@@ -855,6 +865,7 @@ impl ProxyHttp for Gateway {
             req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
         }
         req.remove_header(refresh::REFRESH_MARK);
+        trace::inject(ctx, req)?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -906,6 +917,7 @@ impl ProxyHttp for Gateway {
         let now = Instant::now();
         ctx.timing.upstream_header_at = Some(now);
         ctx.attempt.upstream_status = Some(resp.status.as_u16());
+        trace::attempt_end(ctx, AttemptEnd::Status(resp.status.as_u16()));
         if let Some((up, target)) = ctx.current_target() {
             if let Some(s) = ctx.timing.upstream_start {
                 up.duration.observe(now.duration_since(s).as_secs_f64());

@@ -156,6 +156,7 @@ impl Shared {
     /// `snapshot` was compiled with `resources`.
     pub fn new(snapshot: Snapshot, resources: Resources, config_path: String) -> Arc<Self> {
         let start_only = StartOnly::of(&snapshot.loaded.config);
+        crate::telemetry::config_loaded(&snapshot.loaded.version_hash, snapshot.loaded_at);
         Arc::new(Shared {
             start_only,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -200,6 +201,7 @@ impl Shared {
                 }
                 let hash = next.loaded.version_hash.clone();
                 let warnings = self.start_only.changes(&next.loaded.config);
+                crate::telemetry::config_loaded(&hash, next.loaded_at);
                 self.snapshot.store(Arc::new(next));
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(version = %hash, "config reloaded");
@@ -213,6 +215,7 @@ impl Shared {
             }
             Err(errs) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
+                crate::telemetry::config_refused(&errs);
                 for e in &errs {
                     tracing::error!("reload refused: {e}");
                 }

@@ -134,6 +134,9 @@ pub struct Snapshot {
     pub tls: BTreeMap<String, Arc<crate::tls::SniResolver>>,
     /// Some route is versioned by path: only then does routing look at a `/vN` segment.
     pub path_versioned: bool,
+    /// `tracing:`, when present; its exporter is reused across reloads that keep the
+    /// export settings.
+    pub tracing: Option<Arc<crate::telemetry::trace::Tracing>>,
 }
 
 impl Snapshot {
@@ -371,6 +374,12 @@ impl Snapshot {
             unmatched_requests: crate::metrics::RequestCounters::new("unmatched"),
             policies,
             tls,
+            tracing: cfg.tracing.as_ref().map(|t| {
+                crate::telemetry::trace::Tracing::compile(
+                    t,
+                    previous.and_then(|p| p.tracing.as_deref()),
+                )
+            }),
             // Last: everything above can still fail; this applies the new bounds to the
             // running storage (a shrink evicts at once, no section empties it).
             cache: resources.cache.bind(cfg.cache.as_ref(), &resources.clock),

@@ -28,6 +28,8 @@ const LAYERS: &[(u8, &str, &[&str])] = &[
     (2, "store", &[]),
     (2, "upstream", &[]),
     (2, "cache", &[]),
+    // build and config identity, process readings, traces (the Ctx holds a request's).
+    (2, "telemetry", &[]),
     (3, "policy", &[]),
     // 4: the compiled snapshot and the per-request context.
     (4, "runtime", &[]),
