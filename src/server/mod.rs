@@ -438,7 +438,10 @@ async fn read_head(stream: &mut Stream, first: &[u8], limit: usize, due: Instant
         if head.len() >= limit {
             return HeadRead::Refuse(Reject::HeadersTooLarge, head);
         }
-        let want = (limit - head.len()).min(16 * 1024);
+        // Room for the next read grows with what came (2 KiB, then the head's size, up to
+        // 16 KiB): a whole small head still arrives in one read, while a client that
+        // trickles its head holds a 2–4 KiB buffer until the head deadline, not 16–32 KiB.
+        let want = (limit - head.len()).min(head.len().clamp(2 * 1024, 16 * 1024));
         head.reserve(want);
         match timeout_at(due.into(), stream.read_buf(&mut (&mut head).limit(want))).await {
             Ok(Ok(n)) if n > 0 => {}
