@@ -211,7 +211,7 @@ impl Compression {
         if !self.eligible(resp) {
             return None;
         }
-        super::cors::add_vary(resp, "Accept-Encoding");
+        super::headers::add_vary(resp, "Accept-Encoding");
         if req.method == http::Method::HEAD
             || req.headers.contains_key(header::RANGE)
             || req.version < http::Version::HTTP_11

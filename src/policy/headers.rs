@@ -265,6 +265,21 @@ pub fn strip_hop_by_hop_response(h: &mut ResponseHeader) {
     }
 }
 
+/// Adds `token` to the response's `Vary` unless it is there (or `Vary: *`).
+pub fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
+    let present = resp
+        .headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.eq_ignore_ascii_case(token));
+    if !present {
+        let _ = resp.append_header(http::header::VARY, HeaderValue::from_static(token));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
