@@ -995,7 +995,7 @@ def load_docs(results_dir):
             continue
         with open(p) as f:
             d = json.load(f)
-        if "scenario" in d and not d.get("quick"):
+        if "scenario" in d and "mode" in d.get("load", {}) and not d.get("quick"):  # not tracing-cost.json
             docs.append(d)
     order = ["proxy-small", "proxy-1k-post", "proxy-fixed-rate", "proxy-idle-conns", "proxy-idle-max", "slowloris",
              "h2-small", "tls-handshakes"]

@@ -265,6 +265,38 @@ pub fn strip_hop_by_hop_response(h: &mut ResponseHeader) {
     }
 }
 
+/// Names the gateway adds to responses itself (CORS, `RateLimit`, versions), as static text.
+const ADDED_RESPONSE_FIELDS: [&str; 13] = [
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+    "ratelimit",
+    "ratelimit-policy",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+    "vary",
+    "deprecation",
+    "sunset",
+    "link",
+];
+
+/// Sets `name: value` on a response without the copy Pingora's `insert_header` makes of a
+/// `HeaderName`'s text: it copies every name but the twelve it writes in title case (such
+/// as `Content-Type`) into a new buffer, per insert. The names the gateway adds on most
+/// responses go in as static text instead; any other goes the usual way.
+pub fn insert_field(
+    resp: &mut ResponseHeader,
+    name: HeaderName,
+    value: HeaderValue,
+) -> pingora::Result<()> {
+    match ADDED_RESPONSE_FIELDS.iter().find(|k| **k == name.as_str()) {
+        Some(text) => resp.insert_header(*text, value),
+        None => resp.insert_header(name, value),
+    }
+}
+
 /// Adds `token` to the response's `Vary` unless it is there (or `Vary: *`).
 pub fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
     let present = resp
@@ -276,7 +308,8 @@ pub fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
         .map(str::trim)
         .any(|t| t == "*" || t.eq_ignore_ascii_case(token));
     if !present {
-        let _ = resp.append_header(http::header::VARY, HeaderValue::from_static(token));
+        // A static name: no copy of "vary" per response (see `insert_field`).
+        let _ = resp.append_header("vary", HeaderValue::from_static(token));
     }
 }
 

@@ -88,7 +88,7 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
         .into_iter()
         .chain(ctx.response.extra_headers.iter().cloned())
     {
-        resp.insert_header(name, value)?;
+        headers::insert_field(&mut resp, name, value)?;
     }
     if matches!(
         reject,
@@ -401,8 +401,10 @@ impl ProxyHttp for Gateway {
                     return Ok(true);
                 }
                 // On whatever answers it, a rejection included (a script can read its 401).
-                let fields = cors.actual_fields(&session.req_header().headers);
-                ctx.response.extra_headers.extend(fields);
+                cors.actual_fields(
+                    &session.req_header().headers,
+                    &mut ctx.response.extra_headers,
+                );
             }
         }
         if let Some(reject) = self.run_policies(session, ctx).await {
@@ -978,12 +980,12 @@ impl ProxyHttp for Gateway {
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         if resp.status.is_informational() {
             for (name, value) in &ctx.response.extra_headers {
-                resp.insert_header(name.clone(), value.clone())?;
+                headers::insert_field(resp, name.clone(), value.clone())?;
             }
         } else {
             // The final response: taken rather than cloned (they are not needed after it).
             for (name, value) in std::mem::take(&mut ctx.response.extra_headers) {
-                resp.insert_header(name, value)?;
+                headers::insert_field(resp, name, value)?;
             }
         }
         if ctx.timing.server_timing {
