@@ -19,7 +19,7 @@ that, never for figures):
 Needs target/release/gatehouse and gatehouse-echo (cargo build --release), wrk, taskset.
 Every process it starts is stopped when it ends; every load run is bounded by wrk's -d.
 """
-import argparse, http.server, json, os, re, socket, socketserver, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, http.server, json, os, re, shutil, socket, socketserver, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--results-dir", default=RESULTS,
                     help="where tracing-cost.json/.md go (default loadtest/results, which RESULTS.md reads)")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep the configs and logs (printed at the end)")
     ap.add_argument("--bin-dir", default=BIN,
                     help="where gatehouse and gatehouse-echo are (default target/release; figures need a release build)")
     args = ap.parse_args()
@@ -174,6 +175,8 @@ def main():
                 reading = f.read()
         section = report.tracing_section(doc, reading)
         # The file stands alone: a top-level title instead of the report's section heading.
+        # The file stands beside the data, so its link is relative to results/.
+        section = section.replace("](results/tracing-cost.json)", "](tracing-cost.json)")
         lines = ["# Tracing cost (proxy-small)"] + section.splitlines()[1:]
         with open(os.path.join(results, "tracing-cost.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -186,6 +189,11 @@ def main():
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        # Configs, pid files and access logs (large at 100%): kept only with --keep-workdir.
+        if args.keep_workdir:
+            print(f"workdir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
