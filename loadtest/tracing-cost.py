@@ -4,18 +4,28 @@ wrk closed loop) through three Gatehouse processes that differ only in `tracing:
 off, `sample_ratio: 0.01` and `sample_ratio: 1.0`, both exporting to a live loopback OTLP
 receiver. Rounds are interleaved (off, 1%, 100%, off, ...); the proxies run on CPU 1, the
 upstream, wrk and the receiver on CPU 0 (as in lib/harness.py). Writes
-results/tracing-cost.json and results/tracing-cost.md.
+results/tracing-cost.json and results/tracing-cost.md; `loadtest/run.sh` (and
+`--report-only`) puts the same section, with results/tracing-cost-reading.md (the
+hand-written reading of the run, if any), into loadtest/RESULTS.md.
 
-    loadtest/tracing-cost.py [--rounds 3] [--duration 8] [--warmup 2]
+    loadtest/tracing-cost.py [--rounds 3] [--duration 8] [--warmup 2] [--results-dir DIR] [--bin-dir DIR]
+
+A quick check that it works, away from the published results (a debug build will do for
+that, never for figures):
+
+    loadtest/tracing-cost.py --rounds 1 --duration 2 --warmup 1 --results-dir "$(mktemp -d)" \
+        --bin-dir target/debug
 
 Needs target/release/gatehouse and gatehouse-echo (cargo build --release), wrk, taskset.
 Every process it starts is stopped when it ends; every load run is bounded by wrk's -d.
 """
-import argparse, http.server, json, os, re, socket, socketserver, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, http.server, json, os, re, shutil, socket, socketserver, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 RESULTS = os.path.join(ROOT, "loadtest", "results")
+sys.path.insert(0, os.path.join(ROOT, "loadtest", "lib"))
+import report  # noqa: E402  (the RESULTS.md section, so both say the same)
 
 
 def free_port():
@@ -88,11 +98,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--results-dir", default=RESULTS,
+                    help="where tracing-cost.json/.md go (default loadtest/results, which RESULTS.md reads)")
+    ap.add_argument("--keep-workdir", action="store_true", help="keep the configs and logs (printed at the end)")
+    ap.add_argument("--bin-dir", default=BIN,
+                    help="where gatehouse and gatehouse-echo are (default target/release; figures need a release build)")
     args = ap.parse_args()
+    results = os.path.abspath(args.results_dir)
+    bin_dir = os.path.abspath(args.bin_dir)
     # The receiver (this process) shares CPU 0 with the upstream and wrk, as the harness does.
     os.sched_setaffinity(0, {0})
     for exe in ("gatehouse", "gatehouse-echo"):
-        if not os.access(os.path.join(BIN, exe), os.X_OK):
+        if not os.access(os.path.join(bin_dir, exe), os.X_OK):
             raise SystemExit(f"build first: cargo build --release --bin gatehouse --bin gatehouse-echo ({exe})")
     procs = []
     work = tempfile.mkdtemp(prefix="gh-tracing-cost-")
@@ -101,7 +118,7 @@ def main():
         otlp_port = rx.server_address[1]
         threading.Thread(target=rx.serve_forever, daemon=True).start()
         up_port = free_port()
-        procs.append(subprocess.Popen(["taskset", "-c", "0", os.path.join(BIN, "gatehouse-echo"), "--listen",
+        procs.append(subprocess.Popen(["taskset", "-c", "0", os.path.join(bin_dir, "gatehouse-echo"), "--listen",
                                        f"127.0.0.1:{up_port}", "--threads", "1", "--body-size", "19"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         variants = {"off": None, "1%": 0.01, "100%": 1.0}
@@ -122,7 +139,7 @@ def main():
             path = os.path.join(work, f"{name.strip('%')}.yaml")
             with open(path, "w") as f:
                 f.write(cfg)
-            procs.append(subprocess.Popen(["taskset", "-c", "1", os.path.join(BIN, "gatehouse"), "run", "-c", path],
+            procs.append(subprocess.Popen(["taskset", "-c", "1", os.path.join(bin_dir, "gatehouse"), "run", "-c", path],
                                           stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"{name.strip('%')}.err"), "w")))
             ports[name] = (port, admin)
         for name, (port, admin) in ports.items():
@@ -144,23 +161,24 @@ def main():
             "rounds": rounds, "median_rps": med,
             "ratio_vs_off": {n: med[n] / med["off"] for n in med},
             "receiver": {"requests": rx.requests, "bytes": rx.bytes},
+            "binaries": os.path.relpath(bin_dir, ROOT),
             "load": {"tool": "wrk -t1 -c50", "duration_s": args.duration, "warmup_s": args.warmup,
                      "rounds": args.rounds, "pinning": "proxies CPU 1; upstream, wrk, receiver CPU 0"},
         }
-        os.makedirs(RESULTS, exist_ok=True)
-        with open(os.path.join(RESULTS, "tracing-cost.json"), "w") as f:
+        os.makedirs(results, exist_ok=True)
+        with open(os.path.join(results, "tracing-cost.json"), "w") as f:
             json.dump(doc, f, indent=2)
-        lines = ["# Tracing cost (proxy-small)", "",
-                 f"Run {doc['when']}: {doc['load']['tool']}, {args.rounds} interleaved rounds of {args.duration} s "
-                 f"(+{args.warmup} s warm-up) per variant, {doc['load']['pinning']}. The traced variants export "
-                 f"over OTLP/HTTP to a live loopback receiver ({rx.requests} export requests, {rx.bytes} bytes).", "",
-                 "| tracing | median req/s | vs off | p99 (median of rounds) | spans dropped | spans exported |",
-                 "|---|---|---|---|---|---|"]
-        for n, v in rounds.items():
-            p99s = [x["p99_ms"] for x in v if x["p99_ms"] is not None]
-            lines.append(f"| {n} | {med[n]:.0f} | {med[n] / med['off']:.3f}× | "
-                         f"{statistics.median(p99s):.2f} ms | {v[-1]['dropped_total']:.0f} | {v[-1]['exported_total']:.0f} |")
-        with open(os.path.join(RESULTS, "tracing-cost.md"), "w") as f:
+        reading = None
+        reading_path = os.path.join(results, "tracing-cost-reading.md")
+        if os.path.exists(reading_path):
+            with open(reading_path) as f:
+                reading = f.read()
+        section = report.tracing_section(doc, reading)
+        # The file stands alone: a top-level title instead of the report's section heading.
+        # The file stands beside the data, so its link is relative to results/.
+        section = section.replace("](results/tracing-cost.json)", "](tracing-cost.json)")
+        lines = ["# Tracing cost (proxy-small)"] + section.splitlines()[1:]
+        with open(os.path.join(results, "tracing-cost.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
@@ -171,6 +189,11 @@ def main():
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        # Configs, pid files and access logs (large at 100%): kept only with --keep-workdir.
+        if args.keep_workdir:
+            print(f"workdir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -991,7 +991,8 @@ def load_docs(results_dir):
     docs = []
     for p in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         base = os.path.basename(p)
-        if base in ("smoke.json", "upstream-choice.json", "run-meta.json"):
+        # tracing-cost.json is tracing-cost.py's (its own section, `tracing_section`).
+        if base in ("smoke.json", "upstream-choice.json", "run-meta.json", "tracing-cost.json"):
             continue
         with open(p) as f:
             d = json.load(f)
@@ -1001,6 +1002,67 @@ def load_docs(results_dir):
              "h2-small", "tls-handshakes"]
     docs.sort(key=lambda d: (order.index(d["scenario"]) if d["scenario"] in order else 99, d["scenario"]))
     return docs
+
+
+TRACING_AIMS = {"1%": 0.97, "100%": 0.85}   # issue 15: throughput vs tracing off
+
+
+def tracing_section(doc, reading=None):
+    """The tracing-cost section (loadtest/tracing-cost.py's results/tracing-cost.json):
+    proxy-small with tracing off, at 1% and at 100% sampling, interleaved rounds, with the
+    issue's aims. `reading` is the hand-written results/tracing-cost-reading.md."""
+    import statistics
+    rounds, med, load = doc["rounds"], doc["median_rps"], doc["load"]
+    rx = doc.get("receiver", {})
+    out = ["## Tracing cost (issue 15)", "",
+           f"`loadtest/tracing-cost.py`, run {doc['when']}: proxy-small's job ({load['tool']}, GET, 19-byte "
+           f"body) through three Gatehouse processes that differ only in `tracing:`, {load['rounds']} interleaved "
+           f"rounds of {load['duration_s']} s (+{load['warmup_s']} s warm-up) per variant, {load['pinning']}. "
+           f"The traced variants export over OTLP/HTTP to a live loopback receiver "
+           f"({rx.get('requests', 0):,} export requests, {rx.get('bytes', 0):,} bytes). "
+           "Raw data: [`results/tracing-cost.json`](results/tracing-cost.json).", ""]
+    if doc.get("binaries", "target/release") != "target/release":
+        out += [f"**Not a release build** (`{doc['binaries']}`): these numbers only show that the script runs.", ""]
+    out += [
+           "| tracing | median req/s | vs off | aim | met? | req/s by round | p99 (median of rounds) | spans dropped | spans exported |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    off = [x["rps"] for x in rounds.get("off", [])]
+    spread = (max(off) - min(off)) / med["off"] if len(off) > 1 and med.get("off") else 0.0
+    for n, v in rounds.items():
+        ratio = med[n] / med["off"] if med.get("off") else None
+        aim = TRACING_AIMS.get(n)
+        met = "–" if aim is None or ratio is None else ("✅ yes" if ratio >= aim else "❌ no")
+        if met != "–" and spread > 1 - aim:
+            met += " (within noise)"
+        p99s = [x["p99_ms"] for x in v if x.get("p99_ms") is not None]
+        by_round = ", ".join(f"{x['rps'] / 1000:.1f}k" for x in v)
+        out.append(f"| {n} | {med[n]:,.0f} | {f'{ratio:.3f}×' if ratio is not None else '–'} | "
+                   f"{f'≥ {aim:.2f}×' if aim else '–'} | {met} | {by_round} | "
+                   f"{f'{statistics.median(p99s):.2f} ms' if p99s else '–'} | "
+                   f"{v[-1].get('dropped_total', 0):,.0f} | {v[-1].get('exported_total', 0):,.0f} |")
+    if spread:
+        out += ["", f"Noise: the untraced rounds alone range over {spread * 100:.0f}% of their median "
+                f"({min(off):,.0f}–{max(off):,.0f} req/s); a ratio closer to 1 than that is not resolved by this run."]
+    if reading:
+        out.append("")
+        if doc["when"] not in reading:
+            out += [f"*The reading below was written for another run than this one ({doc['when']}).*", ""]
+        out.append(reading.strip())
+    return "\n".join(out)
+
+
+def tracing_section_from(results_dir):
+    p = os.path.join(results_dir, "tracing-cost.json")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        doc = json.load(f)
+    reading = None
+    rp = os.path.join(results_dir, "tracing-cost-reading.md")
+    if os.path.exists(rp):
+        with open(rp) as f:
+            reading = f.read()
+    return tracing_section(doc, reading)
 
 
 def write_full_report(results_dir, path):
@@ -1030,6 +1092,9 @@ def write_full_report(results_dir, path):
         # hand-written readings of a run (what the numbers mean, noise, profiles), kept beside its data
         with open(notes) as f:
             out += [f.read().strip(), ""]
+    tracing = tracing_section_from(results_dir)
+    if tracing:
+        out += [tracing, ""]
     pairs = pair_section(results_dir)
     if pairs:
         out += ["## Paired scenarios (cross-scenario ratios)", "", pairs]

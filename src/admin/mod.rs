@@ -284,7 +284,7 @@ async fn admin(req: Request<Incoming>, shared: &Arc<Shared>) -> Resp {
                 "upstreams": snap.upstreams.values().map(|u| u.status_json()).collect::<Vec<_>>(),
             }))
         }
-        (Method::GET, "/admin/status") => json(status::status_json(shared)),
+        (Method::GET, "/admin/status") => json(status::status_json(shared).await),
         (Method::GET, "/admin/config") => {
             let snap = shared.snapshot.load();
             json(serde_json::json!({

@@ -46,14 +46,19 @@ fn families(c: &dyn prometheus::core::Collector) -> Vec<prometheus::proto::Metri
 
 /// `GET /admin/status`: what the status page shows, from the gateway's own counters
 /// (cumulative: the page turns two polls into rates and the histogram buckets between
-/// them into p50/p99). Every name in it comes from the config or is fixed.
-pub fn status_json(shared: &Shared) -> serde_json::Value {
+/// them into p50/p99). Every name in it comes from the config or is fixed, except the
+/// consumer ids of `consumers`, at most `policy::consumer_stats::TOP` of them.
+pub async fn status_json(shared: &Shared) -> serde_json::Value {
     use serde_json::json;
     use std::collections::BTreeMap;
     refresh_gauges(shared);
-    let snap = shared.snapshot.load();
+    // The snapshot is held across the store reads of `consumers` (a reload meanwhile
+    // leaves this one alive until the answer is built).
+    let snap = shared.snapshot.load_full();
     let cfg = &snap.loaded.config;
     let m = crate::metrics::metrics();
+    let limits = &snap.policies.limits;
+    let consumers = limits.consumers.status(limits, cfg).await;
 
     // Requests by route: total and 5xx; duration buckets by route.
     let mut requests: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -188,6 +193,8 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
             "keys": limit_keys,
             "rejected": families(&m.rejected).iter().flat_map(|f| f.get_metric().iter().map(|s| (label(s, "reason").to_string(), s.counter.value() as u64)).collect::<Vec<_>>()).collect::<BTreeMap<_, _>>(),
         },
+        // The top consumers by refusals, with their quota use (`consumer_stats`).
+        "consumers": consumers,
         "process": {
             "resident_memory_bytes": m.process_resident_memory.get(),
             "open_fds": m.process_open_fds.get(),

@@ -130,6 +130,8 @@ pub fn bearer(req: &RequestHeader) -> Option<Result<&str, Failure>> {
 pub struct Authenticate {
     pub methods: Vec<Method>,
     pub forward_credential: bool,
+    /// Counts the request for its consumer (status page).
+    pub consumers: Arc<super::consumer_stats::ConsumerStats>,
 }
 
 impl Authenticate {
@@ -154,6 +156,7 @@ impl Policy for Authenticate {
             match m.try_request(cx.req).await {
                 None => continue,
                 Some(Ok(identity)) => {
+                    self.consumers.request(&identity);
                     *cx.identity = Some(identity);
                     if !self.forward_credential {
                         for m in &self.methods {

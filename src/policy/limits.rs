@@ -8,6 +8,7 @@
 //! in `gatehouse_ratelimit_rejections_total{route,limit}`.
 
 use super::client_ip::{self, TrustedProxies};
+use super::consumer_stats::ConsumerStats;
 use super::quota::{Quota, Taken};
 use super::rate_limit::{RateLimit, Step};
 use super::ratelimit_headers::{self, Applied};
@@ -99,13 +100,17 @@ pub struct LimitsShared {
     pub store: Arc<Store>,
     pub tiers: HashMap<String, TierLimits>,
     pub proxies: TrustedProxies,
+    /// Requests and refusals per consumer, for the status page (bounded; no labels).
+    pub consumers: Arc<ConsumerStats>,
 }
 
 impl LimitsShared {
-    /// `stores` hands over the running store when the store settings are unchanged.
+    /// `stores` hands over the running store when the store settings are unchanged;
+    /// `previous` (the config in force) its per-consumer counts.
     pub fn build(
         cfg: &crate::config::Config,
         stores: &Registry,
+        previous: Option<&LimitsShared>,
     ) -> Result<Arc<LimitsShared>, String> {
         let store = stores.store_for(cfg)?;
         let sync = store.config.sync_interval;
@@ -132,6 +137,7 @@ impl LimitsShared {
             store,
             tiers,
             proxies: TrustedProxies::parse(&cfg.server.trusted_proxies),
+            consumers: ConsumerStats::build(cfg, previous.map(|p| &*p.consumers)),
         }))
     }
 }
@@ -274,7 +280,7 @@ impl Limits {
         plan
     }
 
-    fn refused(&self, item: &Item<'_>, step: &Step) -> Reject {
+    fn refused(&self, item: &Item<'_>, step: &Step, who: Option<&super::Identity>) -> Reject {
         let (limit, label, policy, quota) = match item {
             Item::Rate(r, l) => (*l, &r.label, &r.policy, false),
             Item::Quota(q, l) => (*l, &q.label, &q.policy, true),
@@ -285,6 +291,9 @@ impl Limits {
             _ => 2,
         };
         self.rejected[idx].inc();
+        if let Some(id) = who {
+            self.shared.consumers.refused(id, idx);
+        }
         Reject::Limited(Box::new(Limited {
             limit,
             quota,
@@ -341,7 +350,7 @@ impl Policy for Limits {
                 break;
             };
             if !step.allowed {
-                outcome = Err(self.refused(item, &step));
+                outcome = Err(self.refused(item, &step, cx.identity.as_deref()));
                 applied.push(step.applied);
                 break;
             }
@@ -390,7 +399,7 @@ mod tests {
         let cfg = crate::config::load::parse(yaml, &|_| None).expect("config");
         // A test clock: the 1/min tier below must not refill while the test runs.
         let stores = Registry::new(Arc::new(crate::clock::Clock::test_at(0)));
-        let shared = LimitsShared::build(&cfg, &stores).expect("limits");
+        let shared = LimitsShared::build(&cfg, &stores, None).expect("limits");
         Limits::build(&shared, 0, &cfg.routes[0])
             .expect("route")
             .expect("limited")

@@ -13,6 +13,7 @@ pub mod api_key;
 pub mod auth;
 pub mod client_ip;
 pub mod compression;
+pub mod consumer_stats;
 pub mod consumers;
 pub mod cors;
 pub mod decompression;
@@ -180,17 +181,19 @@ impl PolicySet {
         if !errs.is_empty() {
             return Err(errs);
         }
-        PolicySet::assemble(auth, cfg, stores)
+        PolicySet::assemble(auth, cfg, previous, stores)
     }
 
     /// Adds the limits (tiers and the limit store) to the built `auth`. Opening the
     /// store has side effects, so this runs only for a config without errors.
+    /// `previous` (the set in force) hands over the per-consumer counts.
     pub fn assemble(
         auth: Auth,
         cfg: &Config,
+        previous: Option<&PolicySet>,
         stores: &crate::store::Registry,
     ) -> Result<Self, Vec<ConfigError>> {
-        let limits = limits::LimitsShared::build(cfg, stores)
+        let limits = limits::LimitsShared::build(cfg, stores, previous.map(|p| &*p.limits))
             .map_err(|e| vec![ConfigError::new("store", e)])?;
         Ok(PolicySet {
             jwt: auth.jwt,
@@ -222,6 +225,7 @@ impl PolicySet {
             out.push(Arc::new(auth::Authenticate {
                 methods,
                 forward_credential: route.auth_forward_credential,
+                consumers: self.limits.consumers.clone(),
             }));
             if !route.scopes.is_empty() {
                 out.push(Arc::new(auth::Authorize::new(route.scopes.clone())));

@@ -222,7 +222,13 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), up);
         }
-        let policies = Arc::new(PolicySet::assemble(auth, cfg, &resources.stores)?);
+        let previous_policies = previous.map(|p| &*p.policies);
+        let policies = Arc::new(PolicySet::assemble(
+            auth,
+            cfg,
+            previous_policies,
+            &resources.stores,
+        )?);
         let m = crate::metrics::metrics();
         let loaded_unix = resources
             .clock

@@ -129,6 +129,15 @@ impl QuotaTable {
         })
     }
 
+    /// The count of the current window for a key in memory, without counting anything
+    /// (`None`: not in memory). An entry of a past window has used nothing of this one.
+    pub fn peek(&self, h: u64, now: u64) -> Option<u64> {
+        let w = window_at(self.unit, now);
+        let s = self.shard(h);
+        let e = s.get(&h)?;
+        Some(if e.window == w.id { e.used() } else { 0 })
+    }
+
     /// Records a key's count as loaded from the store (unless another request did first).
     pub fn insert(&self, h: u64, key: &[u8], window: u64, count: u64, now: u64) {
         let mut s = self.shard(h);
@@ -278,6 +287,20 @@ mod tests {
         let tomorrow = parse_instant("2030-01-02T00:00:00Z").unwrap();
         let b = v(t.check(h, tomorrow));
         assert_eq!((b.allowed, b.remaining), (true, 2));
+    }
+
+    #[test]
+    fn peek_reads_without_counting() {
+        let t = QuotaTable::new(3, RateUnit::Day, 1000);
+        let now = parse_instant("2030-01-01T10:00:00Z").unwrap();
+        let h = t.hash(b"k");
+        assert_eq!(t.peek(h, now), None, "not in memory");
+        t.insert(h, b"k", window_at(RateUnit::Day, now).id, 1, now);
+        t.check(h, now);
+        assert_eq!(t.peek(h, now), Some(2));
+        assert_eq!(t.peek(h, now), Some(2), "a peek counts nothing");
+        let tomorrow = parse_instant("2030-01-02T00:00:00Z").unwrap();
+        assert_eq!(t.peek(h, tomorrow), Some(0), "a new window starts empty");
     }
 
     #[test]

@@ -161,6 +161,31 @@ impl QuotaLimiter {
         }
     }
 
+    /// How much of the current window `key` has used, counting nothing: the count in
+    /// memory, else the store's (read, not kept, so asking costs no memory). `None` when
+    /// the store cannot be read. For the status page, off the request path.
+    pub async fn usage(&self, key: &[u8], now: u64) -> Option<u64> {
+        let w = window::window_at(self.table.unit, now);
+        if !self.exact {
+            if let Some(n) = self.table.peek(self.hash(key), now) {
+                return Some(n);
+            }
+        }
+        match &self.store.backend {
+            Backend::Local(_) => self
+                .store
+                .sqlite()
+                .ok()
+                .and_then(|db| db.load(&self.id, key, w.id).ok()),
+            Backend::Redis(r) if r.is_up() => r
+                .quota_load(&redis::entry_name(&self.id, key, Some(w.id)))
+                .await
+                .ok(),
+            // Away: what this process counted while it was (fail_open counts locally).
+            Backend::Redis(_) => self.table.peek(self.hash(key), now),
+        }
+    }
+
     /// Gives back an admission (a later limit refused the request).
     pub fn refund(&self, h: u64, key: &[u8], v: &QuotaVerdict) {
         match &self.store.backend {

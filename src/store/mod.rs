@@ -285,6 +285,12 @@ impl Store {
         q
     }
 
+    /// The live quota limiter `id` (`route:NAME:quota`, `tier:NAME:quota`), if any.
+    pub fn quota_by_id(&self, id: &str) -> Option<Arc<QuotaLimiter>> {
+        let map = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).and_then(Weak::upgrade)
+    }
+
     fn live_rates(&self) -> Vec<Arc<RateLimiter>> {
         let mut map = self.rates.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, w| w.strong_count() > 0);
