@@ -621,7 +621,7 @@ impl ProxyHttp for Gateway {
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
         headers::apply_server_header(resp, server_header(ctx));
-        traffic::add_vary(resp, ctx)?;
+        traffic::add_vary(resp, ctx);
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
         }
