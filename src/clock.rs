@@ -28,8 +28,9 @@
 //! explains how, and `cache::storage` orders admissions without relying on time moving.
 //!
 //! Upstreams read it too (`upstream::Plan::clock`): circuit breaker windows and
-//! `open_for`, outlier ejection times and the retry budget's window, so a test opens,
-//! half-opens and closes a circuit by moving it. Retry backoff waits are real sleeps.
+//! `open_for`, passive health cooldowns, outlier ejection times and the retry budget's
+//! window, so a test opens, half-opens and closes a circuit, or ends a cooldown, by
+//! moving it. Retry backoff waits are real sleeps.
 //!
 //! Not on this clock: JWT `exp`/`nbf` checks and JWKS refreshes (tokens and key servers
 //! live in real time), and timeouts, health checks and store sync intervals (monotonic

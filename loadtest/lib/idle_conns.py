@@ -14,32 +14,11 @@ EOF on stdin (or SIGTERM) closes every connection and exits.
 Standard library only (asyncio).
 """
 import asyncio
-import resource
 import signal
-import socket
 import sys
 import time
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-
-async def connect_from(host, port, source):
-    """asyncio.open_connection from a chosen source address. IP_BIND_ADDRESS_NO_PORT defers the
-    port choice to connect(), where the kernel picks per destination: a plain bind(addr, 0)
-    picks a port unique over all destinations and gets slow once thousands are taken."""
-    if not source:
-        return await asyncio.open_connection(host, port)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
-
+from sources import addresses, allow_connections, connect_from
 
 
 async def open_one(host, port, req, state, source):
@@ -80,11 +59,8 @@ async def main():
     path = sys.argv[4] if len(sys.argv) > 4 else "/"
     nsrc = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     first_src = int(sys.argv[6]) if len(sys.argv) > 6 else 1
-    sources = [f"127.0.0.{first_src + k}" for k in range(nsrc)] if nsrc > 1 or first_src != 1 else [None]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = n + 256
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(want, soft), hard), hard))
+    sources = addresses(nsrc, first_src) if nsrc > 1 or first_src != 1 else [None]
+    allow_connections(n)
     req = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: gh-idle-conns\r\n"
            f"Connection: keep-alive\r\n\r\n").encode()
     state = {"alive": 0, "failed": 0, "last_error": ""}

@@ -27,33 +27,12 @@ import argparse
 import asyncio
 import json
 import random
-import resource
 import signal
-import socket
 import statistics
 import sys
 import time
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-
-async def connect_from(host, port, source):
-    """asyncio.open_connection from a chosen source address. IP_BIND_ADDRESS_NO_PORT defers the
-    port choice to connect(), where the kernel picks per destination: a plain bind(addr, 0)
-    picks a port unique over all destinations and gets slow once thousands are taken."""
-    if not source:
-        return await asyncio.open_connection(host, port)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind((source, 0))
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return await asyncio.open_connection(sock=sock)
-
+from sources import addresses, allow_connections, connect_from
 
 
 def pctl(vals, p):
@@ -75,9 +54,10 @@ class Attack:
         self.life = {"head": [], "body": []}
         self.sent_bytes = 0
         self.host_hdr = f"{args.host}:{args.port}"
+        self.sources = addresses(args.sources, 2)
 
     def source(self, i):
-        return f"127.0.0.{2 + i % self.a.sources}"
+        return self.sources[i % len(self.sources)]
 
     async def one(self, i, kind):
         """One attack connection; returns when the server closed it (True) or at the end (False)."""
@@ -208,10 +188,7 @@ def main():
     ap.add_argument("--body-share", type=float, default=0.1)
     ap.add_argument("--duration", type=float, default=600)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = args.n + 256
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
+    allow_connections(args.n)
     asyncio.run(Attack(args).run())
 
 

@@ -299,17 +299,79 @@ pub fn insert_field(
 
 /// Adds `token` to the response's `Vary` unless it is there (or `Vary: *`).
 pub fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
-    let present = resp
-        .headers
+    if !vary_lists(resp, token) {
+        // A static name: no copy of "vary" per response (see `insert_field`).
+        let _ = resp.append_header("vary", HeaderValue::from_static(token));
+    }
+}
+
+/// The response's `Vary` lists `field` already, or is `*` (which covers every field).
+fn vary_lists(resp: &ResponseHeader, field: &str) -> bool {
+    resp.headers
         .get_all(http::header::VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .any(|t| t == "*" || t.eq_ignore_ascii_case(token));
-    if !present {
-        // A static name: no copy of "vary" per response (see `insert_field`).
-        let _ = resp.append_header("vary", HeaderValue::from_static(token));
+        .any(|t| t == "*" || t.eq_ignore_ascii_case(field))
+}
+
+/// Several `Vary` fields known when the config is compiled (a versioned route's
+/// version fields): each listed once, and their joined value ready for a response
+/// that has no `Vary` of its own (the common case: nothing to join per response).
+pub struct VaryFields {
+    fields: Vec<HeaderName>,
+    joined: HeaderValue,
+}
+
+impl VaryFields {
+    /// `None` when there is no field. A field named twice is kept once.
+    pub fn new(fields: impl IntoIterator<Item = HeaderName>) -> Option<VaryFields> {
+        let mut unique: Vec<HeaderName> = Vec::new();
+        for f in fields {
+            if !unique.contains(&f) {
+                unique.push(f);
+            }
+        }
+        let joined = join_fields(unique.iter())?;
+        Some(VaryFields {
+            fields: unique,
+            joined,
+        })
+    }
+}
+
+/// `a, b, c`; `None` for no field.
+fn join_fields<'a>(fields: impl Iterator<Item = &'a HeaderName>) -> Option<HeaderValue> {
+    let joined = fields
+        .map(HeaderName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Header names are valid field values.
+    (!joined.is_empty())
+        .then(|| HeaderValue::from_str(&joined).ok())
+        .flatten()
+}
+
+/// `add_vary` for several fields: those the response's `Vary` does not list yet are
+/// appended, in one value.
+pub fn add_vary_fields(resp: &mut ResponseHeader, v: &VaryFields) {
+    let value = if !resp.headers.contains_key(http::header::VARY) {
+        Some(v.joined.clone())
+    } else {
+        let missing: Vec<&HeaderName> = v
+            .fields
+            .iter()
+            .filter(|f| !vary_lists(resp, f.as_str()))
+            .collect();
+        if missing.len() == v.fields.len() {
+            Some(v.joined.clone())
+        } else {
+            join_fields(missing.into_iter())
+        }
+    };
+    if let Some(value) = value {
+        let _ = resp.append_header("vary", value);
     }
 }
 
@@ -421,5 +483,42 @@ mod tests {
         strip_identity(&mut h);
         assert!(h.headers.get("x-consumer-id").is_none());
         assert!(h.headers.get("x-auth-scopes").is_none());
+    }
+
+    #[test]
+    fn several_vary_fields_are_each_listed_once() {
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let v = VaryFields::new([name("accept-version"), name("accept"), name("accept")])
+            .expect("fields");
+        let vary = |r: &ResponseHeader| -> Vec<String> {
+            r.headers
+                .get_all("vary")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        // No `Vary` of its own: the joined value, each field once.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        add_vary_fields(&mut r, &v);
+        assert_eq!(vary(&r), ["accept-version, accept"]);
+        // Again (a second pass over the same response): nothing more.
+        add_vary_fields(&mut r, &v);
+        assert_eq!(vary(&r), ["accept-version, accept"]);
+        // The upstream varies on `Accept` already: only the other field is added.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.append_header("vary", "Accept").unwrap();
+        add_vary_fields(&mut r, &v);
+        assert_eq!(vary(&r), ["Accept", "accept-version"]);
+        // An unrelated `Vary`: both are added.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.append_header("vary", "Origin").unwrap();
+        add_vary_fields(&mut r, &v);
+        assert_eq!(vary(&r), ["Origin", "accept-version, accept"]);
+        // `Vary: *` covers every field.
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.append_header("vary", "*").unwrap();
+        add_vary_fields(&mut r, &v);
+        assert_eq!(vary(&r), ["*"]);
+        assert!(VaryFields::new(Vec::new()).is_none());
     }
 }

@@ -45,7 +45,7 @@ pub struct Versions {
     available: Arc<[String]>,
     /// `Vary` for the request fields a version may be named in: a cache in front of the
     /// gateway must not answer one version with another's response either.
-    pub vary: Option<HeaderValue>,
+    pub vary: Option<super::headers::VaryFields>,
 }
 
 /// The version a path names in its first segment (`/v2/orders/7` → `("2", "/orders/7")`,
@@ -133,18 +133,13 @@ impl Versions {
             .default
             .as_ref()
             .and_then(|d| versions.iter().position(|x| &x.name == d));
-        let vary: Vec<&str> = sources
-            .iter()
-            .filter_map(|s| match s {
-                Source::Path => None,
-                Source::Header(h) => Some(h.as_str()),
-                Source::MediaType => Some("accept"),
-            })
-            .collect();
+        let vary = super::headers::VaryFields::new(sources.iter().filter_map(|s| match s {
+            Source::Path => None,
+            Source::Header(h) => Some(h.clone()),
+            Source::MediaType => Some(http::header::ACCEPT),
+        }));
         Some(Versions {
-            vary: (!vary.is_empty())
-                .then(|| HeaderValue::from_str(&vary.join(", ")).ok())
-                .flatten(),
+            vary,
             from_path: sources.iter().any(|s| matches!(s, Source::Path)),
             sources,
             default,

@@ -329,6 +329,24 @@ fn check_declared_body(max_body: Option<u64>, req: &RequestHeader) -> Result<(),
     Ok(())
 }
 
+/// `request_body_filter`: the body counted against the route's `max_body` as it
+/// arrives (encoded bytes, as sent); over it, the exchange fails and the answer is 413.
+pub(super) fn count_body(body: &Option<bytes::Bytes>, ctx: &mut Ctx) -> pingora::Result<()> {
+    if let Some(b) = body {
+        ctx.request.body_bytes += b.len() as u64;
+        if let Some(max) = ctx.route().and_then(|r| r.max_body) {
+            if ctx.request.body_bytes > max {
+                ctx.response.reject = Some(Reject::PayloadTooLarge(max));
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::HTTPStatus(413),
+                    "request body over max_body",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One of the upstream's `max_inflight` slots, held until `logging`; 503 when they are all
 /// taken. Taken only when the request is about to go upstream (`proxy_upstream_filter`),
 /// so a rejection or a cache hit never holds one. The slot is held even when refused and

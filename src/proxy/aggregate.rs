@@ -178,7 +178,7 @@ impl Calls {
         };
         match tokio::time::timeout(plan.timeout, exchange).await {
             Err(_) => {
-                super::attempt_failed(up, &target, "timeout", probe);
+                super::attempts::attempt_failed(up, &target, "timeout", probe);
                 fail(
                     CallResult::Timeout,
                     format!("no answer within {:?}", plan.timeout),
@@ -187,7 +187,7 @@ impl Calls {
                 )
             }
             Ok(Err((_, why))) => {
-                super::attempt_failed(up, &target, "error", probe);
+                super::attempts::attempt_failed(up, &target, "error", probe);
                 tracing::debug!("aggregate call {:?} failed: {why}", plan.name);
                 fail(
                     CallResult::Error,
@@ -201,14 +201,14 @@ impl Calls {
                     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
                 if status >= 500 {
                     let mut buf = itoa::Buffer::new();
-                    super::attempt_failed(
+                    super::attempts::attempt_failed(
                         up,
                         &target,
                         crate::metrics::status_label(status, &mut buf),
                         probe,
                     );
                 } else {
-                    super::attempt_answered(up, &target, code, probe);
+                    super::attempts::attempt_answered(up, &target, code, probe);
                 }
                 if !(200..300).contains(&status) {
                     return fail(
@@ -312,7 +312,9 @@ impl Gateway {
             let path = c.path(captures.as_ref());
             // `consistent_hash` keys on what the proxy would (consumer, header, ...).
             let key = match &c.upstream.hash_on {
-                Some(on) => super::hash_key(session, on, ctx.identity.as_deref()).into_owned(),
+                Some(on) => {
+                    super::attempts::hash_key(session, on, ctx.identity.as_deref()).into_owned()
+                }
                 None => Vec::new(),
             };
             async move { self.calls.call(c, template, &path, &key, max).await }

@@ -3,17 +3,19 @@
 //! from here: routing is `runtime::router`, header work is `policy::headers`, the route's
 //! policies are `policy` (run in one loop, `run_policies`), target choice and health are
 //! `upstream`, the cache's part of each phase is `cache::phases`, answers are
-//! `error::Reject`. What is decided here is the request path's own: the admission checks
-//! (`admit`), what a stale-while-revalidate refresh takes over from the request that
-//! started it (`refresh`), when an attempt may be retried (`fail_to_connect`, `error_while_proxy`),
-//! how an attempt's outcome counts against its target (`attempt_failed`), and how an
-//! error becomes a rejection (`to_reject`). The breaker, the deadline and the `retry`
-//! policy's decisions are `attempts`.
+//! `error::Reject`. Each phase here is a short list of steps; the request path's own
+//! decisions are in the files beside it: the admission checks (`admit`), what a
+//! stale-while-revalidate refresh takes over from the request that started it
+//! (`refresh`), an attempt's target, outcome and retries with the breaker and the
+//! deadline (`attempts`), WebSocket and gRPC (`streaming`), CORS and compression
+//! (`edge`), body transforms (`body`), versions, splits and mirrors (`traffic`), the
+//! trace (`trace`). Decided here: how an error becomes a rejection (`to_reject`).
 
 mod admit;
 mod aggregate;
 mod attempts;
 mod body;
+mod edge;
 mod log;
 mod refresh;
 pub mod streaming;
@@ -23,11 +25,8 @@ mod traffic;
 use crate::cache::phases;
 use crate::context::Ctx;
 use crate::error::Reject;
-use crate::policy::{headers, Identity};
+use crate::policy::headers;
 use crate::runtime::Shared;
-use crate::telemetry::trace::AttemptEnd;
-use crate::upstream::breaker::Probe;
-use crate::upstream::{HashOn, Target, Upstream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
@@ -116,18 +115,6 @@ pub async fn respond(session: &mut Session, ctx: &mut Ctx, reject: Reject) -> Re
     Ok(())
 }
 
-/// Sends a CORS preflight's answer (`policy::cors::Cors::preflight`): never forwarded,
-/// not a rejection.
-async fn answer_preflight(
-    session: &mut Session,
-    ctx: &Ctx,
-    mut resp: Box<ResponseHeader>,
-) -> Result<()> {
-    headers::apply_server_header(&mut resp, server_header(ctx));
-    resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
-    session.write_response_header(resp, true).await
-}
-
 /// `server.server_header` of the snapshot the request started with.
 fn server_header(ctx: &Ctx) -> &str {
     ctx.routing
@@ -144,39 +131,6 @@ impl Gateway {
             calls: aggregate::Calls::default(),
             mirror_connector: Arc::new(pingora::connectors::http::Connector::new(None)),
         }
-    }
-
-    /// `request_filter` for a stale-while-revalidate refresh (a Pingora subrequest): the
-    /// request and identity its parent recorded replace the copy Pingora made, then
-    /// admission runs as for any request, and no policy runs (the parent was
-    /// authenticated, authorized and counted). A refresh on a route with policies whose
-    /// record is missing is refused rather than sent upstream without its identity.
-    async fn refresh_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.request.refresh = true;
-        let started = self.refreshes.take(session);
-        let recorded = started.is_some();
-        if let Some(s) = started {
-            *session.req_header_mut() = s.request;
-            ctx.identity = s.identity;
-        }
-        let reject = self.admit(session, ctx).or_else(|| {
-            let policies = ctx.route().is_some_and(|r| !r.policies.is_empty());
-            (policies && !recorded).then_some(Reject::Internal)
-        });
-        if let Some(reject) = reject {
-            tracing::debug!("background refresh refused: {}", reject.slug());
-            // Hand the entry's write lock back now, so the next request revalidates.
-            if let Some(sub) = session.subrequest_ctx.as_mut() {
-                sub.release_write_lock();
-            }
-            respond(session, ctx, reject).await?;
-            return Ok(true);
-        }
-        // The recorded request had these removed already; a copy without a record (a
-        // route without policies) is the client's own bytes.
-        headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
-        traffic::choose_split(session, ctx);
-        Ok(false)
     }
 
     /// The route's policies in stage order (authenticate, authorize, limit: the order
@@ -208,133 +162,33 @@ impl Gateway {
     }
 }
 
-/// What `consistent_hash` hashes for this request: borrowed from the request where it
-/// can be (a header value, the path, the consumer id), so no copy is made per request.
-fn hash_key<'a>(
-    session: &'a Session,
-    on: &HashOn,
-    identity: Option<&'a Identity>,
-) -> std::borrow::Cow<'a, [u8]> {
-    use std::borrow::Cow;
-    match on {
-        HashOn::Header(name) => Cow::Borrowed(
-            session
-                .req_header()
-                .headers
-                .get(name)
-                .map(|v| v.as_bytes())
-                .unwrap_or_default(),
-        ),
-        HashOn::Path => Cow::Borrowed(session.req_header().uri.path().as_bytes()),
-        HashOn::Consumer if identity.is_some() => Cow::Borrowed(
-            identity
-                .map(|id| id.consumer_id.as_bytes())
-                .unwrap_or_default(),
-        ),
-        // An anonymous caller's "consumer" is its address.
-        HashOn::Ip | HashOn::Consumer => Cow::Owned(
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip().to_string().into_bytes())
-                .unwrap_or_default(),
-        ),
+/// `upstream_request_filter`: the path routed (rewritten, with the query as the
+/// policies left it) is the one sent.
+fn upstream_target(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    if let Some(path) = &ctx.routing.upstream_path {
+        let uri = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        // Never fall back to the client's target: what was routed is what is sent.
+        let u = uri.parse::<http::Uri>().or_err(
+            ErrorType::InternalError,
+            "the rewritten upstream path is not a valid URI",
+        )?;
+        req.set_uri(u);
     }
+    Ok(())
 }
 
-/// An attempt at `target` failed: no connection, a broken exchange, or a 5xx. Counted in
-/// `gatehouse_upstream_requests_total` under `outcome`, and against the target (passive
-/// health, outlier ejection) and the upstream's breaker (`probe`: the request is a
-/// half-open probe).
-fn attempt_failed(up: &Upstream, target: &Target, outcome: &str, probe: Option<&Probe>) {
-    up.record_failure(target, probe);
-    crate::metrics::metrics()
-        .upstream_requests
-        .with_label_values(&[&up.name, &target.address, outcome])
-        .inc();
-}
-
-/// An attempt at `target` got a response under 500: counted under its status (200 has its
-/// own pre-resolved counter), and it ends the target's run of failures.
-fn attempt_answered(
-    up: &Upstream,
-    target: &Target,
-    status: http::StatusCode,
-    probe: Option<&Probe>,
-) {
-    if status == http::StatusCode::OK {
-        target.requests_200.inc();
+/// `upstream_request_filter`: the authority routed and keyed on is the one the upstream
+/// gets, whatever `Host` field came with an absolute-form or HTTP/2 request.
+fn upstream_host(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    if ctx.request.authority.is_empty() {
+        req.remove_header(&http::header::HOST);
     } else {
-        crate::metrics::metrics()
-            .upstream_requests
-            .with_label_values(&[
-                &up.name,
-                &target.address,
-                crate::metrics::status_label(status.as_u16(), &mut itoa::Buffer::new()),
-            ])
-            .inc();
+        req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
     }
-    up.record_success(target, probe);
-}
-
-/// `upstream_response_filter`, for a 5xx: when the upstream's `retry` policy retries
-/// it, counts the attempt as failed and returns the error that makes Pingora try again
-/// (the wait is kept for the next `upstream_peer`). The upstream's `Retry-After` is
-/// honoured (`attempts::policy_retry`).
-fn retry_response(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Option<Box<Error>> {
-    let policy = ctx.upstream()?.retry.as_ref()?;
-    let status = resp.status.as_u16();
-    let replayable = policy.retries_method(&session.req_header().method)
-        && !session.as_ref().retry_buffer_truncated()
-        && session.response_written().is_none();
-    let retry_after = resp.headers.get(http::header::RETRY_AFTER).and_then(|v| {
-        crate::upstream::retry::retry_after(v.as_bytes(), std::time::SystemTime::now())
-    });
-    if !attempts::policy_retry(
-        ctx,
-        replayable,
-        attempts::Cause::Status(status),
-        retry_after,
-    ) {
-        return None;
-    }
-    if let Some((up, target)) = ctx.current_target() {
-        if let Some(s) = ctx.timing.upstream_start {
-            up.duration.observe(s.elapsed().as_secs_f64());
-        }
-        let mut buf = itoa::Buffer::new();
-        attempt_failed(
-            up,
-            target,
-            crate::metrics::status_label(status, &mut buf),
-            ctx.attempt.probe.as_ref(),
-        );
-    }
-    ctx.attempt.status_retry = true;
-    Some(
-        Error::explain(
-            ErrorType::HTTPStatus(status),
-            "retrying the upstream's answer",
-        )
-        .into_up(),
-    )
-}
-
-/// Group keys for fresh connections of a stale-connection retry: each is new, so the
-/// connector's pool has nothing under it (0 is every ordinary peer's).
-static FRESH_GROUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// A reused connection failed before the target answered anything: Pingora marks such a
-/// read failure `ReusedOnly`; a write that found the connection closed counts too.
-fn stale_pooled(e: &Error, client_reused: bool, ctx: &Ctx) -> bool {
-    client_reused
-        && ctx.attempt.upstream_status.is_none()
-        && e.esource() == &ErrorSource::Upstream
-        && (matches!(e.retry, pingora::RetryType::ReusedOnly)
-            || matches!(
-                e.etype(),
-                ErrorType::WriteError | ErrorType::ConnectionClosed
-            ))
+    Ok(())
 }
 
 /// The rejection to send for an error that ended the request: the one a phase already
@@ -393,19 +247,8 @@ impl ProxyHttp for Gateway {
         }
         headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
         // CORS before authentication and limits: a preflight carries no credential.
-        if let Some(route) = ctx.routing.route.clone() {
-            if let Some(cors) = &route.edge.cors {
-                if crate::policy::cors::is_preflight(session.req_header()) {
-                    let resp = cors.preflight(session.req_header())?;
-                    answer_preflight(session, ctx, resp).await?;
-                    return Ok(true);
-                }
-                // On whatever answers it, a rejection included (a script can read its 401).
-                cors.actual_fields(
-                    &session.req_header().headers,
-                    &mut ctx.response.extra_headers,
-                );
-            }
+        if edge::cors_request(session, ctx).await? {
+            return Ok(true);
         }
         if let Some(reject) = self.run_policies(session, ctx).await {
             respond(session, ctx, reject).await?;
@@ -417,17 +260,7 @@ impl ProxyHttp for Gateway {
             respond(session, ctx, reject).await?;
             return Ok(true);
         }
-        // After the policies: a refused request's body is never decoded.
-        let limits = ctx
-            .route()
-            .and_then(|r| r.edge.compression.as_ref())
-            .and_then(|c| c.decompress_requests());
-        if let Some(limits) = limits {
-            ctx.request.decoder = crate::policy::decompression::RequestDecoder::for_request(
-                session.req_header(),
-                &limits,
-            );
-        }
+        edge::choose_decoder(session, ctx);
         if let Some(reject) = self.transform_request(session, ctx).await {
             respond(session, ctx, reject).await?;
             return Ok(true);
@@ -456,39 +289,9 @@ impl ProxyHttp for Gateway {
         if body::request_body(body, end_of_stream, ctx) {
             return Ok(());
         }
-        if let Some(b) = body {
-            ctx.request.body_bytes += b.len() as u64;
-            if let Some(max) = ctx.route().and_then(|r| r.max_body) {
-                if ctx.request.body_bytes > max {
-                    ctx.response.reject = Some(Reject::PayloadTooLarge(max));
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(413),
-                        "request body over max_body",
-                    );
-                }
-            }
-        }
-        if let Some(d) = ctx.request.decoder.as_mut() {
-            let input = body.take().unwrap_or_default();
-            match d.decode(&input, end_of_stream) {
-                // An empty last chunk goes as none (Pingora would write a zero-size chunk
-                // and then the terminator again); an empty chunk before it stays empty,
-                // which Pingora skips (`None` there would end the upstream body).
-                Ok(out) => *body = (!(out.is_empty() && end_of_stream)).then_some(out),
-                Err(reject) => {
-                    let status = reject.status();
-                    ctx.response.reject = Some(reject);
-                    return Error::e_explain(
-                        ErrorType::HTTPStatus(status),
-                        "request body could not be decoded within its bounds",
-                    );
-                }
-            }
-        }
-        if let Err(reject) = streaming::request_body(body, end_of_stream, &mut ctx.stream) {
-            ctx.response.reject = Some(reject);
-            return Error::e_explain(ErrorType::HTTPStatus(400), "undecodable grpc-web-text");
-        }
+        admit::count_body(body, ctx)?;
+        edge::decode_body(body, end_of_stream, ctx)?;
+        streaming::decode_request_body(body, end_of_stream, ctx)?;
         traffic::mirror_body(&self.mirror_connector, body, end_of_stream, ctx);
         Ok(())
     }
@@ -644,69 +447,34 @@ impl ProxyHttp for Gateway {
     /// Chooses the attempt's target (never one already tried) and its peer. Runs again
     /// for each retry.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // The retry policy's wait, never past the deadline (it was checked when decided).
-        if let Some(wait) = ctx.attempt.wait.take() {
-            let wait = attempts::remaining(ctx).map_or(wait, |left| wait.min(left));
-            tokio::time::sleep(wait).await;
-        }
-        let left = attempts::remaining(ctx);
-        if left.is_some_and(|l| l.is_zero()) {
-            attempts::deadline_exceeded(ctx);
-            return Error::e_explain(ErrorType::HTTPStatus(504), "route deadline exceeded");
-        }
+        let left = attempts::wait_turn(ctx).await?;
         let Some(route) = ctx.routing.route.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no route in upstream_peer");
         };
         // The one chosen in `proxy_upstream_filter` (a fallback while the circuit is open),
         // else the request's (the route's, its version's or its split side's).
-        let Some(up) = ctx
-            .attempt
-            .upstream
-            .clone()
-            .or_else(|| ctx.routing.upstream.clone())
-        else {
+        let Some(up) = ctx.upstream().cloned() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream in upstream_peer");
         };
         let up = &up;
         if let Some(id) = ctx.attempt.take_fresh_retry() {
             // The same target, never from the pool: a group key no pooled connection has.
             ctx.timing.upstream_start = Some(Instant::now());
-            let mut peer = up.peer(id);
-            peer.group_key = FRESH_GROUP.fetch_add(1, Relaxed);
-            route.timeouts.apply(&mut peer.options);
-            if let Some(left) = left {
-                attempts::bound_by_deadline(&mut peer.options, left);
+            let mut peer = attempts::peer(up, id, route, left, session.req_header());
+            peer.group_key = attempts::fresh_group();
+            // A retried upgrade is still a tunnel: no per-read timeout on this side either.
+            if ctx.stream.upgrade {
+                streaming::upgrade_peer(&mut peer.options, route);
             }
-            streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
             trace::attempt_start(ctx);
             return Ok(Box::new(peer));
         }
-        let key = match &up.hash_on {
-            Some(on) => hash_key(session, on, ctx.identity.as_deref()),
-            None => std::borrow::Cow::Borrowed(&[][..]),
-        };
-        // A retry policy may go back to a tried target once every one was tried.
-        let chosen = up.select(&key, ctx.attempt.tried()).or_else(|| {
-            (up.retry.is_some() && !ctx.attempt.tried().is_empty())
-                .then(|| up.select(&key, &[]))
-                .flatten()
-        });
-        let Some(id) = chosen else {
-            ctx.response.reject = Some(if ctx.attempt.tried().is_empty() {
-                Reject::NoHealthyTarget(up.name.clone())
-            } else {
-                Reject::BadGateway(up.name.clone())
-            });
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no usable target");
+        let Some(id) = attempts::choose_target(session, up, ctx) else {
+            return attempts::no_target(ctx, up);
         };
         ctx.attempt.start(up, id);
         ctx.timing.upstream_start = Some(Instant::now());
-        let mut peer = up.peer(id);
-        route.timeouts.apply(&mut peer.options);
-        if let Some(left) = left {
-            attempts::bound_by_deadline(&mut peer.options, left);
-        }
-        streaming::apply_grpc_timeout(session.req_header(), &mut peer.options);
+        let mut peer = attempts::peer(up, id, route, left, session.req_header());
         if ctx.stream.upgrade {
             streaming::upgrade_peer(&mut peer.options, route);
         }
@@ -721,28 +489,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        trace::attempt_end(ctx, AttemptEnd::Error("connect_error"));
-        let (Some(up), Some(target)) = (ctx.upstream().cloned(), ctx.attempt.target().cloned())
-        else {
-            return e;
-        };
-        attempt_failed(&up, &target, "connect_error", ctx.attempt.probe.as_ref());
-        if up.retry.is_some() {
-            // Nothing reached the target, so any method may be sent again.
-            let retry = attempts::policy_retry(ctx, true, attempts::Cause::Connect, None);
-            e.set_retry(retry);
-        } else if ctx.attempt.may_retry(&up) {
-            // Nothing reached the target, so any method may go to another one.
-            e.set_retry(true);
-        }
+        trace::attempt_failed(ctx, "connect_error");
+        attempts::connect_failed(ctx, &mut e);
         e
     }
 
-    /// An exchange with the target broke. A reused pooled connection that failed before
-    /// any response byte (the target closed it while idle) is tried once more on a fresh
-    /// connection to the same target, not counted as a failure: any method whose body was
-    /// not sent yet, idempotent ones otherwise. Beyond that, only idempotent requests whose
-    /// body is still buffered go to another target.
+    /// An exchange with the target broke: whether it is tried again (`attempts`).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -752,66 +504,8 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        trace::attempt_end(ctx, AttemptEnd::Error(e.etype().as_str()));
-        // `upstream_response_filter` chose to retry this attempt's response (and counted it).
-        if std::mem::take(&mut ctx.attempt.status_retry) {
-            e.set_retry(true);
-            return e;
-        }
-        let idempotent = session.req_header().method.is_idempotent();
-        let truncated = session.as_ref().retry_buffer_truncated();
-        if stale_pooled(&e, client_reused, ctx)
-            && !truncated
-            && (idempotent || ctx.request.body_bytes == 0)
-            && ctx.attempt.retry_stale()
-        {
-            // Counted apart from failures: it says nothing about the target's health.
-            if let Some((up, target)) = ctx.current_target() {
-                crate::metrics::metrics()
-                    .upstream_requests
-                    .with_label_values(&[&up.name, &target.address, "stale_connection"])
-                    .inc();
-            }
-            e.set_retry(true);
-            return e;
-        }
-        if let Some(up) = ctx.upstream().filter(|u| u.retry.is_some()).cloned() {
-            let upstream_error = e.esource() == &ErrorSource::Upstream;
-            if let Some(target) = ctx.attempt.target().cloned().filter(|_| upstream_error) {
-                attempt_failed(&up, &target, "error", ctx.attempt.probe.as_ref());
-            }
-            // Retried as the status the gateway would answer with (504 timed out, else
-            // 502), only while nothing of a response reached the client.
-            let cause = attempts::Cause::Status(match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-                _ => 502,
-            });
-            let replayable = up
-                .retry
-                .as_ref()
-                .is_some_and(|p| p.retries_method(&session.req_header().method))
-                && !truncated;
-            let retry = upstream_error
-                && ctx.attempt.upstream_status.is_none()
-                && session.response_written().is_none()
-                && attempts::policy_retry(ctx, replayable, cause, None);
-            e.set_retry(retry);
-            return e;
-        }
-        if let Some((up, target)) = ctx.current_target() {
-            if e.esource() == &ErrorSource::Upstream {
-                attempt_failed(up, target, "error", ctx.attempt.probe.as_ref());
-            }
-            if idempotent && !truncated && ctx.attempt.may_retry(up) {
-                e.set_retry(true);
-            } else if !idempotent || truncated {
-                e.set_retry(false);
-            } else {
-                e.retry.decide_reuse(client_reused);
-            }
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        trace::attempt_failed(ctx, e.etype().as_str());
+        attempts::exchange_failed(session, &mut e, ctx, client_reused);
         e
     }
 
@@ -846,26 +540,9 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(path) = &ctx.routing.upstream_path {
-            let uri = match req.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.clone(),
-            };
-            // Never fall back to the client's target: what was routed is what is sent.
-            let u = uri.parse::<http::Uri>().or_err(
-                ErrorType::InternalError,
-                "the rewritten upstream path is not a valid URI",
-            )?;
-            req.set_uri(u);
-        }
+        upstream_target(req, ctx)?;
         req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
-        // The authority routed and keyed on is the one the upstream gets, whatever
-        // `Host` field came with an absolute-form or HTTP/2 request.
-        if ctx.request.authority.is_empty() {
-            req.remove_header(&http::header::HOST);
-        } else {
-            req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
-        }
+        upstream_host(req, ctx)?;
         req.remove_header(refresh::REFRESH_MARK);
         trace::inject(ctx, req)?;
         let client_ip = session
@@ -881,14 +558,7 @@ impl ProxyHttp for Gateway {
         }
         body::upstream_request(req, ctx)?;
         streaming::upstream_request(req, &ctx.stream)?;
-        if ctx.request.decoder.is_some() {
-            crate::policy::decompression::decoded_request_header(req)?;
-        }
-        if ctx.route().is_some_and(|r| r.edge.compression.is_some()) {
-            // The gateway encodes for each client, after the cache: ask for the identity
-            // bytes (no field at all would mean any coding, RFC 9110 §12.5.3).
-            req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        }
+        edge::upstream_request(req, ctx)?;
         let cache = ctx.routing.cache();
         phases::on_upstream_request(&mut ctx.cache, cache);
         traffic::start_mirror(&self.mirror_connector, req, ctx);
@@ -906,7 +576,7 @@ impl ProxyHttp for Gateway {
         // A status the retry policy retries goes no further: the error hands the attempt
         // back to Pingora's retry loop before anything reaches the cache or the client.
         if resp.status.as_u16() >= 500 {
-            if let Some(e) = retry_response(session, resp, ctx) {
+            if let Some(e) = attempts::retry_response(session, resp, ctx) {
                 return Err(e);
             }
         }
@@ -919,23 +589,8 @@ impl ProxyHttp for Gateway {
         let now = Instant::now();
         ctx.timing.upstream_header_at = Some(now);
         ctx.attempt.upstream_status = Some(resp.status.as_u16());
-        trace::attempt_end(ctx, AttemptEnd::Status(resp.status.as_u16()));
-        if let Some((up, target)) = ctx.current_target() {
-            if let Some(s) = ctx.timing.upstream_start {
-                up.duration.observe(now.duration_since(s).as_secs_f64());
-            }
-            if resp.status.as_u16() >= 500 {
-                let mut buf = itoa::Buffer::new();
-                attempt_failed(
-                    up,
-                    target,
-                    crate::metrics::status_label(resp.status.as_u16(), &mut buf),
-                    ctx.attempt.probe.as_ref(),
-                );
-            } else {
-                attempt_answered(up, target, resp.status, ctx.attempt.probe.as_ref());
-            }
-        }
+        trace::attempt_answered(ctx, resp.status.as_u16());
+        attempts::count_response(ctx, resp.status, now);
         Ok(())
     }
 
@@ -970,13 +625,11 @@ impl ProxyHttp for Gateway {
             resp.insert_header(http::header::CONNECTION, "close")?;
         }
         headers::apply_server_header(resp, server_header(ctx));
-        traffic::add_vary(resp, ctx)?;
+        traffic::add_vary(resp, ctx);
         if let Some(route) = ctx.route() {
             route.response_headers.apply_response(resp);
-            if let Some(cors) = &route.edge.cors {
-                cors.on_response(resp);
-            }
         }
+        edge::cors_response(resp, ctx);
         resp.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
         if resp.status.is_informational() {
             for (name, value) in &ctx.response.extra_headers {
@@ -992,18 +645,7 @@ impl ProxyHttp for Gateway {
             resp.insert_header("server-timing", log::server_timing(ctx))?;
         }
         // Last, after the cache (which stores the identity copy): encode for this client.
-        // A background refresh has no client to encode for.
-        if let Some(c) = ctx.route().and_then(|r| r.edge.compression.as_ref()) {
-            if !ctx.request.refresh && !streaming::never_compressed(resp) {
-                let encoder = c.on_response(session.req_header(), resp);
-                if let Some(m) = session
-                    .downstream_modules_ctx
-                    .get_mut::<crate::policy::compression::CompressModule>()
-                {
-                    m.set(encoder);
-                }
-            }
-        }
+        edge::choose_encoder(session, resp, ctx);
         body::response_header(session, resp, ctx)
     }
 
@@ -1034,13 +676,7 @@ impl ProxyHttp for Gateway {
 
     /// An error ended the request: problem+json when nothing was written yet.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        // An attempt cut by the route's deadline (its timeouts were capped at the time left).
-        if ctx.response.reject.is_none()
-            && e.esource() == &ErrorSource::Upstream
-            && attempts::remaining(ctx).is_some_and(|l| l.is_zero())
-        {
-            attempts::deadline_exceeded(ctx);
-        }
+        attempts::deadline_cut(ctx, e);
         let reject = to_reject(e, ctx);
         let code = reject.status();
         // The connection is closed after this answer (`can_reuse_downstream: false`

@@ -29,6 +29,9 @@
 //! `response_filter` or `logging`); the refresh itself runs on the recorded request,
 //! with the parent's own version.
 
+use super::Gateway;
+use crate::context::Ctx;
+use crate::error::Reject;
 use crate::policy::{headers, Identity};
 use bytes::Bytes;
 use http::Version;
@@ -136,6 +139,45 @@ pub fn give_back(session: &mut Session, lent: &mut Option<Version>) {
         let req = session.req_header_mut();
         req.set_version(version);
         req.remove_header(REFRESH_MARK);
+    }
+}
+
+impl Gateway {
+    /// `request_filter` for a stale-while-revalidate refresh (a Pingora subrequest): the
+    /// request and identity its parent recorded replace the copy Pingora made, then
+    /// admission runs as for any request, and no policy runs (the parent was
+    /// authenticated, authorized and counted). A refresh on a route with policies whose
+    /// record is missing is refused rather than sent upstream without its identity.
+    pub(super) async fn refresh_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> pingora::Result<bool> {
+        ctx.request.refresh = true;
+        let started = self.refreshes.take(session);
+        let recorded = started.is_some();
+        if let Some(s) = started {
+            *session.req_header_mut() = s.request;
+            ctx.identity = s.identity;
+        }
+        let reject = self.admit(session, ctx).or_else(|| {
+            let policies = ctx.route().is_some_and(|r| !r.policies.is_empty());
+            (policies && !recorded).then_some(Reject::Internal)
+        });
+        if let Some(reject) = reject {
+            tracing::debug!("background refresh refused: {}", reject.slug());
+            // Hand the entry's write lock back now, so the next request revalidates.
+            if let Some(sub) = session.subrequest_ctx.as_mut() {
+                sub.release_write_lock();
+            }
+            super::respond(session, ctx, reject).await?;
+            return Ok(true);
+        }
+        // The recorded request had these removed already; a copy without a record (a
+        // route without policies) is the client's own bytes.
+        headers::strip_client_fields(session.req_header_mut(), ctx.request.forwarded_trusted);
+        super::traffic::choose_split(session, ctx);
+        Ok(false)
     }
 }
 

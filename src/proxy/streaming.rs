@@ -18,9 +18,9 @@
 //! **gRPC.** HTTP/2 to an `http2: true` upstream passes through as it is, trailers
 //! included; `te: trailers` (a hop-by-hop field Pingora strips) is put back, since gRPC
 //! servers may require it. The gateway's own refusals of a gRPC request are gRPC
-//! statuses (`respond_grpc`). With `grpc: {web: true}` a gRPC-web request (HTTP/1.1 or
-//! HTTP/2; `application/grpc-web[+proto]` binary or `application/grpc-web-text[+proto]`
-//! base64) is bridged: its content type becomes `application/grpc[+proto]` upstream,
+//! statuses (`grpc_refusal`, written by `proxy::respond`). With `grpc: {web: true}` a
+//! gRPC-web request (HTTP/1.1 or HTTP/2; `application/grpc-web[+proto]` binary or
+//! `application/grpc-web-text[+proto]` base64) is bridged: its content type becomes `application/grpc[+proto]` upstream,
 //! the response's becomes the client's again, and the upstream's trailers become the
 //! gRPC-web trailer frame at the end of the body. Pingora's own bridge
 //! (`pingora::protocols::http::bridge::grpc_web::GrpcWebCtx`, run as a downstream
@@ -313,6 +313,23 @@ pub fn request_body(
         ));
     }
     *body = Some(Bytes::from(decoded));
+    Ok(())
+}
+
+/// `request_body_filter`: `request_body` for a request that was not upgraded; a
+/// gRPC-web text body that is not base64 fails the exchange, answered 400.
+pub fn decode_request_body(
+    body: &mut Option<Bytes>,
+    end: bool,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    if let Err(reject) = request_body(body, end, &mut ctx.stream) {
+        ctx.response.reject = Some(reject);
+        return pingora::Error::e_explain(
+            pingora::ErrorType::HTTPStatus(400),
+            "undecodable grpc-web-text",
+        );
+    }
     Ok(())
 }
 

@@ -31,10 +31,21 @@ pub fn attempt_start(ctx: &mut Ctx) {
     }
 }
 
-pub fn attempt_end(ctx: &mut Ctx, end: AttemptEnd) {
+fn attempt_end(ctx: &mut Ctx, end: AttemptEnd) {
     if let Some(t) = ctx.trace.as_mut() {
         t.attempt_end(end);
     }
+}
+
+/// The attempt ended without a response: `what` failed (`connect_error`, an error
+/// type's name).
+pub fn attempt_failed(ctx: &mut Ctx, what: &'static str) {
+    attempt_end(ctx, AttemptEnd::Error(what));
+}
+
+/// The attempt's response header came, with `status`.
+pub fn attempt_answered(ctx: &mut Ctx, status: u16) {
+    attempt_end(ctx, AttemptEnd::Status(status));
 }
 
 /// The attempt's request carries the trace context, the attempt's client span as parent;

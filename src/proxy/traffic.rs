@@ -76,14 +76,13 @@ pub(super) fn choose_split(session: &Session, ctx: &mut Ctx) {
 }
 
 /// `response_filter`: a versioned route's responses vary on the fields a version may
-/// be named in (added to the upstream's own `Vary`).
-pub(super) fn add_vary(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+/// be named in (added to the upstream's own `Vary`, each field once).
+pub(super) fn add_vary(resp: &mut ResponseHeader, ctx: &Ctx) {
     if let Some(Destination::Versions(v)) = ctx.route().map(|r| &r.destination) {
         if let Some(vary) = &v.vary {
-            resp.append_header(http::header::VARY, vary.clone())?;
+            crate::policy::headers::add_vary_fields(resp, vary);
         }
     }
-    Ok(())
 }
 
 /// `upstream_request_filter`: the request goes upstream as `req`; the first time, the

@@ -49,7 +49,7 @@ async fn run_once(up: &Arc<Upstream>, check: &ActiveCheck) {
                 Err(_) => (false, Some(format!("timed out after {:?}", check.timeout))),
             };
             if t.record_check(ok, err.clone(), check.healthy_after, check.unhealthy_after) {
-                let state = t.health_label(super::target::now_ms(), clock_ns);
+                let state = t.health_label(clock_ns);
                 tracing::info!(upstream = %name, target = %t.address, state, error = ?err, "target health changed");
             }
         }

@@ -278,15 +278,10 @@ impl Upstream {
     }
 
     fn select_index(&self, key: &[u8], tried: &[TargetId]) -> Option<usize> {
-        let now = target::now_ms();
         let clock_ns = self.clock.now_ns();
-        let unknown_ok = self.active.is_none()
-            || self
-                .targets
-                .iter()
-                .all(|t| t.active_state() == target::UNKNOWN);
+        let unknown_ok = self.unknown_ok();
         let ok = |i: usize| {
-            !tried.contains(&TargetId(i)) && self.targets[i].usable(now, clock_ns, unknown_ok)
+            !tried.contains(&TargetId(i)) && self.targets[i].usable(clock_ns, unknown_ok)
         };
         let n = self.targets.len();
         // One target: every policy chooses it when it is eligible. Pingora's selection
@@ -308,6 +303,16 @@ impl Upstream {
                 .and_then(|b| self.index_of(&b)),
             Selector::LeastRequests => self.least_requests(ok),
         }
+    }
+
+    /// Targets not checked yet may take traffic: there are no active checks, or no
+    /// target has had its first result yet.
+    fn unknown_ok(&self) -> bool {
+        self.active.is_none()
+            || self
+                .targets
+                .iter()
+                .all(|t| t.active_state() == target::UNKNOWN)
     }
 
     /// Power of two choices: two random eligible targets, the one with fewer in-flight
@@ -355,21 +360,14 @@ impl Upstream {
         if let Some(b) = &self.breaker {
             b.refresh();
         }
-        let now = target::now_ms();
         let clock_ns = self.clock.now_ns();
-        let unknown_ok = self.active.is_none()
-            || self
-                .targets
-                .iter()
-                .all(|t| t.active_state() == target::UNKNOWN);
+        let unknown_ok = self.unknown_ok();
         for t in &self.targets {
-            t.healthy_gauge
-                .set(t.usable(now, clock_ns, unknown_ok) as i64);
+            t.healthy_gauge.set(t.usable(clock_ns, unknown_ok) as i64);
         }
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let now = target::now_ms();
         let clock_ns = self.clock.now_ns();
         let mut v = serde_json::json!({
             "name": self.name,
@@ -379,7 +377,7 @@ impl Upstream {
             "targets": self.targets.iter().map(|t| serde_json::json!({
                 "address": t.address,
                 "weight": t.weight,
-                "health": t.health_label(now, clock_ns),
+                "health": t.health_label(clock_ns),
                 "ejections_in_a_row": t.outlier.ejections_in_a_row(),
                 "inflight": t.inflight.load(Relaxed),
                 "last_check_unix_ms": t.last_check_ms(),
@@ -397,15 +395,14 @@ impl Upstream {
     /// `probe` when a half-open circuit let the request through).
     pub fn record_failure(&self, target: &Target, probe: Option<&breaker::Probe>) {
         if let Some(p) = self.passive {
-            target.record_failure(p.unhealthy_after, p.cooldown);
+            target.record_failure(p.unhealthy_after, p.cooldown, self.clock.now_ns());
         }
         if let Some(s) = &self.outlier {
-            let now = target::now_ms();
             let clock_ns = self.clock.now_ns();
             let out = self
                 .targets
                 .iter()
-                .filter(|t| t.out_of_service(now, clock_ns))
+                .filter(|t| t.out_of_service(clock_ns))
                 .count();
             let m = crate::metrics::metrics();
             match target

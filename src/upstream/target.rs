@@ -1,6 +1,7 @@
 //! One target of an upstream and its health: active state (unknown until the first
 //! check, then healthy/unhealthy by consecutive results), passive state (consecutive
-//! real-traffic failures take it out for a cooldown) and its in-flight count.
+//! real-traffic failures take it out for a cooldown, on the one clock: `crate::clock`)
+//! and its in-flight count.
 
 use prometheus::{IntCounter, IntGauge};
 use std::net::SocketAddr;
@@ -28,7 +29,8 @@ pub struct Target {
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
     passive_fails: AtomicU32,
-    down_until_ms: AtomicU64,
+    /// The end of a passive cooldown, on the one clock (ns since the Unix epoch).
+    down_until_ns: AtomicU64,
     last_check_ms: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// Outlier ejection (`upstream::outlier`), on the one clock.
@@ -58,7 +60,7 @@ impl Target {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             passive_fails: AtomicU32::new(0),
-            down_until_ms: AtomicU64::new(0),
+            down_until_ns: AtomicU64::new(0),
             last_check_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             outlier: Default::default(),
@@ -73,25 +75,24 @@ impl Target {
         self.active.load(Relaxed)
     }
 
-    pub fn passive_down(&self, now_ms: u64) -> bool {
-        self.down_until_ms.load(Relaxed) > now_ms
+    pub fn passive_down(&self, clock_ns: u64) -> bool {
+        self.down_until_ns.load(Relaxed) > clock_ns
     }
 
     /// Eligible for traffic. `unknown_ok` is true while every target is still unknown;
-    /// `clock_ns` is the one clock's now (outlier ejections), `now_ms` the wall clock's
-    /// (passive cooldowns).
-    pub fn usable(&self, now_ms: u64, clock_ns: u64, unknown_ok: bool) -> bool {
+    /// `clock_ns` is the one clock's now (passive cooldowns, outlier ejections).
+    pub fn usable(&self, clock_ns: u64, unknown_ok: bool) -> bool {
         let a = self.active_state();
         (a == HEALTHY || (a == UNKNOWN && unknown_ok))
-            && !self.passive_down(now_ms)
+            && !self.passive_down(clock_ns)
             && !self.outlier.ejected(clock_ns)
     }
 
     /// Out of service for any reason: actively unhealthy, passively down or ejected
     /// (what `max_ejection_percent` counts).
-    pub fn out_of_service(&self, now_ms: u64, clock_ns: u64) -> bool {
+    pub fn out_of_service(&self, clock_ns: u64) -> bool {
         self.active_state() == UNHEALTHY
-            || self.passive_down(now_ms)
+            || self.passive_down(clock_ns)
             || self.outlier.ejected(clock_ns)
     }
 
@@ -130,13 +131,14 @@ impl Target {
         before != after
     }
 
-    /// A request to this target failed (connect error or 5xx).
-    pub fn record_failure(&self, unhealthy_after: u32, cooldown: Duration) {
+    /// A request to this target failed (connect error or 5xx) at `clock_ns`.
+    pub fn record_failure(&self, unhealthy_after: u32, cooldown: Duration, clock_ns: u64) {
         let n = self.passive_fails.fetch_add(1, Relaxed) + 1;
         if n >= unhealthy_after {
             self.passive_fails.store(0, Relaxed);
-            self.down_until_ms
-                .store(now_ms() + cooldown.as_millis() as u64, Relaxed);
+            let cooldown_ns = u64::try_from(cooldown.as_nanos()).unwrap_or(u64::MAX);
+            self.down_until_ns
+                .store(clock_ns.saturating_add(cooldown_ns), Relaxed);
             tracing::warn!(target = %self.address, "target taken out for {:?} after {n} consecutive failures", cooldown);
         }
     }
@@ -158,8 +160,8 @@ impl Target {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    pub fn health_label(&self, now_ms: u64, clock_ns: u64) -> &'static str {
-        if self.passive_down(now_ms) {
+    pub fn health_label(&self, clock_ns: u64) -> &'static str {
+        if self.passive_down(clock_ns) {
             return "unhealthy";
         }
         if self.outlier.ejected(clock_ns) {

@@ -430,20 +430,7 @@ async fn websocket_upgrade_to_a_protected_route_needs_credentials() {
 async fn the_demo_config_accepts_the_demo_token_and_key() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let yaml = std::fs::read_to_string(root.join("conf/demo.yaml"))
-        .unwrap()
-        .replace(
-            "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",
-            &format!("127.0.0.1:{}", common::free_port()),
-        )
-        .replace(
-            "${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:9901}",
-            &format!("127.0.0.1:{}", common::free_port()),
-        )
-        .replace("127.0.0.1:9001", &a.address())
-        .replace("127.0.0.1:9002", &b.address())
-        .replace("path: stdout", "path: \"off\"");
-    let gw = Gateway::start(&yaml).await;
+    let gw = Gateway::start(&common::demo_config(&a, &b)).await;
     let out = std::process::Command::new(root.join("scripts/demo-token.sh"))
         .output()
         .expect("run scripts/demo-token.sh");

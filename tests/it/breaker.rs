@@ -14,6 +14,21 @@ use common::{assert_problem, client, config, get, targets, test_clock, Gateway, 
 const BREAKER: &str =
     "breaker: { failure_ratio: 0.5, window: 10s, min_requests: 4, open_for: 5s, half_open_probes: 2 }";
 
+/// Upstream `u` (the `addresses`, no retries, then its `settings`: a breaker or outlier
+/// ejection), the `more` upstreams, and one route to `u` for every path.
+fn upstream_u(addresses: &[&str], settings: &str, more: &str) -> String {
+    format!(
+        "upstreams:\n  u: {{ {}, retries: 0, {settings} }}\n{more}\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        targets(addresses)
+    )
+}
+
+/// A gateway on its test clock (the breaker's and the ejections' time).
+async fn on_test_clock(body: &str) -> Gateway {
+    Gateway::start_with_env(&config(body), &[test_clock("now")]).await
+}
+
 async fn state(gw: &Gateway, upstream: &str) -> Option<f64> {
     gw.metrics()
         .await
@@ -30,12 +45,7 @@ async fn transitions(gw: &Gateway, to: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn breaker_opens_fails_fast_half_opens_and_closes_or_reopens() {
     let a = Upstream::start("a").await;
-    let body = format!(
-        "upstreams:\n  u: {{ {}, retries: 0, {BREAKER} }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
-        targets(&[&a.address()])
-    );
-    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let gw = on_test_clock(&upstream_u(&[&a.address()], BREAKER, "")).await;
     let http = client();
     assert_eq!(state(&gw, "u").await, Some(0.0), "closed at start");
 
@@ -131,13 +141,12 @@ async fn breaker_opens_fails_fast_half_opens_and_closes_or_reopens() {
 async fn an_open_circuit_sends_traffic_to_its_fallback() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let body = format!(
-        "upstreams:\n  u: {{ {}, retries: 0, breaker: {{ min_requests: 2, failure_ratio: 1, open_for: 5s, half_open_probes: 1, fallback: s }} }}\n  s: {{ {} }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
-        targets(&[&a.address()]),
-        targets(&[&b.address()])
+    let body = upstream_u(
+        &[&a.address()],
+        "breaker: { min_requests: 2, failure_ratio: 1, open_for: 5s, half_open_probes: 1, fallback: s }",
+        &format!("  s: {{ {} }}\n", targets(&[&b.address()])),
     );
-    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let gw = on_test_clock(&body).await;
     let http = client();
     a.set_status(502);
     for _ in 0..2 {
@@ -194,12 +203,12 @@ async fn ejected_targets_stay_out_for_a_doubling_time_and_the_pool_never_empties
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let c = Upstream::start("c").await;
-    let body = format!(
-        "upstreams:\n  u: {{ {}, retries: 0, outlier: {{ consecutive_failures: 2, base_ejection: 10s, max_ejection_percent: 50 }} }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
-        targets(&[&a.address(), &b.address(), &c.address()])
+    let body = upstream_u(
+        &[&a.address(), &b.address(), &c.address()],
+        "outlier: { consecutive_failures: 2, base_ejection: 10s, max_ejection_percent: 50 }",
+        "",
     );
-    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let gw = on_test_clock(&body).await;
     let http = client();
     let send = |n: usize| {
         let http = http.clone();
@@ -270,12 +279,7 @@ async fn ejected_targets_stay_out_for_a_doubling_time_and_the_pool_never_empties
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_keeps_the_circuit_of_an_unchanged_upstream_and_resets_a_changed_one() {
     let a = Upstream::start("a").await;
-    let body = format!(
-        "upstreams:\n  u: {{ {}, retries: 0, {BREAKER} }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
-        targets(&[&a.address()])
-    );
-    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let gw = on_test_clock(&upstream_u(&[&a.address()], BREAKER, "")).await;
     let http = client();
     a.set_status(503);
     for _ in 0..4 {
@@ -315,12 +319,12 @@ async fn a_target_failing_half_its_requests_is_ejected_by_its_failure_ratio() {
     c.script("/r", |_, n| {
         common::origin::Reply::new(if n % 2 == 1 { 503 } else { 200 }, "{}")
     });
-    let body = format!(
-        "upstreams:\n  u: {{ {}, retries: 0, outlier: {{ consecutive_failures: 2, failure_ratio: 0.4, window: 10s, min_requests: 6, base_ejection: 10s, max_ejection_percent: 50 }} }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
-        targets(&[&a.address(), &c.address()])
+    let body = upstream_u(
+        &[&a.address(), &c.address()],
+        "outlier: { consecutive_failures: 2, failure_ratio: 0.4, window: 10s, min_requests: 6, base_ejection: 10s, max_ejection_percent: 50 }",
+        "",
     );
-    let gw = Gateway::start_with_env(&config(&body), &[test_clock("now")]).await;
+    let gw = on_test_clock(&body).await;
     let http = client();
     for _ in 0..30 {
         get(&http, &gw.url("/r")).await;

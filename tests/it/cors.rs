@@ -333,23 +333,9 @@ fn check_refuses_a_credentialed_wildcard_origin_with_its_path() {
 /// /account, the compressed orders response, the refused /internal.
 #[tokio::test]
 async fn the_demo_config_answers_the_readme_edge_examples() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let up = Upstream::start("echo").await;
     let other = Upstream::start("other").await;
-    let yaml = std::fs::read_to_string(root.join("conf/demo.yaml"))
-        .unwrap()
-        .replace(
-            "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",
-            &format!("127.0.0.1:{}", common::free_port()),
-        )
-        .replace(
-            "${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:9901}",
-            &format!("127.0.0.1:{}", common::free_port()),
-        )
-        .replace("127.0.0.1:9001", &up.address())
-        .replace("127.0.0.1:9002", &other.address())
-        .replace("path: stdout", "path: \"off\"");
-    let gw = Gateway::start(&yaml).await;
+    let gw = Gateway::start(&common::demo_config(&up, &other)).await;
     let http = client();
     let r = send(
         &http,

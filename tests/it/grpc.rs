@@ -61,17 +61,10 @@ fn reply(req: &tonic::Request<EchoRequest>, message: String) -> EchoReply {
 
 struct Unary;
 
-impl Service<tonic::Request<EchoRequest>> for Unary {
-    type Response = tonic::Response<EchoReply>;
-    type Error = tonic::Status;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+// tonic's own method traits (what its generated code implements): no `poll_ready`.
+impl tonic::server::UnaryService<EchoRequest> for Unary {
+    type Response = EchoReply;
+    type Future = BoxFuture<tonic::Response<EchoReply>, tonic::Status>;
 
     fn call(&mut self, req: tonic::Request<EchoRequest>) -> Self::Future {
         Box::pin(async move {
@@ -93,17 +86,10 @@ type ReplyStream =
 
 struct Streaming;
 
-impl Service<tonic::Request<EchoRequest>> for Streaming {
-    type Response = tonic::Response<ReplyStream>;
-    type Error = tonic::Status;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
+impl tonic::server::ServerStreamingService<EchoRequest> for Streaming {
+    type Response = EchoReply;
+    type ResponseStream = ReplyStream;
+    type Future = BoxFuture<tonic::Response<ReplyStream>, tonic::Status>;
 
     // `Result<_, tonic::Status>` is tonic's stream item type: its size is not ours to change.
     #[allow(clippy::result_large_err)]
@@ -270,14 +256,26 @@ fn request(m: EchoRequest, meta: &[(&'static str, &str)]) -> tonic::Request<Echo
     r
 }
 
+/// A ready client on `ch`, and the path of `test.Echo`'s `method`.
+async fn call_setup(
+    ch: &tonic::transport::Channel,
+    method: &str,
+) -> (
+    tonic::client::Grpc<tonic::transport::Channel>,
+    http::uri::PathAndQuery,
+) {
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.expect("ready");
+    let path = format!("/test.Echo/{method}").parse().expect("path");
+    (g, path)
+}
+
 async fn unary(
     ch: &tonic::transport::Channel,
     m: EchoRequest,
     meta: &[(&'static str, &str)],
 ) -> Result<EchoReply, tonic::Status> {
-    let mut g = tonic::client::Grpc::new(ch.clone());
-    g.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static("/test.Echo/Unary");
+    let (mut g, path) = call_setup(ch, "Unary").await;
     g.unary(request(m, meta), path, ProstCodec::default())
         .await
         .map(|r| r.into_inner())
@@ -287,9 +285,7 @@ async fn stream(
     ch: &tonic::transport::Channel,
     m: EchoRequest,
 ) -> (Vec<EchoReply>, Result<(), tonic::Status>) {
-    let mut g = tonic::client::Grpc::new(ch.clone());
-    g.ready().await.expect("ready");
-    let path = http::uri::PathAndQuery::from_static("/test.Echo/Stream");
+    let (mut g, path) = call_setup(ch, "Stream").await;
     let mut s = match g
         .server_streaming(request(m, &[]), path, ProstCodec::default())
         .await

@@ -237,6 +237,18 @@ fn yaml(listeners: &[String], body: &str) -> String {
     y
 }
 
+/// A gateway (one public listener) with every path routed to `origin`.
+async fn in_front_of(origin: &RawOrigin) -> Gateway {
+    Gateway::start(&yaml(
+        &[format!("{{ name: public, address: \"127.0.0.1:{}\" }}", free_port())],
+        &format!(
+            "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: o }}\n",
+            origin.address()
+        ),
+    ))
+    .await
+}
+
 /// The access-log lines (JSON) of requests to `path`, once there is one: the log is
 /// written after the response, so it is polled for (up to 5 s), not read at once.
 async fn log_lines(gw: &Gateway, path: &str) -> Vec<serde_json::Value> {
@@ -489,14 +501,7 @@ async fn max_inflight_is_held_only_by_requests_that_go_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http11_without_host_is_refused() {
     let o = RawOrigin::start(Arc::new(ok_echo)).await;
-    let gw = Gateway::start(&yaml(
-        &[format!("{{ name: public, address: \"127.0.0.1:{}\" }}", free_port())],
-        &format!(
-            "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: o }}\n",
-            o.address()
-        ),
-    ))
-    .await;
+    let gw = in_front_of(&o).await;
     let addr = gw.addr();
     let none = common::raw::request(addr, b"GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n")
         .await
@@ -585,14 +590,7 @@ async fn hop_by_hop_fields_are_stripped_both_ways() {
         )
     }))
     .await;
-    let gw = Gateway::start(&yaml(
-        &[format!("{{ name: public, address: \"127.0.0.1:{}\" }}", free_port())],
-        &format!(
-            "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: o }}\n",
-            o.address()
-        ),
-    ))
-    .await;
+    let gw = in_front_of(&o).await;
     let mut c = Conn::open(gw.addr()).await;
     let r = c
         .send(
@@ -667,14 +665,7 @@ async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
         (n == 1).then(|| ok_echo(head, n)).flatten()
     }))
     .await;
-    let gw = Gateway::start(&yaml(
-        &[format!("{{ name: public, address: \"127.0.0.1:{}\" }}", free_port())],
-        &format!(
-            "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\nroutes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: o }}\n",
-            o.address()
-        ),
-    ))
-    .await;
+    let gw = in_front_of(&o).await;
     let http = client();
     let mut statuses = Vec::new();
     for i in 0..6 {

@@ -12,7 +12,10 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, Span};
 use prost_otlp::Message;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// How long a test waits for exports to arrive (or fail).
+const RECEIVE_WAIT: Duration = Duration::from_secs(15);
 
 /// Spans received, with the `service.name` of their resource.
 #[derive(Clone, Default)]
@@ -37,14 +40,11 @@ impl Received {
 
     /// Waits (bounded) until `trace_id` has at least `n` spans.
     async fn wait_for(&self, trace_id: &str, n: usize) -> Vec<Span> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let spans = self.of_trace(trace_id);
-            if spans.len() >= n || Instant::now() > deadline {
-                return spans;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(RECEIVE_WAIT, || async {
+            self.of_trace(trace_id).len() >= n
+        })
+        .await;
+        self.of_trace(trace_id)
     }
 }
 
@@ -138,6 +138,20 @@ fn traced(body: &str, tracing: &str, log: &std::path::Path) -> String {
     )
 }
 
+/// A gateway with `body`, exporting every request's spans to `otlp` at `ratio`, and its
+/// access log (in a directory that lives as long as the returned `TestDir`).
+async fn traced_gateway(
+    body: &str,
+    otlp: &Server,
+    ratio: f64,
+) -> (Gateway, common::TestDir, std::path::PathBuf) {
+    let dir = common::TestDir::new();
+    let log = dir.join("access.log");
+    let endpoint = format!("http://127.0.0.1:{}/v1/traces", otlp.port);
+    let yaml = traced(body, &tracing_section(&endpoint, ratio, 1024), &log);
+    (Gateway::start(&yaml).await, dir, log)
+}
+
 fn log_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -164,11 +178,8 @@ async fn retries_show_as_client_spans_under_one_server_span() {
     let up = Upstream::start("good").await;
     // A port nobody listens on: connects are refused.
     let refused = format!("127.0.0.1:{}", free_port());
-    let dir = common::TestDir::new();
-    let log = dir.join("access.log");
-    let yaml = traced(
-        &format!(
-            r#"
+    let body = format!(
+        r#"
             upstreams:
               u:
                 retries: 1
@@ -176,16 +187,9 @@ async fn retries_show_as_client_spans_under_one_server_span() {
             routes:
               - {{ name: api, match: {{ path_prefix: /api }}, upstream: u }}
             "#,
-            up.address()
-        ),
-        &tracing_section(
-            &format!("http://127.0.0.1:{}/v1/traces", otlp.port),
-            1.0,
-            1024,
-        ),
-        &log,
+        up.address()
     );
-    let gw = Gateway::start(&yaml).await;
+    let (gw, _dir, log) = traced_gateway(&body, &otlp, 1.0).await;
     let c = client();
     // Round robin: of two requests, one tries the refused target first.
     let incoming = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -292,11 +296,8 @@ async fn ratio_zero_keeps_sampled_parents_and_errors_only() {
     let up = Upstream::start("u").await;
     let failing = Upstream::start("bad").await;
     failing.set_status(503);
-    let dir = common::TestDir::new();
-    let log = dir.join("access.log");
-    let yaml = traced(
-        &format!(
-            r#"
+    let body = format!(
+        r#"
             upstreams:
               u: {{ targets: [ {{ address: "{}" }} ] }}
               bad: {{ targets: [ {{ address: "{}" }} ] }}
@@ -304,17 +305,10 @@ async fn ratio_zero_keeps_sampled_parents_and_errors_only() {
               - {{ name: ok, match: {{ path_prefix: /ok }}, upstream: u }}
               - {{ name: broken, match: {{ path_prefix: /broken }}, upstream: bad }}
             "#,
-            up.address(),
-            failing.address()
-        ),
-        &tracing_section(
-            &format!("http://127.0.0.1:{}/v1/traces", otlp.port),
-            0.0,
-            1024,
-        ),
-        &log,
+        up.address(),
+        failing.address()
     );
-    let gw = Gateway::start(&yaml).await;
+    let (gw, _dir, log) = traced_gateway(&body, &otlp, 0.0).await;
     let c = client();
     // No parent, ratio 0: not sampled, and told so upstream.
     assert_eq!(
@@ -417,8 +411,7 @@ async fn a_collector_that_is_down_costs_only_drops() {
     }
     // 40 requests of 2 spans each against a queue of 4 with no collector: most are dropped
     // at once, and what was queued fails to export.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let counts = || async {
         let m = gw.metrics().await;
         let dropped = m
             .get("gatehouse_trace_spans_dropped_total", &[])
@@ -429,16 +422,20 @@ async fn a_collector_that_is_down_costs_only_drops() {
                 &[("result", "error")],
             )
             .unwrap_or(0.0);
-        if dropped + failed >= 80.0 || Instant::now() > deadline {
-            assert!(dropped >= 40.0, "dropped {dropped}");
-            assert!(failed > 0.0, "failed exports {failed}");
-            assert_eq!(
-                dropped + failed,
-                80.0,
-                "every span is dropped or failed, none lost silently"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (dropped, failed)
+    };
+    common::eventually(RECEIVE_WAIT, || async {
+        let (dropped, failed) = counts().await;
+        dropped + failed >= 80.0
+    })
+    .await;
+    // Every span is counted once, so the counts stand still once they reach 80.
+    let (dropped, failed) = counts().await;
+    assert!(dropped >= 40.0, "dropped {dropped}");
+    assert!(failed > 0.0, "failed exports {failed}");
+    assert_eq!(
+        dropped + failed,
+        80.0,
+        "every span is dropped or failed, none lost silently"
+    );
 }

@@ -2,7 +2,7 @@
 //! upstream receives and what the client gets, for each operation, values filled from
 //! the request, invalid bodies, size limits, XML to JSON, and the cache's copy.
 
-use crate::common::origin::{cache_status, send, Origin, Reply};
+use crate::common::origin::{cache_status, route_lines, send, Origin, Reply};
 use crate::common::{assert_problem, client, config, raw, Gateway, Resp};
 use serde_json::json;
 
@@ -21,12 +21,7 @@ async fn gateway(origin: &Origin, routes: &str) -> Gateway {
         origin.address(),
         gatehouse::hash_key(KEY),
         gatehouse::hash_key(BETA),
-        routes
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
+        route_lines(routes)
     ));
     Gateway::start(&yaml).await
 }

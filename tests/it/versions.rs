@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::origin::send;
+use common::origin::{send, Origin, Reply};
 use common::{assert_problem, client, config, Gateway, Resp, Upstream};
 
 /// Version 1 on `one`, version 2 (the default) on `two`; version 1 deprecated.
@@ -200,4 +200,42 @@ async fn a_cached_response_of_one_version_never_answers_another() {
         assert!(r.header("cache-status").unwrap_or("").contains("hit"));
     }
     assert_eq!((one.hits(), two.hits()), (1, 1));
+}
+
+/// The fields of every `Vary` line, lower-cased, in order.
+fn vary_fields(r: &Resp) -> Vec<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == "vary")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vary_names_each_field_once_when_the_upstream_varies_already() {
+    let origin = Origin::start().await;
+    origin.set("/orders/1", Reply::new(200, "v").header("vary", "Accept"));
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - name: orders\n    match: {{ path_prefix: /orders }}\n    versions:\n      from: [\"header:X-API-Version\", media_type]\n      default: \"1\"\n      upstreams: {{ \"1\": o, \"2\": o }}\n",
+        origin.address()
+    )))
+    .await;
+    let asks: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("accept", "application/vnd.acme.v2+json")],
+        &[("x-api-version", "2")],
+    ];
+    for headers in asks {
+        let r = get(&gw, "/orders/1", headers).await;
+        assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
+        assert_eq!(
+            vary_fields(&r),
+            ["accept", "x-api-version"],
+            "the upstream's `Accept` is not listed again: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(origin.hits("/orders/1"), 3);
 }

@@ -316,3 +316,22 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `conf/demo.yaml` as a test runs it: free ports for its listener and admin, `first`
+/// and `second` for its two upstream targets (`127.0.0.1:9001`, `:9002`), no access log.
+pub fn demo_config(first: &Upstream, second: &Upstream) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(root.join("conf/demo.yaml"))
+        .expect("conf/demo.yaml")
+        .replace(
+            "${GATEHOUSE_LISTEN:-127.0.0.1:8080}",
+            &format!("127.0.0.1:{}", free_port()),
+        )
+        .replace(
+            "${GATEHOUSE_ADMIN_LISTEN:-127.0.0.1:9901}",
+            &format!("127.0.0.1:{}", free_port()),
+        )
+        .replace("127.0.0.1:9001", &first.address())
+        .replace("127.0.0.1:9002", &second.address())
+        .replace("path: stdout", "path: \"off\"")
+}

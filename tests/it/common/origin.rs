@@ -311,6 +311,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(r)
 }
 
+/// Flow-style route lines (one a line, any indentation, blank lines ignored) as the
+/// items of a `routes:` list.
+pub fn route_lines(routes: &str) -> String {
+    routes
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
 /// A gateway with `cache:` (memory `memory`, the rest given) in front of `origin`, on a
 /// test clock frozen at the instant the origin's `Date` clock is frozen at: both stand
 /// still until `advance` moves them together. `routes` is the `routes:` list, one
@@ -331,12 +342,7 @@ pub async fn cache_gateway_with(
     let yaml = super::config(&format!(
         "cache: {cache}\nupstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n{extra}routes:\n{}",
         origin.address(),
-        routes
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| format!("  {l}\n"))
-            .collect::<String>()
+        route_lines(routes)
     ));
     let at = origin.freeze_date(at).to_string();
     super::Gateway::start_with_env(&yaml, &[super::test_clock(&at)]).await
