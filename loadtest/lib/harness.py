@@ -774,9 +774,11 @@ http {{
   keepalive_timeout 300s;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
+    # The body is a file: `return 200 "..."` takes at most 4 KiB of text.
+    root {www};
     location / {{
       default_type text/plain;
-      return 200 "{body}";
+      try_files /body.txt =404;
     }}
   }}
 }}
@@ -834,7 +836,11 @@ class Upstream:
             conf = os.path.join(workdir, f"up-nginx-{self.port}.conf")
             os.makedirs(os.path.join(workdir, "up-tmp"), exist_ok=True)
             with open(conf, "w") as f:
-                f.write(NGINX_UPSTREAM.format(workdir=workdir, port=self.port, body="x" * self.body_size))
+                www = os.path.join(workdir, f"up-www-{self.port}")
+                os.makedirs(www, exist_ok=True)
+                with open(os.path.join(www, "body.txt"), "w") as body:
+                    body.write("x" * self.body_size)
+                f.write(NGINX_UPSTREAM.format(workdir=workdir, port=self.port, www=www))
             self.cmd = pin(0) + [nginx_bin(), "-p", workdir, "-e", os.path.join(workdir, "up-nginx.error.log"),
                                  "-c", conf]
         else:

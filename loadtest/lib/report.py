@@ -573,7 +573,7 @@ def write_charts(docs, results_dir):
 
 # ----------------------------------------------------------------------------- targets (issue 3)
 
-def targets_check(by):
+def targets_check(by, results_dir=None):
     def s(sc, t):
         return ((by.get(sc) or {}).get("targets", {}).get(t) or {}).get("summary")
     rows = ["| target | bar | measured | met? |", "|---|---|---|---|"]
@@ -630,6 +630,32 @@ def targets_check(by):
             f"{g['rps']:,.0f} vs {n['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}×", g["rps"] >= n["rps"])
     else:
         row("`cache-hit-1k` throughput", "≥ 1.0 × nginx `proxy_cache` hits", "–", None)
+    # Issue 14: CORS on a route costs little next to the plain route; compression against
+    # nginx `gzip on` at the same level (reported, no bar).
+    what, want = "`proxy-small-cors` throughput", "≥ 0.97 × Gatehouse `proxy-small`"
+    pair = None
+    if results_dir:
+        pp = os.path.join(results_dir, "pair-proxy-small+proxy-small-cors.json")
+        if os.path.exists(pp):
+            with open(pp) as f:
+                pair = (json.load(f).get("ratios", {}).get("proxy-small-cors", {}) or {}).get("gatehouse")
+    a, b = s("proxy-small-cors", "gatehouse"), s("proxy-small", "gatehouse")
+    if pair and pair.get("rps"):
+        r, cpu = pair["rps"], pair.get("cpu_us_per_req") or {}
+        row(what, want, f"{r['median']:.3f}× (median of {pair['rounds']} paired rounds, {r['min']:.2f}–{r['max']:.2f}); "
+            f"CPU per request {cpu.get('median', float('nan')):.3f}×", r["median"] >= 0.97)
+    elif a and b:
+        ratio = a["rps"] / b["rps"]
+        row(what, want, f"{a['rps']:,.0f} vs {b['rps']:,.0f} req/s = {ratio:.3f}× (not paired)", ratio >= 0.97)
+    else:
+        row(what, want, "–", None)
+    g, n = s("compression", "gatehouse"), s("compression", "nginx")
+    if g and n:
+        row("`compression` throughput", "reported against nginx `gzip on`, level 6 (no bar)",
+            f"{g['rps']:,.0f} vs {n['rps']:,.0f} req/s = {g['rps'] / n['rps']:.2f}× nginx; p99 {f_ms(g['p99_ms'])} vs {f_ms(n['p99_ms'])} ms",
+            "– no bar")
+    else:
+        row("`compression` throughput", "reported against nginx `gzip on` (no bar)", "–", None)
     # Issue 7: zero failed requests through an upgrade under load.
     d = by.get("upgrade-under-load")
     g = s("upgrade-under-load", "gatehouse+upgrade")
@@ -1081,7 +1107,7 @@ def write_full_report(results_dir, path):
     out = ["# Gatehouse load-test results", "",
            f"Produced by `{' '.join(meta['argv'])}` (run{'s' if len(runs) > 1 else ''} {', '.join(runs)}); "
            "raw data in [`results/`](results/). Reproduce with `loadtest/run.sh` — see [README](README.md).", ""]
-    out += ["## Targets (issues 3–7, 12)", "", targets_check(by), ""]
+    out += ["## Targets (issues 3–7, 12, 14)", "", targets_check(by, results_dir), ""]
     floor = pingora_floor(by)
     if floor:
         out += [floor, ""]
