@@ -1282,6 +1282,25 @@ class PidSampler(threading.Thread):
 
 # ----------------------------------------------------------------------------- one round
 
+def tagged_line(p, name, prefix, timeout):
+    """The next line starting with `prefix` on the stdout of helper process `p` (the
+    idle-connection and slowloris clients report READY/ALIVE/RESULT lines); an error
+    naming `name` if it exits first (after what it wrote is read) or says nothing in time."""
+    import select
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None and not select.select([p.stdout], [], [], 0)[0]:
+            raise HarnessError(f"{name} exited: {p.stderr.read()[-1500:]}")
+        r, _, _ = select.select([p.stdout], [], [], 1.0)
+        if r:
+            line = p.stdout.readline()
+            if not line:  # end of its output: it exited
+                raise HarnessError(f"{name} exited: {p.stderr.read()[-1500:]}")
+            if line.startswith(prefix):
+                return line.strip()
+    raise HarnessError(f"{name}: no {prefix} within {timeout}s")
+
+
 class IdleConns:
     """N idle keep-alive client connections, opened by idle_conns.py processes on CPU 0. A
     process can hold only as many sockets as its fd limit allows, so large counts are split
@@ -1314,17 +1333,7 @@ class IdleConns:
                 self.last_error = m["last_error"]
 
     def _line(self, prefix, timeout):
-        import select
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.p.poll() is not None:
-                raise HarnessError(f"idle_conns exited: {self.p.stderr.read()[-1500:]}")
-            r, _, _ = select.select([self.p.stdout], [], [], 1.0)
-            if r:
-                line = self.p.stdout.readline()
-                if line.startswith(prefix):
-                    return line.strip()
-        raise HarnessError(f"idle_conns: no {prefix} within {timeout}s")
+        return tagged_line(self.p, "idle_conns", prefix, timeout)
 
     def alive(self):
         n = 0
@@ -1363,17 +1372,7 @@ class Slowloris:
         self.open_seconds = float(m.get("seconds", 0))
 
     def _line(self, prefix, timeout):
-        import select
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.p.poll() is not None and not select.select([self.p.stdout], [], [], 0)[0]:
-                raise HarnessError(f"slowloris exited: {self.p.stderr.read()[-1500:]}")
-            r, _, _ = select.select([self.p.stdout], [], [], 1.0)
-            if r:
-                line = self.p.stdout.readline()
-                if line.startswith(prefix):
-                    return line.strip()
-        raise HarnessError(f"slowloris: no {prefix} within {timeout}s")
+        return tagged_line(self.p, "slowloris", prefix, timeout)
 
     def finish(self):
         """Stop the attack; returns its RESULT (what the server cut, and how)."""
