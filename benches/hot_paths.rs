@@ -144,7 +144,9 @@ fn upstream(balance: model::Balance) -> Upstream {
         retry: None,
     };
     let name = format!("bench-{balance:?}");
-    let plan = gatehouse::internals::upstream::Plan::compile(&name, &cfg).expect("valid upstream");
+    let clock = std::sync::Arc::new(gatehouse::internals::clock::Clock::system());
+    let plan =
+        gatehouse::internals::upstream::Plan::compile(&name, &cfg, clock).expect("valid upstream");
     Upstream::build(&name, &cfg, plan)
 }
 

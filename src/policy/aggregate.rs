@@ -194,7 +194,12 @@ mod tests {
     fn test_upstream() -> Arc<Upstream> {
         let u: crate::config::model::Upstream =
             serde_yaml::from_str("{ targets: [ { address: \"127.0.0.1:9\" } ] }").unwrap();
-        let plan = crate::upstream::Plan::compile("t", &u).unwrap();
+        let plan = crate::upstream::Plan::compile(
+            "t",
+            &u,
+            std::sync::Arc::new(crate::clock::Clock::system()),
+        )
+        .unwrap();
         Arc::new(Upstream::build("t", &u, plan))
     }
 }

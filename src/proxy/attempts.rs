@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 /// asked; there is no fallback of a fallback), or a 503 `circuit-open` with
 /// `Retry-After`. Also starts the deadline and counts the request in the retry budget.
 pub fn choose_upstream(ctx: &mut Ctx) -> Result<Arc<Upstream>, Reject> {
-    let Some(route) = ctx.route().cloned() else {
+    let Some(deadline) = ctx.route().map(|r| r.deadline) else {
         return Err(Reject::Internal);
     };
-    if let Some(d) = route.deadline {
+    if let Some(d) = deadline {
         ctx.attempt.deadline = Some(ctx.timing.start + d);
     }
     // The request's upstream: the route's, or its version's or split side's.
@@ -357,18 +357,8 @@ pub fn retry_response(
     if !policy_retry(ctx, replayable, Cause::Status(status), retry_after) {
         return None;
     }
-    if let Some((up, target)) = ctx.current_target() {
-        if let Some(s) = ctx.timing.upstream_start {
-            up.duration.observe(s.elapsed().as_secs_f64());
-        }
-        let mut buf = itoa::Buffer::new();
-        attempt_failed(
-            up,
-            target,
-            crate::metrics::status_label(status, &mut buf),
-            ctx.attempt.probe.as_ref(),
-        );
-    }
+    // A status >= 500: counted as a failed attempt, as any other 5xx is.
+    count_response(ctx, resp.status, Instant::now());
     ctx.attempt.status_retry = true;
     Some(
         Error::explain(

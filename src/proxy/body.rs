@@ -37,12 +37,6 @@ fn count(route: &str, direction: &str, result: &str) {
         .inc();
 }
 
-fn content_type(h: &http::HeaderMap) -> &str {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 impl Gateway {
     /// `request_filter`'s last step: reads and transforms the request body of a route
     /// with `request_body`, or says why the request is refused. Also prepares what the
@@ -58,8 +52,9 @@ impl Gateway {
             session.req_header_mut().remove_header(&http::header::RANGE);
         }
         let rt = route.request_transform.as_ref()?;
-        if !crate::policy::transform::is_json(content_type(&session.req_header().headers))
-            || session.as_mut().is_body_empty()
+        if !crate::policy::transform::is_json(super::streaming::content_type(
+            &session.req_header().headers,
+        )) || session.as_mut().is_body_empty()
         {
             return None;
         }
@@ -155,7 +150,7 @@ pub(super) fn response_header(
     if resp.status.is_informational() || status == 204 || status == 304 {
         return Ok(());
     }
-    let Some(kind) = rt.kind_of(content_type(&resp.headers)) else {
+    let Some(kind) = rt.kind_of(super::streaming::content_type(&resp.headers)) else {
         return Ok(());
     };
     let declared = resp
@@ -233,6 +228,11 @@ pub(super) fn response_body(
     end_of_stream: bool,
     ctx: &mut Ctx,
 ) -> Result<()> {
+    // Every response of every route comes through here, chunk by chunk: nothing is
+    // taken from the route unless the body is held for a transform.
+    if matches!(ctx.body.response, ResponseBody::Pass) {
+        return Ok(());
+    }
     let route_name = ctx.route_name().to_string();
     let rt = ctx.route().and_then(|r| r.response_transform.clone());
     match &mut ctx.body.response {

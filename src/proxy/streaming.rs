@@ -159,7 +159,7 @@ pub fn admit(req: &RequestHeader, ctx: &mut Ctx) -> Option<Reject> {
     None
 }
 
-fn content_type(h: &HeaderMap) -> &str {
+pub(super) fn content_type(h: &HeaderMap) -> &str {
     h.get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")

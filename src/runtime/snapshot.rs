@@ -184,11 +184,8 @@ impl Snapshot {
         let tls = crate::tls::compile(cfg, &mut errs);
         let mut plans = Vec::with_capacity(cfg.upstreams.len());
         for (name, u) in &cfg.upstreams {
-            match Plan::compile(name, u) {
-                Ok(mut p) => {
-                    p.clock = resources.clock.clone();
-                    plans.push((name, u, p))
-                }
+            match Plan::compile(name, u, resources.clock.clone()) {
+                Ok(p) => plans.push((name, u, p)),
                 Err(e) => errs.extend(e),
             }
         }

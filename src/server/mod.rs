@@ -222,6 +222,8 @@ impl App {
         let mut stopping = shutdown.clone();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        // One per connection, disarmed after each request (`Tunnel::run`).
+        let tunnel = Arc::new(Tunnel::default());
         loop {
             let (header_timeout, limit) = self.head_limits();
             // Park: only `buf`, the stream and the settings live here while idle.
@@ -285,7 +287,6 @@ impl App {
             first = false;
             // A WebSocket tunnel's idle and total limits (`proxy::streaming`): the
             // request is dropped, both connections with it, when they run out.
-            let tunnel = Arc::new(Tunnel::default());
             let served = tunnel.run(self.proxy.process_new_http(session, shutdown));
             match served.await {
                 Some(reused) => {

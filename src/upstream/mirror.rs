@@ -108,11 +108,7 @@ impl Mirror {
         if self.per_million == 0 {
             return false;
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in request_id.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut h = super::split::fnv1a(request_id.bytes());
         h ^= h >> 33;
         h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
         h ^= h >> 33;
@@ -265,7 +261,8 @@ mod tests {
     fn mirror(percent: f64) -> Mirror {
         let up: crate::config::model::Upstream =
             serde_yaml::from_str("targets: [ { address: \"127.0.0.1:1\" } ]").unwrap();
-        let plan = super::super::Plan::compile("m", &up).unwrap();
+        let plan =
+            super::super::Plan::compile("m", &up, Arc::new(crate::clock::Clock::system())).unwrap();
         let m: traffic::Mirror =
             serde_yaml::from_str(&format!("{{ upstream: m, percent: {percent} }}")).unwrap();
         Mirror::compile("r", &m, Arc::new(Upstream::build("m", &up, plan)))

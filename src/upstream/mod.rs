@@ -39,14 +39,18 @@ pub use crate::config::values::HashOn;
 pub struct Plan {
     pub addrs: Vec<SocketAddr>,
     pub hash_on: Option<HashOn>,
-    /// The one clock (breaker windows, ejections, the retry budget): the system clock
-    /// unless the compiler hands over the process's (`runtime::Resources::clock`).
+    /// The one clock (breaker windows, ejections, passive cooldowns, the retry budget):
+    /// the process's (`runtime::Resources::clock`), handed over by the compiler.
     pub clock: Arc<crate::clock::Clock>,
 }
 
 impl Plan {
     /// Resolves the targets and parses `hash_on`; every problem under its YAML path.
-    pub fn compile(name: &str, cfg: &model::Upstream) -> Result<Plan, Vec<ConfigError>> {
+    pub fn compile(
+        name: &str,
+        cfg: &model::Upstream,
+        clock: Arc<crate::clock::Clock>,
+    ) -> Result<Plan, Vec<ConfigError>> {
         let p = format!("upstreams.{name}");
         let mut errs = Vec::new();
         let mut addrs = Vec::with_capacity(cfg.targets.len());
@@ -70,7 +74,7 @@ impl Plan {
             Ok(Plan {
                 addrs,
                 hash_on,
-                clock: Arc::new(crate::clock::Clock::system()),
+                clock,
             })
         } else {
             Err(errs)

@@ -204,16 +204,27 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// FNV-1a (64-bit) over `bytes`: a fixed algorithm, unlike std's hasher, so that what
+/// depends on it (split placements, mirror sampling) does not change with the compiler.
+/// Callers finish it with a mixer of their own.
+pub(super) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A point of `[0, total)` for the key: FNV-1a over salt and key, then the SplitMix64
 /// finaliser (FNV alone leaves similar keys close together), scaled by multiplication
 /// so every point is equally likely. A fixed algorithm, unlike std's hasher: placements
 /// must not change with the compiler.
 fn point(salt: &[u8], kind: &[u8], key: &[u8], total: u64) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in salt.iter().chain([0xffu8].iter()).chain(kind).chain(key) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = fnv1a(
+        salt.iter()
+            .chain([0xffu8].iter())
+            .chain(kind)
+            .chain(key)
+            .copied(),
+    );
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;
