@@ -46,7 +46,11 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Option<Reject> {
-        let route = ctx.route()?.clone();
+        // Most routes have no transform: no reference to the route is taken for them.
+        let route = ctx
+            .route()
+            .filter(|r| r.response_transform.is_some() || r.request_transform.is_some())?
+            .clone();
         if route.response_transform.is_some() {
             // The transform reads whole bodies: a range of one is no document.
             session.req_header_mut().remove_header(&http::header::RANGE);
@@ -139,7 +143,11 @@ pub(super) fn response_header(
     resp: &mut ResponseHeader,
     ctx: &mut Ctx,
 ) -> Result<()> {
-    let Some(route) = ctx.route().cloned() else {
+    let Some(route) = ctx
+        .route()
+        .filter(|r| r.response_transform.is_some())
+        .cloned()
+    else {
         return Ok(());
     };
     let Some(rt) = route.response_transform.as_ref() else {

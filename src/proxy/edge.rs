@@ -24,7 +24,13 @@ use pingora::{Error, ErrorType};
 /// `request_filter`, on a route with `cors`: true when the request was a preflight and
 /// is answered (the request ends); otherwise its CORS fields are kept for the response.
 pub(super) async fn cors_request(session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let Some(route) = ctx.routing.route.clone() else {
+    let Some(route) = ctx
+        .routing
+        .route
+        .as_ref()
+        .filter(|r| r.edge.cors.is_some())
+        .cloned()
+    else {
         return Ok(false);
     };
     let Some(cors) = &route.edge.cors else {

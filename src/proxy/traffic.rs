@@ -47,7 +47,13 @@ pub(super) fn choose_in_admission(
 /// After the policies: the side of a split route, by the request's key (the consumer
 /// is known now). Nothing for other routes.
 pub(super) fn choose_split(session: &Session, ctx: &mut Ctx) {
-    let Some(route) = ctx.routing.route.clone() else {
+    let Some(route) = ctx
+        .routing
+        .route
+        .as_ref()
+        .filter(|r| matches!(r.destination, Destination::Split(_)))
+        .cloned()
+    else {
         return;
     };
     let Destination::Split(s) = &route.destination else {
