@@ -104,7 +104,8 @@ pub async fn status_json(shared: &Shared) -> serde_json::Value {
             let (total, errors) = requests.get(&r.name).copied().unwrap_or_default();
             json!({
                 "name": r.name,
-                "upstream": r.upstream,
+                // A versioned, split or aggregate route names several: all of them.
+                "upstream": crate::config::route_traffic::destination_upstreams(r).join(", "),
                 "requests": total,
                 "errors": errors,
                 "duration": durations.get(&r.name).cloned().unwrap_or(json!({"count": 0, "buckets": []})),

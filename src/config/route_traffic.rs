@@ -184,6 +184,34 @@ fn valid_field_name(s: &str) -> bool {
     http::HeaderName::from_bytes(s.as_bytes()).is_ok()
 }
 
+/// The upstreams a route may send to, by name and without repeats, whichever
+/// destination it has (`upstream`, `versions`, `split` or `aggregate`).
+pub fn destination_upstreams(r: &super::model::Route) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    let named = std::iter::once(r.upstream.as_str())
+        .chain(
+            r.versions
+                .iter()
+                .flat_map(|v| v.upstreams.values().map(String::as_str)),
+        )
+        .chain(
+            r.split
+                .iter()
+                .flat_map(|s| s.weights.keys().map(String::as_str)),
+        )
+        .chain(
+            r.aggregate
+                .iter()
+                .flat_map(|a| a.calls.values().map(|c| c.upstream.as_str())),
+        );
+    for name in named {
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// The destination keys a route sets, by YAML key: a route names exactly one.
 pub fn destinations(r: &super::model::Route) -> Vec<&'static str> {
     let mut out = Vec::new();

@@ -49,8 +49,8 @@ pub struct Route {
     pub request_transform: Option<Arc<crate::policy::transform::RequestTransform>>,
     /// `response_body:` (JSON operations, XML to JSON on what the client gets).
     pub response_transform: Option<Arc<crate::policy::transform::ResponseTransform>>,
-    /// `aggregate:`: the route answers from these calls and never proxies; `upstream`
-    /// above is then its first call's (it is never contacted as the route's own).
+    /// `aggregate:`: the route answers from these calls and never proxies; `destination`
+    /// is then its first call's upstream (never contacted as the route's own).
     pub aggregate: Option<Arc<crate::policy::aggregate::AggregatePlan>>,
     /// `websocket:`: upgrades are accepted, within these limits.
     pub websocket: Option<WebSocketLimits>,

@@ -137,6 +137,44 @@ async fn the_page_is_self_contained_and_its_data_needs_the_token() {
     );
 }
 
+/// A route whose destination is not one upstream (versions, split, aggregate) shows
+/// every upstream it may send to.
+#[tokio::test]
+async fn status_names_every_upstream_of_a_route() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(&config(&format!(
+        r#"
+        upstreams:
+          blue: {{ targets: [ {{ address: "{}" }} ] }}
+          green: {{ targets: [ {{ address: "{}" }} ] }}
+        routes:
+          - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: blue }}
+          - name: canary
+            match: {{ path_prefix: /c }}
+            split: {{ weights: {{ blue: 90, green: 10 }}, key: ip }}
+          - name: api
+            match: {{ path_prefix: /api }}
+            versions: {{ upstreams: {{ "1": blue, "2": green }} }}
+        "#,
+        a.address(),
+        b.address(),
+    )))
+    .await;
+    let s: Value = gw.admin_get("/admin/status").await.json().await.unwrap();
+    let upstream_of = |name: &str| {
+        s["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["upstream"].clone())
+    };
+    assert_eq!(upstream_of("plain"), Some(json!("blue")));
+    assert_eq!(upstream_of("canary"), Some(json!("blue, green")));
+    assert_eq!(upstream_of("api"), Some(json!("blue, green")));
+}
+
 /// The top consumers through sockets: requests and refusals per consumer, ranked,
 /// their quota use (tier quota and the route's per-consumer quota, used / limit per
 /// window), unlisted JWT subjects kept to a bounded sketch, and no consumer id in
