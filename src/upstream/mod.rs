@@ -16,6 +16,7 @@ pub mod outlier;
 pub mod retry;
 pub mod split;
 pub mod target;
+mod window;
 
 use crate::config::model::{self, Balance};
 use crate::config::values::resolve;

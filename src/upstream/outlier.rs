@@ -12,6 +12,7 @@
 //! `cooldown` after `unhealthy_after` failures, without doubling or a cap. Both may be
 //! on; a target is out while either holds it out. Ejection time is the one clock.
 
+use super::window::Window;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ impl Settings {
             max_ejection_percent: o.max_ejection_percent,
             rate: o.failure_ratio.map(|r| RateRule {
                 failure_ratio: r,
-                bucket_ns: (o.window.0.as_nanos() as u64 / BUCKETS as u64).max(1),
+                bucket_ns: super::window::bucket_ns(o.window.0),
                 min_requests: u64::from(o.min_requests),
             }),
         }
@@ -54,48 +55,6 @@ impl Settings {
             .checked_mul(factor)
             .unwrap_or(self.max_ejection)
             .min(self.max_ejection)
-    }
-}
-
-const BUCKETS: usize = 10;
-
-/// Attempts and failures of one target in ten buckets (atomics; a racing bucket reset
-/// may lose a count or two, which a ratio can afford).
-#[derive(Default)]
-struct Window {
-    /// (slot, attempts, failures) per bucket.
-    buckets: [(AtomicU64, AtomicU64, AtomicU64); BUCKETS],
-}
-
-impl Window {
-    fn add(&self, slot: u64, failed: bool) {
-        let b = &self.buckets[(slot % BUCKETS as u64) as usize];
-        let seen = b.0.load(Relaxed);
-        if seen != slot && b.0.compare_exchange(seen, slot, Relaxed, Relaxed).is_ok() {
-            b.1.store(0, Relaxed);
-            b.2.store(0, Relaxed);
-        }
-        b.1.fetch_add(1, Relaxed);
-        if failed {
-            b.2.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn sums(&self, slot: u64) -> (u64, u64) {
-        let oldest = slot.saturating_sub(BUCKETS as u64 - 1);
-        self.buckets
-            .iter()
-            .filter(|b| (oldest..=slot).contains(&b.0.load(Relaxed)))
-            .fold((0, 0), |(t, f), b| {
-                (t + b.1.load(Relaxed), f + b.2.load(Relaxed))
-            })
-    }
-
-    fn clear(&self) {
-        for b in &self.buckets {
-            b.1.store(0, Relaxed);
-            b.2.store(0, Relaxed);
-        }
     }
 }
 
@@ -138,7 +97,7 @@ impl State {
             self.fails.store(0, Relaxed);
         }
         if let Some(r) = &s.rate {
-            self.window.add(now_ns / r.bucket_ns, false);
+            self.window.add(now_ns / r.bucket_ns, true, false);
         }
     }
 
@@ -152,7 +111,7 @@ impl State {
         let n = self.fails.fetch_add(1, Relaxed) + 1;
         let over_rate = s.rate.is_some_and(|r| {
             let slot = now_ns / r.bucket_ns;
-            self.window.add(slot, true);
+            self.window.add(slot, true, true);
             let (total, failed) = self.window.sums(slot);
             total >= r.min_requests && failed as f64 >= r.failure_ratio * total as f64
         });

@@ -20,11 +20,8 @@
 
 use crate::clock::Clock;
 use crate::config::traffic::{self, RetryCondition};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-const BUCKETS: usize = 10;
 
 pub struct Policy {
     pub on_connect: bool,
@@ -111,8 +108,8 @@ pub struct Budget {
     min_retries: u64,
     bucket_ns: u64,
     clock: Arc<Clock>,
-    /// (slot, requests, retries) per bucket.
-    buckets: [(AtomicU64, AtomicU64, AtomicU64); BUCKETS],
+    /// Requests (first count) and retries (second).
+    window: super::window::Window,
 }
 
 impl Budget {
@@ -120,22 +117,10 @@ impl Budget {
         Budget {
             ratio,
             min_retries: u64::from(min_retries),
-            bucket_ns: (window.as_nanos() as u64 / BUCKETS as u64).max(1),
+            bucket_ns: super::window::bucket_ns(window),
             clock,
-            buckets: Default::default(),
+            window: Default::default(),
         }
-    }
-
-    /// The bucket of now, emptied first when it still holds an older slot. A racing
-    /// reset may lose a few counts at a bucket's turn: a budget can afford that.
-    fn bucket(&self, slot: u64) -> &(AtomicU64, AtomicU64, AtomicU64) {
-        let b = &self.buckets[(slot % BUCKETS as u64) as usize];
-        let seen = b.0.load(Relaxed);
-        if seen != slot && b.0.compare_exchange(seen, slot, Relaxed, Relaxed).is_ok() {
-            b.1.store(0, Relaxed);
-            b.2.store(0, Relaxed);
-        }
-        b
     }
 
     fn slot(&self) -> u64 {
@@ -144,19 +129,12 @@ impl Budget {
 
     /// A request is being sent to the upstream (its first attempt).
     pub fn note_request(&self) {
-        self.bucket(self.slot()).1.fetch_add(1, Relaxed);
+        self.window.add(self.slot(), true, false);
     }
 
     /// (requests, retries) within the window.
     pub fn sums(&self) -> (u64, u64) {
-        let slot = self.slot();
-        let oldest = slot.saturating_sub(BUCKETS as u64 - 1);
-        self.buckets
-            .iter()
-            .filter(|b| (oldest..=slot).contains(&b.0.load(Relaxed)))
-            .fold((0, 0), |(q, r), b| {
-                (q + b.1.load(Relaxed), r + b.2.load(Relaxed))
-            })
+        self.window.sums(self.slot())
     }
 
     /// Takes one retry from the budget; false when it is spent.
@@ -166,7 +144,7 @@ impl Budget {
         if retries >= allowed {
             return false;
         }
-        self.bucket(self.slot()).2.fetch_add(1, Relaxed);
+        self.window.add(self.slot(), false, true);
         true
     }
 }
