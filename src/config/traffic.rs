@@ -411,12 +411,7 @@ mod tests {
              upstreams:\n{upstreams}\
              routes: [ {{ name: r0, upstream: u{route_keys} }} ]\n"
         );
-        let (cfg, parse_errs) = crate::config::load::parse_partial(&yaml, &|_| None);
-        assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
-        crate::config::validate::validate(&cfg.expect("parsed"))
-            .into_iter()
-            .map(|e| (e.path, e.message))
-            .collect()
+        crate::config::validate::problems_in(&yaml)
     }
 
     const T: &str = "targets: [ { address: \"127.0.0.1:9001\" } ]";

@@ -626,6 +626,17 @@ fn header_ops(v: &mut V, p: &str, ops: &HeaderOps) {
     }
 }
 
+/// Tests: (path, message) of every error `validate` finds in `yaml`, which must parse.
+#[cfg(test)]
+pub(crate) fn problems_in(yaml: &str) -> Vec<(String, String)> {
+    let (cfg, parse_errs) = crate::config::load::parse_partial(yaml, &|_| None);
+    assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
+    validate(&cfg.expect("parsed"))
+        .into_iter()
+        .map(|e| (e.path, e.message))
+        .collect()
+}
+
 #[cfg(test)]
 #[path = "validate_tests.rs"]
 mod tests;

@@ -1,6 +1,5 @@
 //! Unit tests of `config::validate`: YAML in, the exact (path, message) errors out.
 
-use super::*;
 
 const LISTENERS: &str = "listeners: [ { name: public, address: \"127.0.0.1:18080\" } ]\n";
 const UPSTREAMS: &str = "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n";
@@ -21,14 +20,7 @@ fn with_base(rest: &str) -> String {
 }
 
 fn problems(rest: &str) -> Vec<(String, String)> {
-    let yaml = with_base(rest);
-    let (cfg, parse_errs) = crate::config::load::parse_partial(&yaml, &|_| None);
-    assert!(parse_errs.is_empty(), "{parse_errs:?}\n{yaml}");
-    let cfg = cfg.expect("parsed");
-    validate(&cfg)
-        .into_iter()
-        .map(|e| (e.path, e.message))
-        .collect()
+    super::problems_in(&with_base(rest))
 }
 
 #[test]

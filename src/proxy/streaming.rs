@@ -187,16 +187,21 @@ fn grpc_web_mode(req: &RequestHeader) -> GrpcWeb {
 /// (parameters dropped), when it is a gRPC one.
 pub fn grpc_content_type(req: &RequestHeader) -> Option<String> {
     let ct = content_type(&req.headers);
-    if !has_prefix(ct, GRPC) {
-        return None;
-    }
-    let rest = &ct[GRPC.len()..];
-    // `application/grpcfoo` is not gRPC; `+proto`, `-web`, `-web-text+json`, `;` are.
-    if !(rest.is_empty() || rest.starts_with(['+', '-', ';'])) {
+    if !is_grpc(ct) {
         return None;
     }
     let media = ct.split(';').next().unwrap_or(ct).trim();
     Some(media.to_ascii_lowercase())
+}
+
+/// Whether `ct` is of the gRPC family: what callers that only ask ask, without the
+/// lower-cased copy `grpc_content_type` makes.
+fn is_grpc(ct: &str) -> bool {
+    // `application/grpcfoo` is not gRPC; `+proto`, `-web`, `-web-text+json`, `;` are.
+    has_prefix(ct, GRPC) && {
+        let rest = &ct[GRPC.len()..];
+        rest.is_empty() || rest.starts_with(['+', '-', ';'])
+    }
 }
 
 /// `grpc-message`: percent-encoded outside printable ASCII, and `%` itself (gRPC over
@@ -245,7 +250,7 @@ pub fn upstream_request(req: &mut RequestHeader, st: &StreamState) -> pingora::R
         // The gRPC-web client's protocol marker means nothing to a gRPC server.
         req.remove_header("x-grpc-web");
     }
-    if bridged || grpc_content_type(req).is_some() {
+    if bridged || is_grpc(content_type(&req.headers)) {
         // gRPC sends `te: trailers` (some servers refuse a call without it); Pingora
         // strips TE as hop-by-hop. "trailers" is the one value HTTP/2 allows, and on an
         // HTTP/1.1 hop it only says trailers are welcome.
@@ -403,7 +408,9 @@ pub fn trailers(trailers: &HeaderMap, st: &StreamState) -> Option<Bytes> {
 /// unit, `H` `M` `S` `m` `u` `n`). `None` when absent or malformed (then ignored, as a
 /// gRPC server would refuse it itself).
 pub fn grpc_timeout(req: &RequestHeader) -> Option<Duration> {
-    grpc_content_type(req)?;
+    if !is_grpc(content_type(&req.headers)) {
+        return None;
+    }
     let v = req.headers.get("grpc-timeout")?.as_bytes();
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
