@@ -1,6 +1,5 @@
 //! Unit tests of `config::validate`: YAML in, the exact (path, message) errors out.
 
-
 const LISTENERS: &str = "listeners: [ { name: public, address: \"127.0.0.1:18080\" } ]\n";
 const UPSTREAMS: &str = "upstreams:\n  u: { targets: [ { address: \"127.0.0.1:9001\" } ] }\n";
 const ROUTE: &str = "routes: [ { name: r0, upstream: u } ]\n";

@@ -124,7 +124,7 @@ pub fn finish(
         client: session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string()),
+            .map(|a| a.ip()),
         user_agent: req
             .headers
             .get(http::header::USER_AGENT)

@@ -201,7 +201,8 @@ pub struct Finish<'a> {
     pub consumer: Option<&'a str>,
     pub status: u16,
     pub cache: Option<&'static str>,
-    pub client: Option<String>,
+    /// Written out only for a request whose spans are kept.
+    pub client: Option<std::net::IpAddr>,
     pub user_agent: Option<&'a str>,
     /// The rejection or proxy error that ended the request, if any.
     pub error: Option<&'a str>,
@@ -302,7 +303,7 @@ impl RequestTrace {
             attrs.push(KeyValue::new("server.address", h.to_string()));
         }
         if let Some(c) = f.client {
-            attrs.push(KeyValue::new("client.address", c));
+            attrs.push(KeyValue::new("client.address", c.to_string()));
         }
         if let Some(ua) = f.user_agent {
             attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
