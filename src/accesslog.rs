@@ -114,7 +114,7 @@ pub fn enabled() -> bool {
 }
 
 /// Queues one line (with its newline) for the writer.
-pub fn write(line: String) {
+pub fn write(line: &str) {
     if let Some(l) = LOG.get() {
         if let Some(sink) = l.sink {
             let mut pending = sink.pending.lock();
@@ -126,6 +126,33 @@ pub fn write(line: String) {
             pending.extend_from_slice(line.as_bytes());
         }
     }
+}
+
+thread_local! {
+    /// Each worker thread builds its request lines in one buffer that it keeps, so a
+    /// line costs no allocation of its own (it is copied into the pending buffer).
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
+}
+
+/// Builds a line in this thread's line buffer (cleared first) and queues it. A line
+/// longer than 64 KiB does not keep its buffer's size for the thread's life.
+pub fn write_with(build: impl FnOnce(&mut String)) {
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            build(&mut line);
+            write(&line);
+            if line.capacity() > 64 * 1024 {
+                *line = String::with_capacity(1024);
+            }
+        }
+        // Only if `build` itself logs a line: that one gets a buffer of its own.
+        Err(_) => {
+            let mut line = String::with_capacity(512);
+            build(&mut line);
+            write(&line);
+        }
+    });
 }
 
 /// Writes every queued line now; called before the process exits. Waits at most 2 s, so a

@@ -53,6 +53,54 @@ impl Drop for TargetSlot {
     }
 }
 
+/// `server.body_timeout` and `server.body_min_rate` for one HTTP/1 request body: it is
+/// due `timeout` after its first read starts, plus one second per `rate` bytes received (Apache
+/// `mod_reqtimeout`'s body rule). So a body that stalls is cut after `timeout`, one that
+/// trickles slower than `rate` soon after, and a large upload at any reasonable speed
+/// never. Without it Pingora waits up to 60 s per read, and a body sent one byte every few
+/// seconds holds a session, its 64 KiB body buffer and an upstream connection for as long
+/// as the client likes (the `slowloris` scenario), then ends as the upstream's 504.
+///
+/// Real time, like `header_timeout`: it is a timeout, and is enforced by Pingora's read
+/// timeout on the client connection, set before each body read to the time left
+/// (`proxy::admit::check_body_deadline`).
+pub struct BodyDeadline {
+    from: std::time::Instant,
+    timeout: std::time::Duration,
+    rate: u64,
+}
+
+impl BodyDeadline {
+    pub fn new(from: std::time::Instant, timeout: std::time::Duration, rate: u64) -> Self {
+        BodyDeadline {
+            from,
+            timeout,
+            rate,
+        }
+    }
+
+    /// The time left for the rest of the body once `received` bytes came, `None` once it
+    /// is past.
+    pub fn left(&self, received: u64, now: std::time::Instant) -> Option<std::time::Duration> {
+        let earned = match self.rate {
+            0 => std::time::Duration::ZERO,
+            rate => {
+                let ns = u128::from(received) * 1_000_000_000 / u128::from(rate);
+                std::time::Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+            }
+        };
+        let Some(due) = self
+            .from
+            .checked_add(self.timeout)
+            .and_then(|d| d.checked_add(earned))
+        else {
+            // Beyond what an `Instant` holds: not due in this process's life.
+            return Some(std::time::Duration::from_secs(u64::from(u32::MAX)));
+        };
+        due.checked_duration_since(now).filter(|d| !d.is_zero())
+    }
+}
+
 /// The request as the client sent it.
 #[derive(Default)]
 pub struct RequestState {
@@ -75,6 +123,10 @@ pub struct RequestState {
     pub(crate) lent_version: Option<http::Version>,
     /// Request body bytes read so far (`max_body`, the access log).
     pub(crate) body_bytes: u64,
+    /// When the rest of an HTTP/1 body is due (`server.body_timeout`), until its end.
+    pub(crate) body_deadline: Option<BodyDeadline>,
+    /// The body deadline was started (it is not started again for a retry).
+    pub(crate) body_started: bool,
     /// Decodes the body on its way upstream (`compression.decompress_requests`).
     pub(crate) decoder: Option<crate::policy::decompression::RequestDecoder>,
 }
@@ -311,5 +363,30 @@ impl Ctx {
     /// The authenticated consumer, if any.
     pub fn consumer_id(&self) -> Option<&str> {
         self.identity.as_ref().map(|i| i.consumer_id.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_deadline_grows_with_what_came() {
+        use std::time::{Duration, Instant};
+        let from = Instant::now();
+        let d = BodyDeadline::new(from, Duration::from_secs(20), 500);
+        let s = Duration::from_secs;
+        assert_eq!(d.left(0, from + s(5)), Some(s(15)));
+        assert_eq!(d.left(0, from + s(20)), None);
+        // 1,000 bytes earned two seconds more.
+        assert_eq!(d.left(1000, from + s(20)), Some(s(2)));
+        assert_eq!(d.left(1000, from + s(23)), None);
+        // One byte a second: 2 ms more per byte, cut just past 20 s.
+        assert_eq!(d.left(21, from + s(21)), None);
+        // Rate 0: a fixed deadline whatever came; a huge count never overflows.
+        let fixed = BodyDeadline::new(from, Duration::from_secs(20), 0);
+        assert_eq!(fixed.left(u64::MAX, from + s(21)), None);
+        let one = BodyDeadline::new(from, Duration::from_secs(20), 1);
+        assert!(one.left(u64::MAX, from + s(21)).is_some());
     }
 }

@@ -67,6 +67,9 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
+    /// 408: an HTTP/1 request body stalled or trickled past `server.body_timeout` (the
+    /// same problem type as a late head).
+    BodyTimeout,
     /// 503: the upstream's circuit breaker is open (name, seconds until it half-opens).
     CircuitOpen(String, u32),
     /// 400: a body the route transforms is not valid JSON (the parser's message).
@@ -122,7 +125,7 @@ impl Reject {
             Reject::Internal => 500,
             Reject::Limited(_) => 429,
             Reject::LimitStoreUnavailable => 503,
-            Reject::RequestTimeout => 408,
+            Reject::RequestTimeout | Reject::BodyTimeout => 408,
             Reject::CircuitOpen(..) => 503,
             Reject::InvalidBody(_) => 400,
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => 502,
@@ -154,7 +157,7 @@ impl Reject {
             Reject::Limited(l) if l.quota => "quota-exceeded",
             Reject::Limited(_) => "rate-limited",
             Reject::LimitStoreUnavailable => "limit-store-unavailable",
-            Reject::RequestTimeout => "request-timeout",
+            Reject::RequestTimeout | Reject::BodyTimeout => "request-timeout",
             Reject::CircuitOpen(..) => "circuit-open",
             Reject::InvalidBody(_) => "invalid-body",
             Reject::BadUpstreamBody(_) => "bad-upstream-body",
@@ -184,7 +187,7 @@ impl Reject {
             Reject::Internal => "Internal Server Error",
             Reject::Limited(_) => "Too Many Requests",
             Reject::LimitStoreUnavailable => "Service Unavailable",
-            Reject::RequestTimeout => "Request Timeout",
+            Reject::RequestTimeout | Reject::BodyTimeout => "Request Timeout",
             Reject::CircuitOpen(..) => "Service Unavailable",
             Reject::InvalidBody(_) => "Bad Request",
             Reject::BadUpstreamBody(_) | Reject::AggregateFailed(..) => "Bad Gateway",
@@ -231,6 +234,7 @@ impl Reject {
                 "the rate-limit store is unreachable and this gateway fails closed".into()
             }
             Reject::RequestTimeout => "the request head did not arrive in time".into(),
+            Reject::BodyTimeout => "the request body did not arrive in time".into(),
             Reject::CircuitOpen(..) => {
                 "the upstream of this route is failing and is not being called; retry later".into()
             }
@@ -455,6 +459,8 @@ mod tests {
         ];
         let slugs: Vec<&str> = all.iter().map(|r| r.slug()).collect();
         assert_eq!(slugs, REASONS);
+        // A late body is the same problem as a late head.
+        assert_eq!(Reject::BodyTimeout.slug(), Reject::RequestTimeout.slug());
     }
 
     #[test]

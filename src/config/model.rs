@@ -57,6 +57,12 @@ fn default_threads() -> usize {
 fn default_header_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(10))
 }
+fn default_body_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(20))
+}
+fn default_body_min_rate() -> u64 {
+    500
+}
 fn default_keepalive_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(60))
 }
@@ -87,6 +93,15 @@ pub struct Server {
     /// byte of a later request on a keep-alive connection), or the connection is closed.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Dur,
+    /// An HTTP/1 request body must arrive within this from when its reading starts, plus one
+    /// second per `body_min_rate` bytes received (Apache `mod_reqtimeout`'s body rule):
+    /// a body that stalls or trickles is answered 408 and the connection closed.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
+    /// Bytes per second of body that extend `body_timeout` by one second; 0 = the
+    /// deadline is `body_timeout` from the head, whatever arrives.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_rate: u64,
     /// Value of the `Server` response field; empty = no `Server` field at all.
     #[serde(default)]
     pub server_header: String,
@@ -104,6 +119,8 @@ impl Default for Server {
             max_header_size: default_max_header_size(),
             trusted_proxies: Vec::new(),
             header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            body_min_rate: default_body_min_rate(),
             server_header: String::new(),
         }
     }

@@ -185,20 +185,78 @@ pub fn set_identity(h: &mut RequestHeader, id: &super::Identity) {
 pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>, https: bool) {
     if let Some(ip) = client_ip {
         use std::fmt::Write;
-        let mut value = String::with_capacity(48);
-        if let Some(prev) = h
+        let prev = h
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .filter(|p| !p.trim().is_empty())
-        {
-            value.push_str(prev);
-            value.push_str(", ");
+            .filter(|p| !p.trim().is_empty());
+        let value = match prev {
+            Some(prev) => {
+                let mut v = String::with_capacity(prev.len() + 48);
+                v.push_str(prev);
+                v.push_str(", ");
+                let _ = write!(v, "{ip}");
+                HeaderValue::from_str(&v)
+            }
+            // The address alone is formatted on the stack and copied once into the value.
+            None => {
+                let mut buf = StackStr::<48>::new();
+                match write!(buf, "{ip}") {
+                    Ok(()) => HeaderValue::from_str(buf.as_str()),
+                    Err(_) => HeaderValue::from_str(&ip.to_string()),
+                }
+            }
+        };
+        if let Ok(value) = value {
+            let _ = h.insert_header("x-forwarded-for", value);
         }
-        let _ = write!(value, "{ip}");
-        let _ = h.insert_header("x-forwarded-for", value);
     }
-    let _ = h.insert_header("x-forwarded-proto", if https { "https" } else { "http" });
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    let _ = h.insert_header("x-forwarded-proto", proto);
+}
+
+/// Sends the request id upstream, unless the client's own `X-Request-Id` is the id (it
+/// was kept) and is already there as one field.
+pub fn forward_request_id(h: &mut RequestHeader, id: &str) -> pingora::Result<()> {
+    let mut sent = h.headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(v), None) = (sent.next(), sent.next()) {
+        if v.as_bytes() == id.as_bytes() {
+            return Ok(());
+        }
+    }
+    h.insert_header(X_REQUEST_ID, id)
+}
+
+/// A small `fmt::Write` buffer on the stack (a formatted address needs at most 47 bytes).
+struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    fn new() -> Self {
+        StackStr {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackStr<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        if end > N {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Sets the `Server` field of a response the gateway sends (`server.server_header`): the
@@ -420,6 +478,44 @@ mod tests {
         set_forwarded(&mut h, Some("127.0.0.1".parse().unwrap()), false);
         assert_eq!(h.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h.headers["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn forwarded_for_alone_and_v6() {
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        set_forwarded(&mut h, Some(longest.parse().unwrap()), true);
+        assert_eq!(h.headers["x-forwarded-for"], longest);
+        assert_eq!(h.headers["x-forwarded-proto"], "https");
+        // A blank client value is not kept in front of the address.
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        h.insert_header("x-forwarded-for", " ").unwrap();
+        set_forwarded(&mut h, Some("::ffff:10.1.2.3".parse().unwrap()), false);
+        assert_eq!(h.headers["x-forwarded-for"], "::ffff:10.1.2.3");
+    }
+
+    #[test]
+    fn request_id_is_sent_once_with_the_id() {
+        let fields = |h: &RequestHeader| {
+            h.headers
+                .get_all(X_REQUEST_ID)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        // None from the client: added.
+        let mut h = RequestHeader::build("GET", b"/", None).unwrap();
+        forward_request_id(&mut h, "abc").unwrap();
+        assert_eq!(fields(&h), ["abc"]);
+        // The client's own, kept as the id: left as it is.
+        forward_request_id(&mut h, "abc").unwrap();
+        assert_eq!(fields(&h), ["abc"]);
+        // Another value, or the id repeated: replaced by the one id.
+        forward_request_id(&mut h, "def").unwrap();
+        assert_eq!(fields(&h), ["def"]);
+        h.append_header(X_REQUEST_ID, "def").unwrap();
+        forward_request_id(&mut h, "def").unwrap();
+        assert_eq!(fields(&h), ["def"]);
     }
 
     fn identity(method: &'static str, subject: Option<&str>) -> super::super::Identity {

@@ -6,7 +6,7 @@
 
 use super::Gateway;
 use crate::cache::status::CacheCtx;
-use crate::context::{Attempt, Ctx, UpstreamSlot};
+use crate::context::{Attempt, BodyDeadline, Ctx, UpstreamSlot};
 use crate::error::Reject;
 use crate::path;
 use crate::policy::headers;
@@ -345,6 +345,79 @@ pub(super) fn count_body(body: &Option<bytes::Bytes>, ctx: &mut Ctx) -> pingora:
         }
     }
     Ok(())
+}
+
+/// The body deadline of an HTTP/1 request with a body, started just before its body is
+/// first read: by a body transform in `request_filter`, else in `upstream_request_filter`
+/// of the first attempt (Pingora reads the body once the upstream is connected). The
+/// gateway's own time before that (policies, connecting, retries' backoff) is not the
+/// client's. A WebSocket upgrade has no body; once upgraded, its bytes are a tunnel's
+/// (`request_body_filter` returns before the deadline, `streaming` clears the timeout).
+pub(super) fn start_body_deadline(session: &mut Session, ctx: &mut Ctx) {
+    if ctx.request.body_deadline.is_some()
+        || ctx.request.body_started
+        || session.req_header().version >= http::Version::HTTP_2
+        || session.is_body_empty()
+    {
+        return;
+    }
+    ctx.request.body_started = true;
+    let Some(snap) = ctx.routing.snapshot.as_ref() else {
+        return;
+    };
+    let s = &snap.loaded.config.server;
+    let deadline = BodyDeadline::new(std::time::Instant::now(), s.body_timeout.0, s.body_min_rate);
+    session.set_read_timeout(Some(s.body_timeout.0));
+    ctx.request.body_deadline = Some(deadline);
+}
+
+/// `request_body_filter`, for each piece of the body as it comes: past the deadline the
+/// exchange fails with 408; else the next read may wait only for the time left.
+pub(super) fn check_body_deadline(
+    session: &mut Session,
+    body: &Option<bytes::Bytes>,
+    end_of_stream: bool,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    let received = ctx.request.body_bytes + body.as_ref().map_or(0, |b| b.len() as u64);
+    check_body_deadline_at(session, received, end_of_stream, ctx)
+}
+
+/// The deadline check once `received` bytes of the body came (`end_of_stream`: all of
+/// them). Past it, the exchange fails as the client's 408. A chunk can come late only if
+/// its read started late: Pingora holds reads back while the upstream is slower than the
+/// client (four chunks queued). With `body_min_rate` above 0 each such chunk (up to
+/// 64 KiB) has earned far more time than that wait; a fixed deadline
+/// (`body_min_rate: 0`) is a total that includes it.
+pub(super) fn check_body_deadline_at(
+    session: &mut Session,
+    received: u64,
+    end_of_stream: bool,
+    ctx: &mut Ctx,
+) -> pingora::Result<()> {
+    let Some(deadline) = &ctx.request.body_deadline else {
+        return Ok(());
+    };
+    if end_of_stream {
+        // All of it came. A retry replays it from Pingora's buffer: no client read.
+        ctx.request.body_deadline = None;
+        return Ok(());
+    }
+    match deadline.left(received, std::time::Instant::now()) {
+        Some(left) => {
+            session.set_read_timeout(Some(left));
+            Ok(())
+        }
+        None => {
+            ctx.response.reject = Some(Reject::BodyTimeout);
+            Err(pingora::Error::create(
+                pingora::ErrorType::ReadTimedout,
+                pingora::ErrorSource::Downstream,
+                Some("the request body came too slowly (server.body_timeout)".into()),
+                None,
+            ))
+        }
+    }
 }
 
 /// One of the upstream's `max_inflight` slots, held until `logging`; 503 when they are all

@@ -269,7 +269,7 @@ fn log_call(ctx: &Ctx, route: &str, plan: &CallPlan, o: &Outcome) {
     });
     let mut line = line.to_string();
     line.push('\n');
-    crate::accesslog::write(line);
+    crate::accesslog::write(&line);
 }
 
 impl Gateway {

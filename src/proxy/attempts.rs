@@ -409,6 +409,13 @@ pub fn exchange_failed(session: &Session, e: &mut Error, ctx: &mut Ctx, client_r
         e.set_retry(true);
         return;
     }
+    // The client's side failed (its body stalled past `server.body_timeout`, it went
+    // away): never retried. Another target would only get the same incomplete request,
+    // with the client charged nothing for the wait.
+    if e.esource() == &ErrorSource::Downstream {
+        e.set_retry(false);
+        return;
+    }
     let idempotent = session.req_header().method.is_idempotent();
     let truncated = session.as_ref().retry_buffer_truncated();
     if stale_pooled(e, client_reused, ctx)

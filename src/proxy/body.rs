@@ -75,6 +75,7 @@ impl Gateway {
         }
         // Kept by Pingora and handed to `request_body_filter` for every attempt.
         session.as_mut().enable_retry_buffering();
+        super::admit::start_body_deadline(session, ctx);
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
@@ -84,8 +85,17 @@ impl Gateway {
                         count(&route.name, "request", "too_large");
                         return Some(Reject::PayloadTooLarge(max));
                     }
+                    let received = body.len() as u64;
+                    if super::admit::check_body_deadline_at(session, received, false, ctx).is_err()
+                    {
+                        return Some(Reject::BodyTimeout);
+                    }
                 }
                 Ok(None) => break,
+                // The deadline's read timeout (`admit::BodyDeadline`).
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => {
+                    return Some(Reject::BodyTimeout)
+                }
                 Err(_) => {
                     return Some(Reject::BadRequest(
                         "the request body could not be read".into(),
@@ -93,6 +103,7 @@ impl Gateway {
                 }
             }
         }
+        let _ = super::admit::check_body_deadline_at(session, body.len() as u64, true, ctx);
         ctx.request.body_bytes = body.len() as u64;
         let fill = Fill {
             consumer: ctx.identity.as_ref().map(|i| i.consumer_id.as_str()),

@@ -70,64 +70,64 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
                 .unwrap_or_else(Instant::now)
                 .duration_since(s)
         });
-        // Written by hand into one buffer: this runs for every request, and building a
-        // serde_json::Value first costs a dozen allocations.
-        let mut l = String::with_capacity(512);
-        let mut j = JsonLine::new(&mut l);
-        j.key("timestamp");
-        j.out.push('"');
-        crate::accesslog::rfc3339_into(j.out, std::time::SystemTime::now());
-        j.out.push('"');
-        j.str("request_id", &ctx.request.id);
-        if let Some((trace_id, span_id)) = &trace_ids {
-            // Hex digits: nothing to escape.
-            j.key("trace_id");
-            let _ = write!(j.out, "\"{trace_id}\"");
-            j.key("span_id");
-            let _ = write!(j.out, "\"{span_id}\"");
-        }
-        j.str("route", route);
-        j.str("method", method);
-        j.opt_str(
-            "host",
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok()),
-        );
-        j.str("path", req.uri.path());
-        j.int("status", u64::from(status));
-        // An aggregate route has no upstream of its own (each call logs its line).
-        j.opt_str(
-            "upstream",
-            ctx.upstream()
-                .filter(|_| ctx.route().is_none_or(|r| r.aggregate.is_none()))
-                .map(|u| u.name.as_str()),
-        );
-        j.opt_str("upstream_target", target);
-        j.opt_int(
-            "upstream_status",
-            ctx.attempt.upstream_status.map(u64::from),
-        );
-        j.opt_ms("upstream_ms", upstream_time);
-        j.opt_ms("total_ms", Some(elapsed));
-        j.int("attempts", ctx.attempt.tried().len() as u64);
-        j.int("bytes_in", ctx.request.body_bytes);
-        j.int("bytes_out", session.body_bytes_sent() as u64);
-        j.key("client");
-        match session.client_addr() {
-            // An address prints as digits, dots, colons and brackets: nothing to escape.
-            Some(a) => client_into(j.out, a),
-            None => j.out.push_str("null"),
-        }
-        j.opt_str("consumer", ctx.consumer_id());
-        j.opt_str("error", e.map(|e| e.etype().as_str()));
-        j.opt_str("reject", ctx.response.reject.as_ref().map(|r| r.slug()));
-        if ctx.request.refresh {
-            j.key("refresh");
-            j.out.push_str("true");
-        }
-        j.finish();
-        crate::accesslog::write(l);
+        // Written by hand into the thread's line buffer: this runs for every request, and
+        // building a serde_json::Value first costs a dozen allocations.
+        crate::accesslog::write_with(|l| {
+            let mut j = JsonLine::new(l);
+            j.key("timestamp");
+            j.out.push('"');
+            crate::accesslog::rfc3339_into(j.out, std::time::SystemTime::now());
+            j.out.push('"');
+            j.str("request_id", &ctx.request.id);
+            if let Some((trace_id, span_id)) = &trace_ids {
+                // Hex digits: nothing to escape.
+                j.key("trace_id");
+                let _ = write!(j.out, "\"{trace_id}\"");
+                j.key("span_id");
+                let _ = write!(j.out, "\"{span_id}\"");
+            }
+            j.str("route", route);
+            j.str("method", method);
+            j.opt_str(
+                "host",
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok()),
+            );
+            j.str("path", req.uri.path());
+            j.int("status", u64::from(status));
+            // An aggregate route has no upstream of its own (each call logs its line).
+            j.opt_str(
+                "upstream",
+                ctx.upstream()
+                    .filter(|_| ctx.route().is_none_or(|r| r.aggregate.is_none()))
+                    .map(|u| u.name.as_str()),
+            );
+            j.opt_str("upstream_target", target);
+            j.opt_int(
+                "upstream_status",
+                ctx.attempt.upstream_status.map(u64::from),
+            );
+            j.opt_ms("upstream_ms", upstream_time);
+            j.opt_ms("total_ms", Some(elapsed));
+            j.int("attempts", ctx.attempt.tried().len() as u64);
+            j.int("bytes_in", ctx.request.body_bytes);
+            j.int("bytes_out", session.body_bytes_sent() as u64);
+            j.key("client");
+            match session.client_addr() {
+                // An address prints as digits, dots, colons and brackets: nothing to escape.
+                Some(a) => client_into(j.out, a),
+                None => j.out.push_str("null"),
+            }
+            j.opt_str("consumer", ctx.consumer_id());
+            j.opt_str("error", e.map(|e| e.etype().as_str()));
+            j.opt_str("reject", ctx.response.reject.as_ref().map(|r| r.slug()));
+            if ctx.request.refresh {
+                j.key("refresh");
+                j.out.push_str("true");
+            }
+            j.finish();
+        });
     }
     // Release the in-flight slots now rather than when the context is dropped.
     ctx.attempt.release();

@@ -183,11 +183,21 @@ fn upstream_target(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
 /// `upstream_request_filter`: the authority routed and keyed on is the one the upstream
 /// gets, whatever `Host` field came with an absolute-form or HTTP/2 request.
 fn upstream_host(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-    if ctx.request.authority.is_empty() {
+    let authority = ctx.request.authority.as_str();
+    if authority.is_empty() {
         req.remove_header(&http::header::HOST);
-    } else {
-        req.insert_header(http::header::HOST, ctx.request.authority.as_str())?;
+        return Ok(());
     }
+    // The client's own `Host`, when it is one field with exactly the bytes to forward (the
+    // usual HTTP/1 request), stays as it is: replacing it copies the value and may grow
+    // both of Pingora's header maps.
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    if let (Some(h), None) = (hosts.next(), hosts.next()) {
+        if h.as_bytes() == authority.as_bytes() {
+            return Ok(());
+        }
+    }
+    req.insert_header(http::header::HOST, authority)?;
     Ok(())
 }
 
@@ -205,7 +215,13 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
         ErrorType::HTTPStatus(503) => Reject::NoHealthyTarget(upstream),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             if e.esource() == &ErrorSource::Downstream {
-                Reject::BadRequest("the client was too slow".into())
+                if e.etype() == &ErrorType::ReadTimedout && ctx.request.body_deadline.is_some() {
+                    // A read of the request body waited longer than its deadline allowed
+                    // (`admit::BodyDeadline`).
+                    Reject::BodyTimeout
+                } else {
+                    Reject::BadRequest("the client was too slow".into())
+                }
             } else {
                 Reject::GatewayTimeout(upstream)
             }
@@ -286,6 +302,7 @@ impl ProxyHttp for Gateway {
             streaming::request_body(body, end_of_stream, &mut ctx.stream).ok();
             return Ok(());
         }
+        admit::check_body_deadline(session, body, end_of_stream, ctx)?;
         if body::request_body(body, end_of_stream, ctx) {
             return Ok(());
         }
@@ -540,8 +557,9 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        admit::start_body_deadline(session, ctx);
         upstream_target(req, ctx)?;
-        req.insert_header(headers::X_REQUEST_ID, ctx.request.id.as_str())?;
+        headers::forward_request_id(req, &ctx.request.id)?;
         upstream_host(req, ctx)?;
         req.remove_header(refresh::REFRESH_MARK);
         trace::inject(ctx, req)?;

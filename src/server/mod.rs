@@ -660,7 +660,7 @@ fn log_refusal(
         "error": null,
         "reject": reject.slug(),
     });
-    crate::accesslog::write(format!("{line}\n"));
+    crate::accesslog::write(&format!("{line}\n"));
 }
 
 #[async_trait]

@@ -709,3 +709,47 @@ async fn a_stale_pooled_connection_is_retried_on_a_fresh_one() {
     );
     assert_eq!(errors, 0.0, "a stale connection is not a target failure");
 }
+
+/// What is routed is what is forwarded: the upstream gets one `Host`, the authority as
+/// routed (lower-cased), and one `X-Request-Id`, the id the client's response names,
+/// whether the gateway kept the client's own field or replaced it.
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_host_and_request_id_are_the_routed_ones() {
+    let o = RawOrigin::start(Arc::new(ok_echo)).await;
+    let gw = in_front_of(&o).await;
+    let all = |head: &str, name: &str| -> Vec<String> {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    };
+    // (Host sent, other fields, the id the client's field must stay).
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: [Case; 4] = [
+        ("localhost", &[], None),
+        ("LocalHost:8080", &[], None),
+        (
+            "localhost",
+            &[("X-Request-Id", "client-id-1")],
+            Some("client-id-1"),
+        ),
+        // Not a well-formed id: a fresh one replaces it, upstream too.
+        ("localhost", &[("X-Request-Id", "bad id")], None),
+    ];
+    for (i, (host, fields, kept)) in cases.into_iter().enumerate() {
+        let path = format!("/fwd{i}");
+        let r = common::raw::get_with(gw.addr(), &path, host, fields).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let id = r
+            .header("x-request-id")
+            .expect("the response's id")
+            .to_string();
+        if let Some(kept) = kept {
+            assert_eq!(id, kept);
+        }
+        let head = o.heads().pop().expect("the request reached the origin");
+        assert_eq!(all(&head, "host"), [host.to_ascii_lowercase()], "{head}");
+        assert_eq!(all(&head, "x-request-id"), [id], "{head}");
+    }
+}

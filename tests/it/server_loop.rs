@@ -353,6 +353,137 @@ async fn slow_head_is_cut_after_header_timeout() {
     );
 }
 
+/// `server.body_timeout` with `body_min_rate`: a body that stalls, or trickles slower than
+/// the rate, is answered 408 `request-timeout` (counted and logged) and the connection
+/// closed; one that keeps coming faster than the rate is never cut, however long it takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_bodies_are_cut_after_body_timeout() {
+    let up = Upstream::start("u").await;
+    // A second route reads its body whole in `request_filter` (a JSON transform).
+    let yaml = config(", body_timeout: 1s, body_min_rate: 100", "", &up).replace(
+        "routes:\n",
+        "routes:\n  - { name: json, match: { path_prefix: /json }, upstream: u, \
+         request_body: { json: { set: { /x: 1 } } } }\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let post = |path: &str, len: usize| {
+        format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    // Sends `chunk` every `every`, `times` times, then reads the answer (and waits for
+    // the close) for up to 20 s.
+    async fn send(
+        gw: &Gateway,
+        head: String,
+        chunk: &'static [u8],
+        every: Duration,
+        times: usize,
+    ) -> String {
+        let s = TcpStream::connect(gw.addr()).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        wr.write_all(head.as_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            for _ in 0..times {
+                if wr.write_all(chunk).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+            }
+            // Held open (not half-closed) until the answer is read.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(wr);
+        });
+        let mut buf = Vec::new();
+        let got = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut buf)).await;
+        writer.abort();
+        assert!(got.is_ok(), "the connection was never closed");
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    // Ten bytes of a hundred, then nothing.
+    let stalled = send(&gw, post("/stall", 100), b"0123456789", Duration::ZERO, 1).await;
+    // One byte every 200 ms: 5 bytes/s against a floor of 100.
+    let trickled = send(
+        &gw,
+        post("/trickle", 1000),
+        b"x",
+        Duration::from_millis(200),
+        100,
+    )
+    .await;
+    // An `Upgrade` field does not take a body out of the deadline (no 101 came).
+    let upgrade = send(
+        &gw,
+        post("/upgrade", 1000).replace("\r\n\r\n", "\r\nUpgrade: x\r\n\r\n"),
+        b"x",
+        Duration::from_millis(200),
+        100,
+    )
+    .await;
+    // A transformed body, read whole before anything goes upstream.
+    let json = send(
+        &gw,
+        post("/json", 1000).replace("\r\n\r\n", "\r\nContent-Type: application/json\r\n\r\n"),
+        b" ",
+        Duration::from_millis(200),
+        100,
+    )
+    .await;
+    for (what, text) in [
+        ("stalled", &stalled),
+        ("trickled", &trickled),
+        ("upgrade", &upgrade),
+        ("json", &json),
+    ] {
+        assert!(text.starts_with("HTTP/1.1 408 "), "{what}: {text}");
+        assert!(text.contains("application/problem+json"), "{what}: {text}");
+        assert!(text.contains("/problems/request-timeout"), "{what}: {text}");
+        assert!(text.contains("request body"), "{what}: {text}");
+    }
+    // 40 bytes every 100 ms (400 bytes/s) for 2 s: twice body_timeout, always ahead of
+    // its deadline (one second more per 100 bytes).
+    let steady = send(
+        &gw,
+        post("/steady", 800),
+        &[b'y'; 40],
+        Duration::from_millis(100),
+        20,
+    )
+    .await;
+    assert!(steady.starts_with("HTTP/1.1 200 "), "{steady}");
+    assert_eq!(
+        metric(
+            &gw,
+            "gatehouse_rejected_requests_total",
+            &[("reason", "request-timeout")]
+        )
+        .await,
+        4.0
+    );
+    for path in ["/stall", "/trickle", "/upgrade", "/json"] {
+        wait_log_line(&gw, "the 408", |l| {
+            l["status"] == 408 && l["reject"] == "request-timeout" && l["path"] == path
+        })
+        .await;
+    }
+    // The body streams upstream as it comes, so the cut ones reached it begun: never
+    // whole.
+    let whole: Vec<_> = up
+        .requests()
+        .iter()
+        .filter(|r| {
+            matches!(
+                (r.path.as_str(), r.body_len),
+                ("/stall", 100) | ("/trickle", 1000) | ("/steady", 800)
+            )
+        })
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(
+        whole,
+        ["/steady"],
+        "only the steady body went through whole"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_head_is_refused_at_the_bound() {
     let up = Upstream::start("u").await;
@@ -625,7 +756,7 @@ async fn an_answer_before_closing_says_close() {
 fn connection_keys_are_checked_with_their_paths() {
     let yaml = format!(
         "version: 1\n\
-         server: {{ header_timeout: 0s, server_header: \"a\\tb\" }}\n\
+         server: {{ header_timeout: 0s, body_timeout: 2h, server_header: \"a\\tb\" }}\n\
          listeners:\n\
          \x20 - name: tls\n\
          \x20   address: \"127.0.0.1:{}\"\n\
@@ -644,6 +775,7 @@ fn connection_keys_are_checked_with_their_paths() {
     assert_eq!(code, Some(1), "{out}");
     for path in [
         "server.header_timeout",
+        "server.body_timeout",
         "server.server_header",
         "listeners[0].http2",
         "listeners[0].max_connections",
