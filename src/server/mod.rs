@@ -222,8 +222,9 @@ impl App {
         let mut stopping = shutdown.clone();
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
-        // One per connection, disarmed after each request (`Tunnel::run`).
-        let tunnel = Arc::new(Tunnel::default());
+        // One per connection, made for its first request that may upgrade, disarmed after
+        // each request (`Tunnel::run`).
+        let mut tunnel: Option<Arc<Tunnel>> = None;
         loop {
             let (header_timeout, limit) = self.head_limits();
             // Park: only `buf`, the stream and the settings live here while idle.
@@ -249,9 +250,15 @@ impl App {
             // The request's start: accept for the first, its first byte for later ones.
             let started = if first { accepted } else { Instant::now() };
             let head_due = started + header_timeout;
+            // Whether the request may become a tunnel: it names `Upgrade` (or is an unusual
+            // head, checked by Pingora's parser, which is not looked into further).
+            let mut may_upgrade = true;
             let head = match read_head(&mut stream, &buf[..n], limit, head_due).await {
                 HeadRead::Done(head, end) => match check(&head[..end]) {
-                    Check::Plain => head,
+                    Check::Plain { upgrade } => {
+                        may_upgrade = upgrade;
+                        head
+                    }
                     Check::Pingora(info) => match Box::pin(pingora_refusal(&head[..end])).await {
                         None => head,
                         Some(detail) => {
@@ -286,9 +293,16 @@ impl App {
             session.set_pipelined_prefix(head);
             first = false;
             // A WebSocket tunnel's idle and total limits (`proxy::streaming`): the
-            // request is dropped, both connections with it, when they run out.
-            let served = tunnel.run(self.proxy.process_new_http(session, shutdown));
-            match served.await {
+            // request is dropped, both connections with it, when they run out. A request
+            // that cannot upgrade runs without the tunnel's scope and watch (a task-local,
+            // a `Notify` wait and two locks per request).
+            let served = if may_upgrade {
+                let t = tunnel.get_or_insert_with(Default::default).clone();
+                t.run(self.proxy.process_new_http(session, shutdown)).await
+            } else {
+                self.proxy.process_new_http(session, shutdown).await
+            };
+            match served {
                 Some(reused) => {
                     let (s, p) = reused.consume();
                     stream = s;
@@ -538,8 +552,8 @@ fn clip(s: &str) -> String {
 }
 
 enum Check {
-    /// Pingora will take this head as it is.
-    Plain,
+    /// Pingora will take this head as it is; `upgrade`: it has an `Upgrade` field.
+    Plain { upgrade: bool },
     /// Pingora may refuse it: ask its parser.
     Pingora(HeadInfo),
 }
@@ -577,7 +591,7 @@ fn check(head: &[u8]) -> Check {
     if !plain_target {
         return Check::Pingora(info_with_host());
     }
-    let (mut hosts, mut lengths) = (0, 0);
+    let (mut hosts, mut lengths, mut upgrade) = (0, 0, false);
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
         if n.eq_ignore_ascii_case(b"host") {
@@ -596,9 +610,11 @@ fn check(head: &[u8]) -> Check {
             }
         } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
             return Check::Pingora(info_with_host());
+        } else if n.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
         }
     }
-    Check::Plain
+    Check::Plain { upgrade }
 }
 
 /// Runs Pingora's own request parser and validation over a complete head, on a
@@ -735,7 +751,7 @@ mod tests {
             b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 120\r\n\r\n",
         ] {
             assert!(
-                matches!(check(h), Check::Plain),
+                matches!(check(h), Check::Plain { upgrade: false }),
                 "{}",
                 String::from_utf8_lossy(h)
             );
@@ -756,6 +772,15 @@ mod tests {
                 String::from_utf8_lossy(h)
             );
         }
+    }
+
+    #[test]
+    fn upgrade_requests_are_told_apart() {
+        let ws =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n";
+        assert!(matches!(check(ws), Check::Plain { upgrade: true }));
+        let plain = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+        assert!(matches!(check(plain), Check::Plain { upgrade: false }));
     }
 
     #[tokio::test]
