@@ -215,16 +215,21 @@ pub fn set_forwarded(h: &mut RequestHeader, client_ip: Option<std::net::IpAddr>,
     let _ = h.insert_header("x-forwarded-proto", proto);
 }
 
-/// Sends the request id upstream, unless the client's own `X-Request-Id` is the id (it
-/// was kept) and is already there as one field.
-pub fn forward_request_id(h: &mut RequestHeader, id: &str) -> pingora::Result<()> {
-    let mut sent = h.headers.get_all(X_REQUEST_ID).iter();
+/// Sets `name: value` on a request going upstream, unless it is there already as one
+/// field with exactly those bytes (the client's own `Host`, or its `X-Request-Id` kept as
+/// the id): replacing a field with a copy of itself copies the value and may grow both of
+/// Pingora's header maps.
+pub fn set_request_field<N>(h: &mut RequestHeader, name: N, value: &str) -> pingora::Result<()>
+where
+    N: pingora::http::IntoCaseHeaderName + http::header::AsHeaderName + Clone,
+{
+    let mut sent = h.headers.get_all(name.clone()).iter();
     if let (Some(v), None) = (sent.next(), sent.next()) {
-        if v.as_bytes() == id.as_bytes() {
+        if v.as_bytes() == value.as_bytes() {
             return Ok(());
         }
     }
-    h.insert_header(X_REQUEST_ID, id)
+    h.insert_header(name, value)
 }
 
 /// A small `fmt::Write` buffer on the stack (a formatted address needs at most 47 bytes).
@@ -505,16 +510,16 @@ mod tests {
         };
         // None from the client: added.
         let mut h = RequestHeader::build("GET", b"/", None).unwrap();
-        forward_request_id(&mut h, "abc").unwrap();
+        set_request_field(&mut h, X_REQUEST_ID, "abc").unwrap();
         assert_eq!(fields(&h), ["abc"]);
         // The client's own, kept as the id: left as it is.
-        forward_request_id(&mut h, "abc").unwrap();
+        set_request_field(&mut h, X_REQUEST_ID, "abc").unwrap();
         assert_eq!(fields(&h), ["abc"]);
         // Another value, or the id repeated: replaced by the one id.
-        forward_request_id(&mut h, "def").unwrap();
+        set_request_field(&mut h, X_REQUEST_ID, "def").unwrap();
         assert_eq!(fields(&h), ["def"]);
         h.append_header(X_REQUEST_ID, "def").unwrap();
-        forward_request_id(&mut h, "def").unwrap();
+        set_request_field(&mut h, X_REQUEST_ID, "def").unwrap();
         assert_eq!(fields(&h), ["def"]);
     }
 

@@ -354,8 +354,7 @@ pub(super) fn count_body(body: &Option<bytes::Bytes>, ctx: &mut Ctx) -> pingora:
 /// client's. A WebSocket upgrade has no body; once upgraded, its bytes are a tunnel's
 /// (`request_body_filter` returns before the deadline, `streaming` clears the timeout).
 pub(super) fn start_body_deadline(session: &mut Session, ctx: &mut Ctx) {
-    if ctx.request.body_deadline.is_some()
-        || ctx.request.body_started
+    if ctx.request.body_started
         || session.req_header().version >= http::Version::HTTP_2
         || session.is_body_empty()
     {

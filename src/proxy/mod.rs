@@ -188,17 +188,7 @@ fn upstream_host(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         req.remove_header(&http::header::HOST);
         return Ok(());
     }
-    // The client's own `Host`, when it is one field with exactly the bytes to forward (the
-    // usual HTTP/1 request), stays as it is: replacing it copies the value and may grow
-    // both of Pingora's header maps.
-    let mut hosts = req.headers.get_all(http::header::HOST).iter();
-    if let (Some(h), None) = (hosts.next(), hosts.next()) {
-        if h.as_bytes() == authority.as_bytes() {
-            return Ok(());
-        }
-    }
-    req.insert_header(http::header::HOST, authority)?;
-    Ok(())
+    headers::set_request_field(req, http::header::HOST, authority)
 }
 
 /// The rejection to send for an error that ended the request: the one a phase already
@@ -559,7 +549,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         admit::start_body_deadline(session, ctx);
         upstream_target(req, ctx)?;
-        headers::forward_request_id(req, &ctx.request.id)?;
+        headers::set_request_field(req, headers::X_REQUEST_ID, &ctx.request.id)?;
         upstream_host(req, ctx)?;
         req.remove_header(refresh::REFRESH_MARK);
         trace::inject(ctx, req)?;

@@ -400,33 +400,16 @@ async fn slow_bodies_are_cut_after_body_timeout() {
     }
     // Ten bytes of a hundred, then nothing.
     let stalled = send(&gw, post("/stall", 100), b"0123456789", Duration::ZERO, 1).await;
-    // One byte every 200 ms: 5 bytes/s against a floor of 100.
-    let trickled = send(
-        &gw,
-        post("/trickle", 1000),
-        b"x",
-        Duration::from_millis(200),
-        100,
-    )
-    .await;
+    // One byte every 200 ms: 5 bytes/s against a floor of 100 (a space: the JSON route
+    // reads it as whitespace).
+    let trickle = |head: String| send(&gw, head, b" ", Duration::from_millis(200), 100);
+    let trickled = trickle(post("/trickle", 1000)).await;
     // An `Upgrade` field does not take a body out of the deadline (no 101 came).
-    let upgrade = send(
-        &gw,
-        post("/upgrade", 1000).replace("\r\n\r\n", "\r\nUpgrade: x\r\n\r\n"),
-        b"x",
-        Duration::from_millis(200),
-        100,
-    )
-    .await;
+    let upgrade =
+        trickle(post("/upgrade", 1000).replace("\r\n\r\n", "\r\nUpgrade: x\r\n\r\n")).await;
     // A transformed body, read whole before anything goes upstream.
-    let json = send(
-        &gw,
-        post("/json", 1000).replace("\r\n\r\n", "\r\nContent-Type: application/json\r\n\r\n"),
-        b" ",
-        Duration::from_millis(200),
-        100,
-    )
-    .await;
+    let json_type = "\r\nContent-Type: application/json\r\n\r\n";
+    let json = trickle(post("/json", 1000).replace("\r\n\r\n", json_type)).await;
     for (what, text) in [
         ("stalled", &stalled),
         ("trickled", &trickled),

@@ -496,6 +496,20 @@ const STATE_JS: &str = r##"(() => ({
   })),
 }))()"##;
 
+/// Types `token` into the login form, submits it and waits (polling every 100 ms, at most
+/// 300 times) until `until` holds; the page's state then.
+async fn submit(br: &mut cdp::Browser, token: &str, until: &str) -> serde_json::Value {
+    br.type_into("#token", token).await;
+    br.click("#login button[type=submit]").await;
+    let every = std::time::Duration::from_millis(100);
+    assert!(
+        br.wait_for(until, 300, every).await,
+        "{}",
+        br.eval(STATE_JS).await
+    );
+    br.eval(STATE_JS).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_takes_the_token_and_shows_health_refusals_and_quotas() {
     let a = Upstream::start("a").await;
@@ -539,35 +553,17 @@ async fn chromium_takes_the_token_and_shows_health_refusals_and_quotas() {
     );
 
     // A wrong token is refused and the form comes back.
-    br.type_into("#token", "not-the-token").await;
-    br.click("#login button[type=submit]").await;
-    assert!(
-        br.wait_for(
-            "document.getElementById('banner').textContent === 'The token was refused.'",
-            300,
-            every
-        )
-        .await,
-        "{}",
-        br.eval(STATE_JS).await
-    );
-    let st = br.eval(STATE_JS).await;
+    let refused = "document.getElementById('banner').textContent === 'The token was refused.'";
+    let st = submit(&mut br, "not-the-token", refused).await;
     assert_eq!(
         (st["login"].clone(), st["app"].clone()),
         (json!(true), json!(false))
     );
 
     // The right one, typed in.
-    br.type_into("#token", TOKEN).await;
-    br.click("#login button[type=submit]").await;
     let ready = "document.querySelectorAll('td.route-name').length > 0 \
                  && document.querySelectorAll('#consumers .consumer-id').length > 0";
-    assert!(
-        br.wait_for(ready, 300, every).await,
-        "{}",
-        br.eval(STATE_JS).await
-    );
-    let st = br.eval(STATE_JS).await;
+    let st = submit(&mut br, TOKEN, ready).await;
     assert_eq!(
         (st["login"].clone(), st["app"].clone()),
         (json!(false), json!(true))
