@@ -184,35 +184,27 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
-    let mut http = pingora::proxy::http_proxy(&server_conf, proxy::Gateway::new(shared.clone()));
-    // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for the
-    // preface again; it only sees connections that carry one.
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
-    http.server_options = Some(options);
-    let listeners: Arc<[server::ListenerRt]> = cfg
-        .listeners
-        .iter()
-        .filter_map(server::ListenerRt::new)
-        .collect();
-    let mut proxy = pingora::services::listening::Service::new(
-        "gatehouse".to_string(),
-        server::App::new(http, shared.clone(), listeners.clone()),
-    );
-    if cfg
-        .listeners
-        .iter()
-        .any(|l| l.tls.is_some() && l.max_connections.is_some())
-    {
-        proxy
-            .endpoints()
-            .set_pre_tls_callback(Arc::new(server::TlsGate(listeners)));
-    }
+    let h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
+    let build = |keepalive: std::time::Duration| {
+        let mut http =
+            pingora::proxy::http_proxy(&server_conf, proxy::Gateway::new(shared.clone()));
+        let mut options = pingora::apps::HttpServerOptions::default();
+        // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for
+        // the preface again; it only sees connections that carry one.
+        options.h2c = h2c;
+        // An HTTP/2 connection with no open stream is closed after the listener's
+        // `keepalive_timeout`, as an idle HTTP/1 one is (`server::h2`).
+        options.h2_idle_timeout = Some(keepalive);
+        http.server_options = Some(options);
+        http
+    };
+    // TLS listeners are plain TCP ones to Pingora: the connection loop runs the handshake
+    // itself, due within `server.header_timeout` and counted in `max_connections`
+    // (Pingora's own allows it 60 s, before anything of ours sees the connection).
+    let mut rts = Vec::with_capacity(cfg.listeners.len());
     for l in &cfg.listeners {
-        match &l.tls {
-            None => proxy
-                .endpoints()
-                .add_listener(ListenerConfig::tcp(&l.address).l4_buffer(client_buffers())),
+        let tls = match &l.tls {
+            None => None,
             Some(t) => {
                 // Loaded and checked when the config compiled (`tls::compile`), which
                 // refuses a TLS listener without certificates.
@@ -225,13 +217,20 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
                 if t.http2 {
                     settings.enable_h2();
                 }
-                proxy.endpoints().add_listener(
-                    ListenerConfig::tcp(&l.address)
-                        .tls(settings)
-                        .l4_buffer(client_buffers()),
-                );
+                Some(Arc::new(settings.build()))
             }
-        }
+        };
+        rts.extend(server::ListenerRt::new(l, tls));
+    }
+    let listeners: Arc<[server::ListenerRt]> = rts.into();
+    let mut proxy = pingora::services::listening::Service::new(
+        "gatehouse".to_string(),
+        server::App::new(build, shared.clone(), listeners),
+    );
+    for l in &cfg.listeners {
+        proxy
+            .endpoints()
+            .add_listener(ListenerConfig::tcp(&l.address).l4_buffer(client_buffers()));
     }
     let proxy_handle = server.add_service(proxy);
     proxy_handle.add_dependency(&bootstrap);

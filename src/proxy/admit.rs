@@ -347,17 +347,20 @@ pub(super) fn count_body(body: &Option<bytes::Bytes>, ctx: &mut Ctx) -> pingora:
     Ok(())
 }
 
-/// The body deadline of an HTTP/1 request with a body, started just before its body is
-/// first read: by a body transform in `request_filter`, else in `upstream_request_filter`
-/// of the first attempt (Pingora reads the body once the upstream is connected). The
+/// The body deadline of a request with a body, started just before its body is first
+/// read: by a body transform in `request_filter`, else in `upstream_request_filter` of
+/// the first attempt (Pingora reads the body once the upstream is connected). The
 /// gateway's own time before that (policies, connecting, retries' backoff) is not the
 /// client's. A WebSocket upgrade has no body; once upgraded, its bytes are a tunnel's
 /// (`request_body_filter` returns before the deadline, `streaming` clears the timeout).
+///
+/// On HTTP/1 every read of the body waits at most the time left (Pingora's client read
+/// timeout). An HTTP/2 stream has no read timeout in Pingora, so its deadline is checked
+/// as each piece of the body arrives (a trickle is cut at its first piece past the
+/// deadline); a stream that stalls ends at the upstream's read timeout, also as 408
+/// (`to_reject`).
 pub(super) fn start_body_deadline(session: &mut Session, ctx: &mut Ctx) {
-    if ctx.request.body_started
-        || session.req_header().version >= http::Version::HTTP_2
-        || session.is_body_empty()
-    {
+    if ctx.request.body_started || session.is_body_empty() {
         return;
     }
     ctx.request.body_started = true;

@@ -412,7 +412,9 @@ pub fn exchange_failed(session: &Session, e: &mut Error, ctx: &mut Ctx, client_r
     // The client's side failed (its body stalled past `server.body_timeout`, it went
     // away): never retried. Another target would only get the same incomplete request,
     // with the client charged nothing for the wait.
-    if e.esource() == &ErrorSource::Downstream {
+    // Nor is a target's timeout while it waited for a body that is overdue (an HTTP/2
+    // stream that stalled): not the target's failure either.
+    if e.esource() == &ErrorSource::Downstream || super::body_overdue(ctx) {
         e.set_retry(false);
         return;
     }

@@ -88,11 +88,13 @@ pub fn finish(session: &mut Session, e: Option<&pingora::Error>, ctx: &mut Ctx) 
             }
             j.str("route", route);
             j.str("method", method);
+            // HTTP/2 carries the host as `:authority` (in the URI), HTTP/1 as `Host`.
             j.opt_str(
                 "host",
                 req.headers
                     .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok()),
+                    .and_then(|h| h.to_str().ok())
+                    .or_else(|| req.uri.authority().map(|a| a.as_str())),
             );
             j.str("path", req.uri.path());
             j.int("status", u64::from(status));

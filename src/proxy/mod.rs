@@ -191,6 +191,14 @@ fn upstream_host(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     headers::set_request_field(req, http::header::HOST, authority)
 }
 
+/// Whether the request body is still incomplete past its deadline.
+fn body_overdue(ctx: &Ctx) -> bool {
+    ctx.request.body_deadline.as_ref().is_some_and(|d| {
+        d.left(ctx.request.body_bytes, std::time::Instant::now())
+            .is_none()
+    })
+}
+
 /// The rejection to send for an error that ended the request: the one a phase already
 /// chose, else one from the error's type and source.
 fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
@@ -212,6 +220,10 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
                 } else {
                     Reject::BadRequest("the client was too slow".into())
                 }
+            } else if e.etype() == &ErrorType::ReadTimedout && body_overdue(ctx) {
+                // The upstream waited for a body the client did not send in time (an
+                // HTTP/2 stream that stalled: `admit::start_body_deadline`).
+                Reject::BodyTimeout
             } else {
                 Reject::GatewayTimeout(upstream)
             }

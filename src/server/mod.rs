@@ -25,7 +25,9 @@
 //!
 //! HTTP/2 (ALPN h2 on TLS, prior-knowledge h2c on plaintext listeners with `http2:
 //! true`) goes to Pingora's own loop: its per-connection state is the h2 connection,
-//! which has no per-request session to park.
+//! which has no per-request session to park. Its preface is due within
+//! `header_timeout`, and it is closed after `keepalive_timeout` with no open stream
+//! (`h2.rs`).
 //!
 //! Each connection runs in a task of its own: Pingora's accept task (whose future is
 //! sized for its whole accept path, TLS handshake state included) ends as soon as the
@@ -42,6 +44,7 @@
 //! (`client_buffers` in lib.rs) because this loop reads heads into its own buffer and
 //! Pingora reads bodies in 64 KiB chunks that bypass a small read buffer anyway.
 
+mod h2;
 mod head;
 
 use crate::error::Reject;
@@ -51,10 +54,9 @@ use crate::runtime::Shared;
 use async_trait::async_trait;
 use head::{check, pingora_refusal, read_head, Check, HeadInfo, HeadRead};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::listeners::PreTlsProcess;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::GetSocketDigest;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -75,7 +77,6 @@ const FIRST_READ: usize = 512;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// One listener's connection settings, fixed at start (listener changes need an upgrade).
 pub struct ListenerRt {
@@ -85,13 +86,18 @@ pub struct ListenerRt {
     /// Requests per connection (`keepalive_requests`).
     pub max_requests: Option<u32>,
     pub max_connections: Option<usize>,
+    /// The TLS listener's acceptor: this loop runs the handshake (`tls_handshake`).
+    tls: Option<Arc<Acceptor>>,
     open: AtomicUsize,
     gauge: IntGauge,
     refused: IntCounter,
 }
 
 impl ListenerRt {
-    pub fn new(l: &crate::config::model::Listener) -> Option<ListenerRt> {
+    pub fn new(
+        l: &crate::config::model::Listener,
+        tls: Option<Arc<Acceptor>>,
+    ) -> Option<ListenerRt> {
         let m = crate::metrics::metrics();
         Some(ListenerRt {
             addr: l.address.parse().ok()?,
@@ -101,6 +107,7 @@ impl ListenerRt {
             max_connections: l
                 .max_connections
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            tls,
             open: AtomicUsize::new(0),
             gauge: m.downstream_connections.with_label_values(&[&l.name]),
             refused: m.downstream_refused.with_label_values(&[&l.name]),
@@ -144,21 +151,36 @@ impl Drop for Open {
 }
 
 pub struct App {
-    proxy: Arc<HttpProxy<Gateway>>,
+    /// The proxy of each listener, by index: one per distinct `keepalive_timeout`, since
+    /// Pingora's h2 idle timeout is an option of the whole `HttpProxy` (`h2.rs`).
+    proxies: Box<[Arc<HttpProxy<Gateway>>]>,
     shared: Arc<Shared>,
     listeners: Arc<[ListenerRt]>,
 }
 
 impl App {
-    /// `proxy` comes from `pingora::proxy::http_proxy`; its `server_options.h2c` must be
-    /// on when any listener serves h2c (Pingora's h2 loop peeks for the preface again).
+    /// `build` makes a proxy (`pingora::proxy::http_proxy`) whose h2 connections close
+    /// after the given idle time; its `server_options.h2c` must be on when any listener
+    /// serves h2c (Pingora's h2 loop peeks for the preface again).
     pub fn new(
-        proxy: HttpProxy<Gateway>,
+        build: impl Fn(Duration) -> HttpProxy<Gateway>,
         shared: Arc<Shared>,
         listeners: Arc<[ListenerRt]>,
     ) -> App {
+        let mut made: Vec<(Duration, Arc<HttpProxy<Gateway>>)> = Vec::new();
+        let proxies = listeners
+            .iter()
+            .map(|l| match made.iter().find(|(k, _)| *k == l.keepalive) {
+                Some((_, p)) => p.clone(),
+                None => {
+                    let p = Arc::new(build(l.keepalive));
+                    made.push((l.keepalive, p.clone()));
+                    p
+                }
+            })
+            .collect();
         App {
-            proxy: Arc::new(proxy),
+            proxies,
             shared,
             listeners,
         }
@@ -175,19 +197,28 @@ impl App {
     /// One connection, from accept (and TLS handshake) to close.
     async fn serve(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         open: Open,
         accepted: Instant,
         shutdown: &ShutdownWatch,
     ) {
         let l = open.listener();
+        let proxy = &self.proxies[open.idx];
+        let (header_timeout, _) = self.head_limits();
+        let due = accepted + header_timeout;
+        let mut stream = match &l.tls {
+            None => stream,
+            Some(acceptor) => match tls_handshake(acceptor, stream, due).await {
+                Some(tls) => tls,
+                None => return,
+            },
+        };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            let stream: Stream = Box::new(h2::PrefaceDue::new(stream, due.into()));
+            ServerApp::process_new(proxy, stream, shutdown).await;
             return;
         }
         if l.h2c {
-            let (header_timeout, _) = self.head_limits();
-            let due = accepted + header_timeout;
             // Four bytes tell an h2 preface ("PRI ") from any HTTP/1 request line; only
             // then wait for the whole preface. Peeked bytes are put back for the reader.
             let mut p = [0u8; 4];
@@ -201,13 +232,13 @@ impl App {
                     Ok(Ok(_)) => {}
                     _ => return,
                 }
-                if pre == H2_PREFACE {
-                    ServerApp::process_new(&self.proxy, stream, shutdown).await;
+                if pre == h2::PREFACE {
+                    ServerApp::process_new(proxy, stream, shutdown).await;
                     return;
                 }
             }
         }
-        self.serve_h1(stream, l, accepted, shutdown).await;
+        self.serve_h1(stream, l, proxy, accepted, shutdown).await;
     }
 
     /// The HTTP/1 loop: park, read the head, check it, hand it to the proxy; repeat while
@@ -216,6 +247,7 @@ impl App {
         &self,
         mut stream: Stream,
         l: &ListenerRt,
+        proxy: &Arc<HttpProxy<Gateway>>,
         accepted: Instant,
         shutdown: &ShutdownWatch,
     ) {
@@ -298,9 +330,9 @@ impl App {
             // a `Notify` wait and two locks per request).
             let served = if may_upgrade {
                 let t = tunnel.get_or_insert_with(Default::default).clone();
-                t.run(self.proxy.process_new_http(session, shutdown)).await
+                t.run(proxy.process_new_http(session, shutdown)).await
             } else {
-                self.proxy.process_new_http(session, shutdown).await
+                proxy.process_new_http(session, shutdown).await
             };
             match served {
                 Some(reused) => {
@@ -378,30 +410,27 @@ fn listener_of(listeners: &[ListenerRt], local: Option<SocketAddr>) -> Option<us
         .or(first)
 }
 
-/// Refuses a TLS connection before its handshake when its listener is at
-/// `max_connections` (Pingora runs the handshake before the app sees the stream, so
-/// `App::process_new` alone would only refuse after paying for it). Connections still
-/// handshaking are not counted; `App::process_new` checks again once they are done.
-pub struct TlsGate(pub Arc<[ListenerRt]>);
-
-#[async_trait]
-impl PreTlsProcess for TlsGate {
-    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        if let Some(l) = listener_of(&self.0, local).map(|i| &self.0[i]) {
-            if l.max_connections
-                .is_some_and(|max| l.open.load(Ordering::Acquire) >= max)
-            {
-                l.refused.inc();
-                return pingora::Error::e_explain(
-                    pingora::ErrorType::AcceptError,
-                    "listener at max_connections",
-                );
-            }
+/// Runs a TLS listener's handshake, due by `due` (the connection's `header_timeout`);
+/// `None` when it fails or is late (closed unanswered, as a silent HTTP/1 connection
+/// is). Pingora hands the connection over as the plain l4 stream it accepted.
+async fn tls_handshake(acceptor: &Acceptor, stream: Stream, due: Instant) -> Option<Stream> {
+    let l4 = match stream.into_any().downcast::<L4Stream>() {
+        Ok(l4) => *l4,
+        Err(_) => {
+            tracing::warn!("a TLS listener's connection is not a TCP stream");
+            return None;
         }
-        Ok(())
+    };
+    match timeout_at(due.into(), acceptor.tls_handshake(l4)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not done within header_timeout");
+            None
+        }
     }
 }
 
@@ -494,6 +523,11 @@ impl ServerApp for App {
 
     async fn cleanup(&self) {
         // Wakes Pingora's own waits (h2 connections) on shutdown, as its blanket app does.
-        self.proxy.http_cleanup().await;
+        for (i, p) in self.proxies.iter().enumerate() {
+            // Each distinct proxy once.
+            if !self.proxies[..i].iter().any(|q| Arc::ptr_eq(p, q)) {
+                p.http_cleanup().await;
+            }
+        }
     }
 }

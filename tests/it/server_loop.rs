@@ -853,3 +853,191 @@ async fn max_connections_on_tls_refuses_before_the_handshake() {
     let r = https(false).get(&url).send().await.expect("admitted again");
     assert_eq!(r.status(), 200);
 }
+
+/// A rustls client trusting the test CA, offering only `alpn`, connected to `port` as
+/// `a.test`.
+async fn tls_connect(port: u16, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(common::certs_dir().join("ca.pem")).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// One HTTP/2 request on a connection whose client keeps its handle (so only the
+/// server can end the connection); returns the status and whether the connection then
+/// ended within `within`.
+async fn h2_then_idle<T>(io: T, uri: &str, within: Duration) -> (u16, bool)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut send = send.ready().await.expect("h2 ready");
+    let req = http::Request::get(uri).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).expect("send");
+    let resp = resp.await.expect("h2 response");
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("h2 body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let ended = tokio::time::timeout(within, conn).await.is_ok();
+    drop(send);
+    (status, ended)
+}
+
+/// HTTP/2 and TLS have HTTP/1's deadlines: the TLS handshake and the h2 connection
+/// preface are due within `header_timeout` of accept (Pingora's own loop waits 60 s for
+/// a ClientHello and for ever for a preface), and an h2 connection with no open stream is
+/// closed after the listener's `keepalive_timeout`, while one whose stream waits on a
+/// slow upstream for longer is kept. Both on TLS (ALPN h2) and h2c. An h2 body is due
+/// as an HTTP/1 one is (`server.body_timeout`).
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
+    let up = Upstream::start("u").await;
+    let certs = common::certs_dir();
+    let tls_port = free_port();
+    let h2c_port = free_port();
+    let yaml = format!(
+        "version: 1\n\
+         server: {{ threads: 1, grace_period: 5s, header_timeout: 1s, body_timeout: 1s }}\n\
+         listeners:\n\
+         \x20 - name: tls\n\
+         \x20   address: \"127.0.0.1:{tls_port}\"\n\
+         \x20   keepalive_timeout: 1s\n\
+         \x20   tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ], http2: true }}\n\
+         \x20 - {{ name: h2c, address: \"127.0.0.1:{h2c_port}\", http2: true, keepalive_timeout: 1s }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
+         access_log: {{ path: access.log }}\n\
+         upstreams:\n  u: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+        certs.join("a.test.pem").display(),
+        certs.join("a.test.key").display(),
+        free_port(),
+        up.address()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let within = Duration::from_secs(15);
+
+    // No ClientHello.
+    let mut raw = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    assert!(
+        closed_within(&mut raw, within).await,
+        "a TLS connection without a ClientHello was kept"
+    );
+    // Half a ClientHello: a record header announcing more than is sent.
+    let mut raw = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
+    raw.write_all(&[0x16, 0x03, 0x01, 0x00, 0xf0, 0x01])
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut raw, within).await,
+        "a TLS connection with half a ClientHello was kept"
+    );
+    // TLS done with ALPN h2, then no preface.
+    let mut tls = tls_connect(tls_port, b"h2").await;
+    let mut b = [0u8; 256];
+    let silent = tokio::time::timeout(within, async {
+        loop {
+            match tls.read(&mut b).await {
+                // The server's SETTINGS may come first.
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(
+        silent.is_ok(),
+        "an h2 connection without a preface was kept"
+    );
+    // h2c: half a preface.
+    let mut raw = TcpStream::connect(("127.0.0.1", h2c_port)).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(
+        closed_within(&mut raw, within).await,
+        "an h2c connection with half a preface was kept"
+    );
+
+    // A stream that waits 3 s on the upstream (three keep-alive timeouts) keeps its
+    // connection; once it is answered and the connection idles, the gateway closes it.
+    let hits = up.hits();
+    let tls = tls_connect(tls_port, b"h2").await;
+    let (status, ended) = h2_then_idle(tls, "https://a.test/slow?delay_ms=3000", within).await;
+    assert_eq!(status, 200, "the slow stream's connection was cut");
+    assert!(ended, "an idle h2 connection (TLS) was kept");
+    let tcp = TcpStream::connect(("127.0.0.1", h2c_port)).await.unwrap();
+    let (status, ended) = h2_then_idle(tcp, "http://a.test/slow?delay_ms=3000", within).await;
+    assert_eq!(status, 200, "the slow stream's connection was cut (h2c)");
+    assert!(ended, "an idle h2c connection was kept");
+    assert_eq!(up.hits(), hits + 2);
+    // An HTTP/2 body that trickles (10 bytes every 200 ms against the 500 B/s default
+    // rate) is cut with the same 408 as an HTTP/1 one.
+    let tcp = TcpStream::connect(("127.0.0.1", h2c_port)).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post("http://a.test/upload")
+        .header("content-length", "100000")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    let trickle = async {
+        loop {
+            if body
+                .send_data(bytes::Bytes::from_static(&[b'a'; 10]), false)
+                .is_err()
+            {
+                // The stream was ended by the gateway.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let resp = tokio::time::timeout(within, async {
+        tokio::select! {
+            r = resp => r,
+            _ = trickle => unreachable!(),
+        }
+    })
+    .await
+    .expect("no answer to a trickled h2 body")
+    .expect("h2 response");
+    assert_eq!(resp.status(), 408);
+    wait_log_line(&gw, "the trickled h2 body", |l| {
+        l["path"] == "/upload" && l["reject"] == "request-timeout"
+    })
+    .await;
+    // HTTP/2 names the host in `:authority`: the access log has it.
+    wait_log_line(&gw, "the h2 request", |l| {
+        l["path"] == "/slow" && l["host"] == "a.test"
+    })
+    .await;
+    for name in ["tls", "h2c"] {
+        wait_metric(
+            &gw,
+            "gatehouse_downstream_connections",
+            &[("listener", name)],
+            0.0,
+        )
+        .await;
+    }
+}
