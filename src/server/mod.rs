@@ -208,14 +208,17 @@ impl App {
         let due = accepted + header_timeout;
         let mut stream = match &l.tls {
             None => stream,
-            Some(acceptor) => match tls_handshake(acceptor, stream, due).await {
+            // Boxed, as the h2 hand-offs below: this future lives as long as the
+            // connection, and would otherwise be sized for the handshake's state (and
+            // Pingora's h2 loop) even while an HTTP/1 connection is parked.
+            Some(acceptor) => match Box::pin(tls_handshake(acceptor, stream, due)).await {
                 Some(tls) => tls,
                 None => return,
             },
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let stream: Stream = Box::new(h2::PrefaceDue::new(stream, due.into()));
-            ServerApp::process_new(proxy, stream, shutdown).await;
+            Box::pin(ServerApp::process_new(proxy, stream, shutdown)).await;
             return;
         }
         if l.h2c {
@@ -233,7 +236,7 @@ impl App {
                     _ => return,
                 }
                 if pre == h2::PREFACE {
-                    ServerApp::process_new(proxy, stream, shutdown).await;
+                    Box::pin(ServerApp::process_new(proxy, stream, shutdown)).await;
                     return;
                 }
             }
