@@ -68,6 +68,10 @@ pub struct BodyDeadline {
     from: std::time::Instant,
     timeout: std::time::Duration,
     rate: u64,
+    /// An HTTP/2 stream's: no client read timeout enforces it (Pingora has none for h2),
+    /// only the check as each piece arrives, so a stall ends at the upstream's read
+    /// timeout instead (`proxy::body_overdue`).
+    pub(crate) per_piece: bool,
 }
 
 impl BodyDeadline {
@@ -76,6 +80,7 @@ impl BodyDeadline {
             from,
             timeout,
             rate,
+            per_piece: false,
         }
     }
 

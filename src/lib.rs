@@ -184,20 +184,13 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let bootstrap = server.bootstrap_as_a_service();
     let server_conf = server.configuration.clone();
 
-    let h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
-    let build = |keepalive: std::time::Duration| {
-        let mut http =
-            pingora::proxy::http_proxy(&server_conf, proxy::Gateway::new(shared.clone()));
-        let mut options = pingora::apps::HttpServerOptions::default();
-        // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for
-        // the preface again; it only sees connections that carry one.
-        options.h2c = h2c;
-        // An HTTP/2 connection with no open stream is closed after the listener's
-        // `keepalive_timeout`, as an idle HTTP/1 one is (`server::h2`).
-        options.h2_idle_timeout = Some(keepalive);
-        http.server_options = Some(options);
-        http
-    };
+    let mut http = pingora::proxy::http_proxy(&server_conf, proxy::Gateway::new(shared.clone()));
+    // Pingora's own h2 loop (which `server::App` hands h2c connections to) peeks for the
+    // preface again; it only sees connections that carry one. `server::App` adds each
+    // listener's h2 idle timeout.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = cfg.listeners.iter().any(|l| l.http2 && l.tls.is_none());
+    http.server_options = Some(options);
     // TLS listeners are plain TCP ones to Pingora: the connection loop runs the handshake
     // itself, due within `server.header_timeout` and counted in `max_connections`
     // (Pingora's own allows it 60 s, before anything of ours sees the connection).
@@ -225,7 +218,7 @@ pub fn run(opts: RunOptions) -> Result<(), StartError> {
     let listeners: Arc<[server::ListenerRt]> = rts.into();
     let mut proxy = pingora::services::listening::Service::new(
         "gatehouse".to_string(),
-        server::App::new(build, shared.clone(), listeners),
+        server::App::new(http, shared.clone(), listeners),
     );
     for l in &cfg.listeners {
         proxy

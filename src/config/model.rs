@@ -93,9 +93,10 @@ pub struct Server {
     /// byte of a later request on a keep-alive connection), or the connection is closed.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Dur,
-    /// An HTTP/1 request body must arrive within this from when its reading starts, plus one
-    /// second per `body_min_rate` bytes received (Apache `mod_reqtimeout`'s body rule):
-    /// a body that stalls or trickles is answered 408 and the connection closed.
+    /// A request body (HTTP/1, or HTTP/2 but gRPC) must arrive within this from when its
+    /// reading starts, plus one second per `body_min_rate` bytes received (Apache
+    /// `mod_reqtimeout`'s body rule): a body that stalls or trickles is answered 408 (and
+    /// an HTTP/1 connection closed).
     #[serde(default = "default_body_timeout")]
     pub body_timeout: Dur,
     /// Bytes per second of body that extend `body_timeout` by one second; 0 = the
@@ -145,7 +146,8 @@ pub struct Listener {
     /// Open connections above which new ones are refused at accept (and counted).
     #[serde(default)]
     pub max_connections: Option<u64>,
-    /// An idle HTTP/1 keep-alive connection is closed after this.
+    /// An idle HTTP/1 keep-alive connection is closed after this, and an HTTP/2 one with
+    /// no open stream.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Dur,
     /// Extension: requests served on one HTTP/1 connection; the last answer says

@@ -358,19 +358,37 @@ pub(super) fn count_body(body: &Option<bytes::Bytes>, ctx: &mut Ctx) -> pingora:
 /// timeout). An HTTP/2 stream has no read timeout in Pingora, so its deadline is checked
 /// as each piece of the body arrives (a trickle is cut at its first piece past the
 /// deadline); a stream that stalls ends at the upstream's read timeout, also as 408
-/// (`to_reject`).
+/// (`to_reject`). gRPC over HTTP/2 is not under it: a client-streaming call sends its
+/// messages for as long as the call lasts (its own deadlines apply).
 pub(super) fn start_body_deadline(session: &mut Session, ctx: &mut Ctx) {
     if ctx.request.body_started || session.is_body_empty() {
         return;
     }
     ctx.request.body_started = true;
+    let h2 = session.req_header().version >= http::Version::HTTP_2;
+    if h2 && is_grpc(session.req_header()) {
+        return;
+    }
     let Some(snap) = ctx.routing.snapshot.as_ref() else {
         return;
     };
     let s = &snap.loaded.config.server;
-    let deadline = BodyDeadline::new(std::time::Instant::now(), s.body_timeout.0, s.body_min_rate);
+    let mut deadline =
+        BodyDeadline::new(std::time::Instant::now(), s.body_timeout.0, s.body_min_rate);
+    deadline.per_piece = h2;
     session.set_read_timeout(Some(s.body_timeout.0));
     ctx.request.body_deadline = Some(deadline);
+}
+
+/// A gRPC request (`application/grpc`, `+proto` and the other suffixes, and gRPC-web).
+fn is_grpc(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.get(..16)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
+        })
 }
 
 /// `request_body_filter`, for each piece of the body as it comes: past the deadline the

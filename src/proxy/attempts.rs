@@ -414,7 +414,7 @@ pub fn exchange_failed(session: &Session, e: &mut Error, ctx: &mut Ctx, client_r
     // with the client charged nothing for the wait.
     // Nor is a target's timeout while it waited for a body that is overdue (an HTTP/2
     // stream that stalled): not the target's failure either.
-    if e.esource() == &ErrorSource::Downstream || super::body_overdue(ctx) {
+    if e.esource() == &ErrorSource::Downstream || super::body_overdue(e, ctx) {
         e.set_retry(false);
         return;
     }

@@ -78,7 +78,21 @@ impl Gateway {
         super::admit::start_body_deadline(session, ctx);
         let mut body = Vec::new();
         loop {
-            match session.read_request_body().await {
+            // The time left bounds the read itself too: on HTTP/2 Pingora has no client
+            // read timeout, and a stalled stream would wait for ever (no upstream is
+            // connected yet to time out).
+            let read = session.read_request_body();
+            let read = match &ctx.request.body_deadline {
+                None => read.await,
+                Some(d) => match d.left(body.len() as u64, std::time::Instant::now()) {
+                    None => return Some(Reject::BodyTimeout),
+                    Some(left) => match tokio::time::timeout(left, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Some(Reject::BodyTimeout),
+                    },
+                },
+            };
+            match read {
                 Ok(Some(chunk)) => {
                     body.extend_from_slice(&chunk);
                     if body.len() as u64 > max {

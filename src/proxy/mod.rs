@@ -191,12 +191,19 @@ fn upstream_host(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     headers::set_request_field(req, http::header::HOST, authority)
 }
 
-/// Whether the request body is still incomplete past its deadline.
-fn body_overdue(ctx: &Ctx) -> bool {
-    ctx.request.body_deadline.as_ref().is_some_and(|d| {
-        d.left(ctx.request.body_bytes, std::time::Instant::now())
-            .is_none()
-    })
+/// Whether `e`, the upstream's read timing out, came while an HTTP/2 request body was
+/// still incomplete past its deadline: the upstream was waiting for the client. (An
+/// HTTP/1 body's reads time out on the client's side first; and a body held back by an
+/// upstream that stopped taking it has earned at least the time of the buffers it
+/// filled, far more than a read timeout, unless `body_min_rate` is 0.)
+fn body_overdue(e: &Error, ctx: &Ctx) -> bool {
+    e.etype() == &ErrorType::ReadTimedout
+        && e.esource() == &ErrorSource::Upstream
+        && ctx.request.body_deadline.as_ref().is_some_and(|d| {
+            d.per_piece
+                && d.left(ctx.request.body_bytes, std::time::Instant::now())
+                    .is_none()
+        })
 }
 
 /// The rejection to send for an error that ended the request: the one a phase already
@@ -220,7 +227,7 @@ fn to_reject(e: &Error, ctx: &Ctx) -> Reject {
                 } else {
                     Reject::BadRequest("the client was too slow".into())
                 }
-            } else if e.etype() == &ErrorType::ReadTimedout && body_overdue(ctx) {
+            } else if body_overdue(e, ctx) {
                 // The upstream waited for a body the client did not send in time (an
                 // HTTP/2 stream that stalled: `admit::start_body_deadline`).
                 Reject::BodyTimeout

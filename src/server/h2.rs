@@ -11,16 +11,22 @@
 //!   incomplete: Pingora's handshake then ends and the connection is closed.
 //! - **An idle connection is closed after the listener's `keepalive_timeout`**: Pingora's
 //!   `h2_idle_timeout` server option, which counts from the moment no stream is open
-//!   (a stream waiting on a slow upstream keeps its connection). The option is per
-//!   `HttpProxy`, so the app keeps one proxy for each distinct value (`App::new`).
+//!   (a stream waiting on a slow upstream keeps its connection). Pingora's h2 loop reads
+//!   it from the app it runs, so each distinct value gets a [`ListenerH2`]: the one
+//!   shared proxy (one upstream pool) under that listener's options.
 
+use crate::proxy::Gateway;
 use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -32,6 +38,40 @@ use tokio::time::{Instant, Sleep};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The shared proxy as Pingora's h2 loop sees it on one listener: the proxy's own server
+/// options with the listener's idle timeout.
+pub(super) struct ListenerH2 {
+    proxy: Arc<HttpProxy<Gateway>>,
+    options: HttpServerOptions,
+}
+
+impl ListenerH2 {
+    pub(super) fn new(proxy: Arc<HttpProxy<Gateway>>, idle: Duration) -> ListenerH2 {
+        let mut options = proxy.server_options.clone().unwrap_or_default();
+        options.h2_idle_timeout = Some(idle);
+        ListenerH2 { proxy, options }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for ListenerH2 {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.proxy.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.proxy.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
 
 /// A stream whose reads fail with `TimedOut` once `due` passes before the first
 /// `PREFACE.len()` bytes have been read. After those bytes it is a plain pass-through

@@ -151,36 +151,38 @@ impl Drop for Open {
 }
 
 pub struct App {
-    /// The proxy of each listener, by index: one per distinct `keepalive_timeout`, since
-    /// Pingora's h2 idle timeout is an option of the whole `HttpProxy` (`h2.rs`).
-    proxies: Box<[Arc<HttpProxy<Gateway>>]>,
+    proxy: Arc<HttpProxy<Gateway>>,
+    /// Each listener's view of `proxy` for Pingora's h2 loop, by index (one per distinct
+    /// `keepalive_timeout`, the h2 idle timeout: `h2.rs`).
+    h2: Box<[Arc<h2::ListenerH2>]>,
     shared: Arc<Shared>,
     listeners: Arc<[ListenerRt]>,
 }
 
 impl App {
-    /// `build` makes a proxy (`pingora::proxy::http_proxy`) whose h2 connections close
-    /// after the given idle time; its `server_options.h2c` must be on when any listener
-    /// serves h2c (Pingora's h2 loop peeks for the preface again).
+    /// `proxy` comes from `pingora::proxy::http_proxy`; its `server_options.h2c` must be
+    /// on when any listener serves h2c (Pingora's h2 loop peeks for the preface again).
     pub fn new(
-        build: impl Fn(Duration) -> HttpProxy<Gateway>,
+        proxy: HttpProxy<Gateway>,
         shared: Arc<Shared>,
         listeners: Arc<[ListenerRt]>,
     ) -> App {
-        let mut made: Vec<(Duration, Arc<HttpProxy<Gateway>>)> = Vec::new();
-        let proxies = listeners
+        let proxy = Arc::new(proxy);
+        let mut made: Vec<(Duration, Arc<h2::ListenerH2>)> = Vec::new();
+        let h2 = listeners
             .iter()
             .map(|l| match made.iter().find(|(k, _)| *k == l.keepalive) {
-                Some((_, p)) => p.clone(),
+                Some((_, a)) => a.clone(),
                 None => {
-                    let p = Arc::new(build(l.keepalive));
-                    made.push((l.keepalive, p.clone()));
-                    p
+                    let a = Arc::new(h2::ListenerH2::new(proxy.clone(), l.keepalive));
+                    made.push((l.keepalive, a.clone()));
+                    a
                 }
             })
             .collect();
         App {
-            proxies,
+            proxy,
+            h2,
             shared,
             listeners,
         }
@@ -203,7 +205,7 @@ impl App {
         shutdown: &ShutdownWatch,
     ) {
         let l = open.listener();
-        let proxy = &self.proxies[open.idx];
+        let h2 = &self.h2[open.idx];
         let (header_timeout, _) = self.head_limits();
         let due = accepted + header_timeout;
         let mut stream = match &l.tls {
@@ -218,7 +220,7 @@ impl App {
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let stream: Stream = Box::new(h2::PrefaceDue::new(stream, due.into()));
-            Box::pin(ServerApp::process_new(proxy, stream, shutdown)).await;
+            Box::pin(ServerApp::process_new(h2, stream, shutdown)).await;
             return;
         }
         if l.h2c {
@@ -236,12 +238,12 @@ impl App {
                     _ => return,
                 }
                 if pre == h2::PREFACE {
-                    Box::pin(ServerApp::process_new(proxy, stream, shutdown)).await;
+                    Box::pin(ServerApp::process_new(h2, stream, shutdown)).await;
                     return;
                 }
             }
         }
-        self.serve_h1(stream, l, proxy, accepted, shutdown).await;
+        self.serve_h1(stream, l, accepted, shutdown).await;
     }
 
     /// The HTTP/1 loop: park, read the head, check it, hand it to the proxy; repeat while
@@ -250,7 +252,6 @@ impl App {
         &self,
         mut stream: Stream,
         l: &ListenerRt,
-        proxy: &Arc<HttpProxy<Gateway>>,
         accepted: Instant,
         shutdown: &ShutdownWatch,
     ) {
@@ -333,9 +334,9 @@ impl App {
             // a `Notify` wait and two locks per request).
             let served = if may_upgrade {
                 let t = tunnel.get_or_insert_with(Default::default).clone();
-                t.run(proxy.process_new_http(session, shutdown)).await
+                t.run(self.proxy.process_new_http(session, shutdown)).await
             } else {
-                proxy.process_new_http(session, shutdown).await
+                self.proxy.process_new_http(session, shutdown).await
             };
             match served {
                 Some(reused) => {
@@ -526,11 +527,6 @@ impl ServerApp for App {
 
     async fn cleanup(&self) {
         // Wakes Pingora's own waits (h2 connections) on shutdown, as its blanket app does.
-        for (i, p) in self.proxies.iter().enumerate() {
-            // Each distinct proxy once.
-            if !self.proxies[..i].iter().any(|q| Arc::ptr_eq(p, q)) {
-                p.http_cleanup().await;
-            }
-        }
+        self.proxy.http_cleanup().await;
     }
 }

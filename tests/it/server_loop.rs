@@ -914,8 +914,11 @@ where
 async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
     let up = Upstream::start("u").await;
     let certs = common::certs_dir();
+    let one = Upstream::start("one").await;
+    let other = Upstream::start("other").await;
     let tls_port = free_port();
     let h2c_port = free_port();
+    let long_port = free_port();
     let yaml = format!(
         "version: 1\n\
          server: {{ threads: 1, grace_period: 5s, header_timeout: 1s, body_timeout: 1s }}\n\
@@ -925,17 +928,37 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
          \x20   keepalive_timeout: 1s\n\
          \x20   tls: {{ certificates: [ {{ cert: \"{}\", key: \"{}\" }} ], http2: true }}\n\
          \x20 - {{ name: h2c, address: \"127.0.0.1:{h2c_port}\", http2: true, keepalive_timeout: 1s }}\n\
+         \x20 - {{ name: long, address: \"127.0.0.1:{long_port}\", http2: true }}\n\
          admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
          access_log: {{ path: access.log }}\n\
-         upstreams:\n  u: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
-         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
+         upstreams:\n\
+         \x20 u: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         \x20 two: {{ targets: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ], retries: 1, timeouts: {{ read: 2s }} }}\n\
+         routes:\n\
+         \x20 - {{ name: stall, match: {{ path_prefix: /stall }}, upstream: two }}\n\
+         \x20 - {{ name: json, match: {{ path_prefix: /json }}, upstream: u, request_body: {{ json: {{ set: {{ /x: 1 }} }} }} }}\n\
+         \x20 - {{ name: all, match: {{ path_prefix: / }}, upstream: u }}\n",
         certs.join("a.test.pem").display(),
         certs.join("a.test.key").display(),
         free_port(),
-        up.address()
+        up.address(),
+        one.address(),
+        other.address()
     );
     let gw = Gateway::start(&yaml).await;
     let within = Duration::from_secs(15);
+    // An h2c connection on the listener with the 60 s default, idle from here on.
+    let tcp = TcpStream::connect(("127.0.0.1", long_port)).await.unwrap();
+    let (long, long_conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let long_conn = tokio::spawn(long_conn);
+    let mut long = long.ready().await.unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("http://a.test{path}"))
+            .body(())
+            .unwrap()
+    };
+    let (r, _) = long.send_request(get("/long"), true).unwrap();
+    assert_eq!(r.await.unwrap().status(), 200);
 
     // No ClientHello.
     let mut raw = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
@@ -989,6 +1012,14 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
     assert_eq!(status, 200, "the slow stream's connection was cut (h2c)");
     assert!(ended, "an idle h2c connection was kept");
     assert_eq!(up.hits(), hits + 2);
+    // The connection on the default listener, idle for longer than both of those, is
+    // still open and serves.
+    assert!(
+        !long_conn.is_finished(),
+        "the 60 s listener's h2 connection was closed"
+    );
+    let (r, _) = long.send_request(get("/long"), true).unwrap();
+    assert_eq!(r.await.unwrap().status(), 200);
     // An HTTP/2 body that trickles (10 bytes every 200 ms against the 500 B/s default
     // rate) is cut with the same 408 as an HTTP/1 one.
     let tcp = TcpStream::connect(("127.0.0.1", h2c_port)).await.unwrap();
@@ -1026,6 +1057,57 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
         l["path"] == "/upload" && l["reject"] == "request-timeout"
     })
     .await;
+    // gRPC is not under it: a client-streaming call trickles its messages for as long as
+    // it lasts (here 3 s, three body timeouts).
+    let hits = up.hits();
+    let req = http::Request::post("http://a.test/grpc.Svc/Stream")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    for _ in 0..15 {
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 1, b'a']), false)
+            .expect("the gRPC stream was cut");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    body.send_data(bytes::Bytes::new(), true).unwrap();
+    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "a streaming gRPC request was cut");
+    assert_eq!(up.hits(), hits + 1);
+    // An h2 body that stops altogether ends when the upstream's read timeout (2 s) runs
+    // out, as the client's 408, tried once: the other target is not given it (PUT is
+    // idempotent, and the upstream allows a retry).
+    let before = one.hits() + other.hits();
+    let req = http::Request::put("http://a.test/stall")
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 408, "a stalled h2 body");
+    wait_log_line(&gw, "the stalled h2 body", |l| {
+        l["path"] == "/stall" && l["reject"] == "request-timeout"
+    })
+    .await;
+    assert_eq!(
+        one.hits() + other.hits(),
+        before + 1,
+        "the stalled body was retried"
+    );
+    // A route that reads the body whole (a transform) before any upstream is connected:
+    // a stall is cut at the body deadline itself.
+    let req = http::Request::post("http://a.test/json")
+        .header("content-length", "1000")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
+        .unwrap();
+    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 408, "a stalled h2 body on a transform route");
     // HTTP/2 names the host in `:authority`: the access log has it.
     wait_log_line(&gw, "the h2 request", |l| {
         l["path"] == "/slow" && l["host"] == "a.test"
