@@ -219,7 +219,14 @@ impl App {
             },
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let stream: Stream = Box::new(h2::PrefaceDue::new(stream, due.into()));
+            // The preface, read here under the head deadline (`h2.rs`); a connection
+            // without it is closed quietly.
+            let mut pre = [0u8; 24];
+            match timeout_at(due.into(), stream.read_exact(&mut pre)).await {
+                Ok(Ok(_)) if pre == h2::PREFACE => {}
+                _ => return,
+            }
+            let stream: Stream = Box::new(h2::Rewound::new(stream));
             Box::pin(ServerApp::process_new(h2, stream, shutdown)).await;
             return;
         }
