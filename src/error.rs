@@ -67,7 +67,7 @@ pub enum Reject {
     LimitStoreUnavailable,
     /// 408: the request head did not arrive within `server.header_timeout`.
     RequestTimeout,
-    /// 408: an HTTP/1 request body stalled or trickled past `server.body_timeout` (the
+    /// 408: a request body stalled or trickled past `server.body_timeout` (the
     /// same problem type as a late head).
     BodyTimeout,
     /// 503: the upstream's circuit breaker is open (name, seconds until it half-opens).

@@ -63,6 +63,9 @@ fn default_body_timeout() -> Dur {
 fn default_body_min_rate() -> u64 {
     500
 }
+fn default_send_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
 fn default_keepalive_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(60))
 }
@@ -103,6 +106,10 @@ pub struct Server {
     /// deadline is `body_timeout` from the head, whatever arrives.
     #[serde(default = "default_body_min_rate")]
     pub body_min_rate: u64,
+    /// Extension (nginx's `send_timeout`): a write of the response to the client that
+    /// makes no progress for this long ends the request and closes the connection.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: Dur,
     /// Value of the `Server` response field; empty = no `Server` field at all.
     #[serde(default)]
     pub server_header: String,
@@ -122,6 +129,7 @@ impl Default for Server {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             body_min_rate: default_body_min_rate(),
+            send_timeout: default_send_timeout(),
             server_header: String::new(),
         }
     }

@@ -80,6 +80,10 @@ fn server(v: &mut V, cfg: &Config) {
     if bt < std::time::Duration::from_millis(100) || bt > std::time::Duration::from_secs(3600) {
         v.err("server.body_timeout", "must be between 100ms and 1h");
     }
+    let st = s.send_timeout.0;
+    if st < std::time::Duration::from_millis(100) || st > std::time::Duration::from_secs(3600) {
+        v.err("server.send_timeout", "must be between 100ms and 1h");
+    }
     if !s.server_header.is_empty()
         && (s.server_header.len() > 256
             || !s.server_header.bytes().all(|b| (0x20..0x7f).contains(&b))

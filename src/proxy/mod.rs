@@ -265,6 +265,12 @@ impl ProxyHttp for Gateway {
             return self.refresh_filter(session, ctx).await;
         }
         let admitted = self.admit(session, ctx);
+        // Every write to the client from here on, answers of ours included, must make
+        // progress within `server.send_timeout` (Pingora's default is to wait for ever
+        // on a client that stops reading).
+        if let Some(snap) = &ctx.routing.snapshot {
+            session.set_write_timeout(Some(snap.loaded.config.server.send_timeout.0));
+        }
         trace::stage(&mut ctx.trace, "admit", admitted.as_ref());
         if let Some(reject) = admitted {
             respond(session, ctx, reject).await?;

@@ -739,7 +739,7 @@ async fn an_answer_before_closing_says_close() {
 fn connection_keys_are_checked_with_their_paths() {
     let yaml = format!(
         "version: 1\n\
-         server: {{ header_timeout: 0s, body_timeout: 2h, server_header: \"a\\tb\" }}\n\
+         server: {{ header_timeout: 0s, body_timeout: 2h, send_timeout: 50ms, server_header: \"a\\tb\" }}\n\
          listeners:\n\
          \x20 - name: tls\n\
          \x20   address: \"127.0.0.1:{}\"\n\
@@ -759,6 +759,7 @@ fn connection_keys_are_checked_with_their_paths() {
     for path in [
         "server.header_timeout",
         "server.body_timeout",
+        "server.send_timeout",
         "server.server_header",
         "listeners[0].http2",
         "listeners[0].max_connections",
@@ -1122,4 +1123,73 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
         )
         .await;
     }
+}
+
+/// `server.send_timeout`: a client that stops reading its response is cut once a write to
+/// it makes no progress for that long (Pingora's default is to wait for ever, holding the
+/// session and the upstream connection), counted and logged; a client that reads gets
+/// all of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_after_send_timeout() {
+    use common::origin::{Origin, Reply};
+    const BIG: usize = 32 << 20;
+    let origin = Origin::start().await;
+    origin.script("/big", |_, _| Reply::new(200, vec![b'x'; BIG]));
+    let yaml = format!(
+        "version: 1\n\
+         server: {{ threads: 1, grace_period: 5s, send_timeout: 1s }}\n\
+         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
+         admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
+         access_log: {{ path: access.log }}\n\
+         upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
+         routes:\n  - {{ name: all, match: {{ path_prefix: / }}, upstream: o }}\n",
+        free_port(),
+        free_port(),
+        origin.address()
+    );
+    let gw = Gateway::start(&yaml).await;
+    // A small receive window, the head read, then nothing.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &buf[..total.min(64)]
+    );
+    wait_metric(
+        &gw,
+        "gatehouse_downstream_connections",
+        &[("listener", "public")],
+        0.0,
+    )
+    .await;
+    // What is left to read ends before the body does.
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the cut connection did not end");
+    assert!(
+        total < BIG,
+        "the whole body came to a client that stopped reading"
+    );
+    wait_log_line(&gw, "the cut response", |l| {
+        l["path"] == "/big" && l["error"] == "WriteTimedout"
+    })
+    .await;
+    // A client that reads gets all of it.
+    let r = reqwest::get(gw.url("/big")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), BIG);
 }
