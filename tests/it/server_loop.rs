@@ -1135,10 +1135,11 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout() {
     const BIG: usize = 32 << 20;
     let origin = Origin::start().await;
     origin.script("/big", |_, _| Reply::new(200, vec![b'x'; BIG]));
+    origin.set("/small", Reply::new(200, "small"));
     let yaml = format!(
         "version: 1\n\
          server: {{ threads: 1, grace_period: 5s, send_timeout: 1s }}\n\
-         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\" }}\n\
+         listeners:\n  - {{ name: public, address: \"127.0.0.1:{}\", http2: true }}\n\
          admin: {{ address: \"127.0.0.1:{}\", token: {TOKEN} }}\n\
          access_log: {{ path: access.log }}\n\
          upstreams:\n  o: {{ targets: [ {{ address: \"{}\" }} ] }}\n\
@@ -1192,4 +1193,38 @@ async fn a_client_that_stops_reading_is_cut_after_send_timeout() {
     let r = reqwest::get(gw.url("/big")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), BIG);
+    // HTTP/2: a stream whose window the client never opens again is reset, and the
+    // connection's other streams go on.
+    let tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("http://localhost{path}"))
+            .body(())
+            .unwrap()
+    };
+    let (resp, _) = send.send_request(get("/big"), true).unwrap();
+    let resp = resp.await.expect("h2 response head");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match body.data().await {
+                // Capacity is never released: the window stays shut after 1 KiB.
+                Some(Ok(chunk)) => got += chunk.len(),
+                Some(Err(_)) | None => break,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the shut h2 stream was not ended");
+    assert!(got < BIG, "the whole body came over a shut window");
+    let (resp, _) = send.send_request(get("/small"), true).unwrap();
+    assert_eq!(resp.await.expect("a second stream").status(), 200);
 }
