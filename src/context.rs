@@ -53,7 +53,7 @@ impl Drop for TargetSlot {
     }
 }
 
-/// `server.body_timeout` and `server.body_min_rate` for one HTTP/1 request body: it is
+/// `server.body_timeout` and `server.body_min_rate` for one request body: it is
 /// due `timeout` after its first read starts, plus one second per `rate` bytes received (Apache
 /// `mod_reqtimeout`'s body rule). So a body that stalls is cut after `timeout`, one that
 /// trickles slower than `rate` soon after, and a large upload at any reasonable speed
@@ -61,9 +61,9 @@ impl Drop for TargetSlot {
 /// seconds holds a session, its 64 KiB body buffer and an upstream connection for as long
 /// as the client likes (the `slowloris` scenario), then ends as the upstream's 504.
 ///
-/// Real time, like `header_timeout`: it is a timeout, and is enforced by Pingora's read
-/// timeout on the client connection, set before each body read to the time left
-/// (`proxy::admit::check_body_deadline`).
+/// Real time, like `header_timeout`: it is a timeout. On HTTP/1 it is enforced by
+/// Pingora's read timeout on the client connection, set before each body read to the time
+/// left (`proxy::admit::check_body_deadline`); on HTTP/2 see `per_piece`.
 pub struct BodyDeadline {
     from: std::time::Instant,
     timeout: std::time::Duration,
@@ -75,12 +75,18 @@ pub struct BodyDeadline {
 }
 
 impl BodyDeadline {
-    pub fn new(from: std::time::Instant, timeout: std::time::Duration, rate: u64) -> Self {
+    /// `per_piece`: an HTTP/2 stream's (see the field).
+    pub fn new(
+        from: std::time::Instant,
+        timeout: std::time::Duration,
+        rate: u64,
+        per_piece: bool,
+    ) -> Self {
         BodyDeadline {
             from,
             timeout,
             rate,
-            per_piece: false,
+            per_piece,
         }
     }
 
@@ -128,7 +134,7 @@ pub struct RequestState {
     pub(crate) lent_version: Option<http::Version>,
     /// Request body bytes read so far (`max_body`, the access log).
     pub(crate) body_bytes: u64,
-    /// When the rest of an HTTP/1 body is due (`server.body_timeout`), until its end.
+    /// When the rest of the body is due (`server.body_timeout`), until its end.
     pub(crate) body_deadline: Option<BodyDeadline>,
     /// The body deadline was started (it is not started again for a retry).
     pub(crate) body_started: bool,
@@ -379,7 +385,7 @@ mod tests {
     fn body_deadline_grows_with_what_came() {
         use std::time::{Duration, Instant};
         let from = Instant::now();
-        let d = BodyDeadline::new(from, Duration::from_secs(20), 500);
+        let d = BodyDeadline::new(from, Duration::from_secs(20), 500, false);
         let s = Duration::from_secs;
         assert_eq!(d.left(0, from + s(5)), Some(s(15)));
         assert_eq!(d.left(0, from + s(20)), None);
@@ -389,9 +395,9 @@ mod tests {
         // One byte a second: 2 ms more per byte, cut just past 20 s.
         assert_eq!(d.left(21, from + s(21)), None);
         // Rate 0: a fixed deadline whatever came; a huge count never overflows.
-        let fixed = BodyDeadline::new(from, Duration::from_secs(20), 0);
+        let fixed = BodyDeadline::new(from, Duration::from_secs(20), 0, false);
         assert_eq!(fixed.left(u64::MAX, from + s(21)), None);
-        let one = BodyDeadline::new(from, Duration::from_secs(20), 1);
+        let one = BodyDeadline::new(from, Duration::from_secs(20), 1, false);
         assert!(one.left(u64::MAX, from + s(21)).is_some());
     }
 }

@@ -373,9 +373,12 @@ pub(super) fn start_body_deadline(session: &mut Session, ctx: &mut Ctx) {
         return;
     };
     let s = &snap.loaded.config.server;
-    let mut deadline =
-        BodyDeadline::new(std::time::Instant::now(), s.body_timeout.0, s.body_min_rate);
-    deadline.per_piece = h2;
+    let deadline = BodyDeadline::new(
+        std::time::Instant::now(),
+        s.body_timeout.0,
+        s.body_min_rate,
+        h2,
+    );
     session.set_read_timeout(Some(s.body_timeout.0));
     ctx.request.body_deadline = Some(deadline);
 }
@@ -391,27 +394,16 @@ fn is_grpc(req: &RequestHeader) -> bool {
         })
 }
 
-/// `request_body_filter`, for each piece of the body as it comes: past the deadline the
-/// exchange fails with 408; else the next read may wait only for the time left.
+/// `request_body_filter`, for each piece of the body as it comes (`end_of_stream`: the
+/// last): past the deadline the exchange fails as the client's 408; else the next read
+/// may wait only for the time left. A chunk can come late only if its read started late:
+/// Pingora holds reads back while the upstream is slower than the client (four chunks
+/// queued). With `body_min_rate` above 0 each such chunk (up to 64 KiB) has earned far
+/// more time than that wait; a fixed deadline (`body_min_rate: 0`) is a total that
+/// includes it.
 pub(super) fn check_body_deadline(
     session: &mut Session,
     body: &Option<bytes::Bytes>,
-    end_of_stream: bool,
-    ctx: &mut Ctx,
-) -> pingora::Result<()> {
-    let received = ctx.request.body_bytes + body.as_ref().map_or(0, |b| b.len() as u64);
-    check_body_deadline_at(session, received, end_of_stream, ctx)
-}
-
-/// The deadline check once `received` bytes of the body came (`end_of_stream`: all of
-/// them). Past it, the exchange fails as the client's 408. A chunk can come late only if
-/// its read started late: Pingora holds reads back while the upstream is slower than the
-/// client (four chunks queued). With `body_min_rate` above 0 each such chunk (up to
-/// 64 KiB) has earned far more time than that wait; a fixed deadline
-/// (`body_min_rate: 0`) is a total that includes it.
-pub(super) fn check_body_deadline_at(
-    session: &mut Session,
-    received: u64,
     end_of_stream: bool,
     ctx: &mut Ctx,
 ) -> pingora::Result<()> {
@@ -423,6 +415,7 @@ pub(super) fn check_body_deadline_at(
         ctx.request.body_deadline = None;
         return Ok(());
     }
+    let received = ctx.request.body_bytes + body.as_ref().map_or(0, |b| b.len() as u64);
     match deadline.left(received, std::time::Instant::now()) {
         Some(left) => {
             session.set_read_timeout(Some(left));

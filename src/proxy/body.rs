@@ -78,19 +78,25 @@ impl Gateway {
         super::admit::start_body_deadline(session, ctx);
         let mut body = Vec::new();
         loop {
-            // The time left bounds the read itself too: on HTTP/2 Pingora has no client
-            // read timeout, and a stalled stream would wait for ever (no upstream is
-            // connected yet to time out).
-            let read = session.read_request_body();
-            let read = match &ctx.request.body_deadline {
-                None => read.await,
+            // The time left bounds each read: as Pingora's client read timeout (HTTP/1)
+            // and as a timeout of its own, since on HTTP/2 Pingora has none and no
+            // upstream is connected yet to time a stalled stream out.
+            let left = match &ctx.request.body_deadline {
+                None => None,
                 Some(d) => match d.left(body.len() as u64, std::time::Instant::now()) {
                     None => return Some(Reject::BodyTimeout),
-                    Some(left) => match tokio::time::timeout(left, read).await {
+                    left => left,
+                },
+            };
+            let read = match left {
+                None => session.read_request_body().await,
+                Some(left) => {
+                    session.set_read_timeout(Some(left));
+                    match tokio::time::timeout(left, session.read_request_body()).await {
                         Ok(r) => r,
                         Err(_) => return Some(Reject::BodyTimeout),
-                    },
-                },
+                    }
+                }
             };
             match read {
                 Ok(Some(chunk)) => {
@@ -98,11 +104,6 @@ impl Gateway {
                     if body.len() as u64 > max {
                         count(&route.name, "request", "too_large");
                         return Some(Reject::PayloadTooLarge(max));
-                    }
-                    let received = body.len() as u64;
-                    if super::admit::check_body_deadline_at(session, received, false, ctx).is_err()
-                    {
-                        return Some(Reject::BodyTimeout);
                     }
                 }
                 Ok(None) => break,

@@ -905,6 +905,21 @@ where
     (status, ended)
 }
 
+/// Sends `req` on an h2 connection with the first bytes of its body, then nothing more;
+/// the status of the answer, which must come within `within`.
+async fn h2_stalled(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    req: http::Request<()>,
+    first: &'static [u8],
+    within: Duration,
+) -> u16 {
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(first), false)
+        .unwrap();
+    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
+    resp.status().as_u16()
+}
+
 /// HTTP/2 and TLS have HTTP/1's deadlines: the TLS handshake and the h2 connection
 /// preface are due within `header_timeout` of accept (Pingora's own loop waits 60 s for
 /// a ClientHello and for ever for a preface), and an h2 connection with no open stream is
@@ -1083,11 +1098,8 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
         .header("content-length", "1000")
         .body(())
         .unwrap();
-    let (resp, mut body) = send.send_request(req, false).unwrap();
-    body.send_data(bytes::Bytes::from_static(b"0123456789"), false)
-        .unwrap();
-    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
-    assert_eq!(resp.status(), 408, "a stalled h2 body");
+    let status = h2_stalled(&mut send, req, b"0123456789", within).await;
+    assert_eq!(status, 408, "a stalled h2 body");
     wait_log_line(&gw, "the stalled h2 body", |l| {
         l["path"] == "/stall" && l["reject"] == "request-timeout"
     })
@@ -1104,11 +1116,8 @@ async fn http2_and_tls_connections_have_head_and_idle_deadlines() {
         .header("content-type", "application/json")
         .body(())
         .unwrap();
-    let (resp, mut body) = send.send_request(req, false).unwrap();
-    body.send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
-        .unwrap();
-    let resp = tokio::time::timeout(within, resp).await.unwrap().unwrap();
-    assert_eq!(resp.status(), 408, "a stalled h2 body on a transform route");
+    let status = h2_stalled(&mut send, req, b"{\"a\":", within).await;
+    assert_eq!(status, 408, "a stalled h2 body on a transform route");
     // HTTP/2 names the host in `:authority`: the access log has it.
     wait_log_line(&gw, "the h2 request", |l| {
         l["path"] == "/slow" && l["host"] == "a.test"
